@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make repro` runs the pipeline, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+INSTALLED := $(VENV)/.installed
+SHARED_TORCH := $(abspath ../shared/torch)
+
+# Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
+export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test lint format clean
+
+setup: $(INSTALLED)
+
+# Re-installs only when the requirements or the package metadata change.
+$(INSTALLED): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --requirement requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup lint
+	python -m pytest
+
+lint: setup
+	ruff check .
+	ruff format --check .
+
+format: setup
+	ruff check --fix .
+	ruff format .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,29 @@
+"""Batches of network inputs cut straight from the ingested uint8 array: no decoding per epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def index_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """Consecutive slices of ``indices`` (shuffled first when ``rng`` is given), each sorted for fast reads."""
+    order = rng.permutation(indices) if rng is not None else np.asarray(indices)
+    for start in range(0, len(order), batch_size):
+        yield np.sort(order[start : start + batch_size])
+
+
+def to_input(pixels: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 pixels to a normalised ``(B, 3, size, size)`` float tensor on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,207 @@
+"""Decode every image of a data source once into one uint8 array, and account for every file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from faceage.errors import FaceageError
+from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image
+from faceage.layouts import MALFORMED_LABEL, MALFORMED_NAME, NO_LABEL, Label, LabelError, detect_layout
+from faceage.params import DataParams
+from faceage.sources import open_source
+
+log = logging.getLogger(__name__)
+
+KEPT = "kept"
+LABEL_FILE = "label_file"
+AGE_OUT_OF_RANGE = "age_out_of_range"
+DUPLICATE = "duplicate"
+OUTCOMES = (
+    KEPT,
+    LABEL_FILE,
+    MALFORMED_NAME,
+    MALFORMED_LABEL,
+    NO_LABEL,
+    AGE_OUT_OF_RANGE,
+    NOT_AN_IMAGE,
+    UNREADABLE_IMAGE,
+    DUPLICATE,
+)
+
+IMAGES_FILE = "images.npy"
+MANIFEST_FILE = "manifest.csv"
+REJECTED_FILE = "rejected.csv"
+MANIFEST_COLUMNS = ["id", "age", "gender", "race", "given_split", "source_path", "content_hash", "pixel_hash"]
+BLOCK_SIZE = 1024  # files held in memory at once while decoding; does not change results
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A worker's answer for one file."""
+
+    name: str
+    content_hash: str
+    pixels: np.ndarray | None
+    reason: str | None = None  # why it could not be decoded; plain strings cross process boundaries
+    detail: str = ""
+
+
+def _decode(job: tuple[str, bytes, int]) -> Decoded:
+    name, content, size = job
+    content_hash = hashlib.sha256(content).hexdigest()
+    try:
+        return Decoded(name, content_hash, decode_image(content, size))
+    except ImageDecodeError as error:
+        return Decoded(name, content_hash, None, error.reason, error.detail)
+
+
+def _blocks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while block := list(islice(iterator, size)):
+        yield block
+
+
+def worker_count(requested: int) -> int:
+    """``requested`` processes, or one per usable core when it is 0."""
+    return requested if requested > 0 else len(os.sched_getaffinity(0))
+
+
+def ingest(params: DataParams, out_dir: str | Path) -> dict:
+    """Ingest ``params.source`` into ``out_dir`` (images, manifest, rejected files); return the report.
+
+    Every file of the source gets exactly one outcome from :data:`OUTCOMES`; all but ``kept`` and
+    ``label_file`` are listed with their reason in ``rejected.csv``.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = open_source(params.source)
+    names = source.names()
+    layout = detect_layout(source, names)
+    log.info("%s: %d files, layout %s", params.source, len(names), layout.name)
+
+    outcomes: dict[str, str] = {}
+    rejected: list[dict] = []
+
+    def reject(name: str, reason: str, detail: str) -> None:
+        outcomes[name] = reason
+        rejected.append({"path": name, "reason": reason, "detail": detail})
+        log.warning("skipped %s: %s (%s)", name, reason, detail)
+
+    labels: dict[str, Label] = {}
+    for name in names:
+        if name in layout.label_files:
+            outcomes[name] = LABEL_FILE
+            continue
+        try:
+            label = layout.label(name)
+        except LabelError as error:
+            reject(name, error.reason, error.detail)
+            continue
+        if params.min_age <= label.age <= params.max_age:
+            labels[name] = label
+        else:
+            reject(name, AGE_OUT_OF_RANGE, f"age {label.age} outside {params.min_age}..{params.max_age}")
+
+    images_path = out_dir / IMAGES_FILE
+    shape = (params.image_size, params.image_size, 3)
+    images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(max(len(labels), 1), *shape))
+    rows: list[dict] = []
+    first_with_hash: dict[str, str] = {}
+    jobs = ((name, content, params.image_size) for name, content in source.read(labels))
+    workers = worker_count(params.workers)
+    with multiprocessing.Pool(workers) as pool, tqdm(total=len(labels), desc="ingest", unit="img") as progress:
+        for block in _blocks(jobs, BLOCK_SIZE):
+            for result in pool.imap(_decode, block, chunksize=16):
+                progress.update()
+                if result.reason is not None:
+                    reject(result.name, result.reason, result.detail)
+                elif result.content_hash in first_with_hash:
+                    first = first_with_hash[result.content_hash]
+                    reject(result.name, DUPLICATE, f"same bytes as {first} (age {labels[first].age})")
+                else:
+                    first_with_hash[result.content_hash] = result.name
+                    outcomes[result.name] = KEPT
+                    images[len(rows)] = result.pixels
+                    rows.append(_manifest_row(len(rows), result, labels[result.name]))
+    images.flush()
+    del images
+    _truncate(images_path, len(rows))
+
+    counts = Counter(outcomes.values())
+    if sum(counts.values()) != len(names):
+        raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {len(names)} files")
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"gender": "Int64", "race": "Int64"}).to_csv(
+        out_dir / MANIFEST_FILE, index=False
+    )
+    pd.DataFrame(rejected, columns=["path", "reason", "detail"]).to_csv(out_dir / REJECTED_FILE, index=False)
+    seconds = time.perf_counter() - started
+    report = {
+        "source": str(params.source),
+        "layout": layout.name,
+        "files": len(names),
+        "outcomes": {outcome: counts.get(outcome, 0) for outcome in OUTCOMES},
+        "label_rows_without_image": len(layout.unmatched_rows),
+        "image_size": params.image_size,
+        "array_megabytes": round((out_dir / IMAGES_FILE).stat().st_size / 2**20, 1),
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(rows) / seconds, 1),
+        "workers": workers,
+    }
+    log.info("kept %d of %d files in %.1f s", len(rows), len(names), seconds)
+    if not rows:
+        raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
+    return report
+
+
+def _manifest_row(index: int, result: Decoded, label: Label) -> dict:
+    return {
+        "id": index,
+        "age": label.age,
+        "gender": label.gender,
+        "race": label.race,
+        "given_split": label.given_split,
+        "source_path": result.name,
+        "content_hash": result.content_hash,
+        "pixel_hash": hashlib.sha256(result.pixels.tobytes()).hexdigest(),
+    }
+
+
+def _truncate(path: Path, count: int) -> None:
+    """Rewrite the ``.npy`` at ``path`` keeping its first ``count`` rows (rows were reserved for every candidate)."""
+    images = np.load(path, mmap_mode="r")
+    if len(images) == count:
+        return
+    kept = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(kept, mode="w+", dtype=np.uint8, shape=(count, *images.shape[1:]))
+    for start in range(0, count, BLOCK_SIZE):
+        stop = min(start + BLOCK_SIZE, count)
+        out[start:stop] = images[start:stop]
+    out.flush()
+    del out, images
+    kept.replace(path)
+
+
+def load_images(in_dir: str | Path) -> np.ndarray:
+    """The ingested ``(N, H, W, 3)`` uint8 array, memory-mapped."""
+    return np.load(Path(in_dir) / IMAGES_FILE, mmap_mode="r")
+
+
+def load_manifest(in_dir: str | Path) -> pd.DataFrame:
+    """The ingested manifest, one row per image in array order."""
+    return pd.read_csv(
+        Path(in_dir) / MANIFEST_FILE, dtype={"gender": "Int64", "race": "Int64", "given_split": "string"}
+    )

@@ -1,0 +1,27 @@
+"""What every stage script shares: logging, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from faceage.errors import FaceageError
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write ``data`` as indented JSON, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``: log to stderr and turn a :class:`FaceageError` into a one-line exit."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        main()
+    except FaceageError as error:
+        sys.exit(f"error: {error}")

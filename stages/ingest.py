@@ -1,0 +1,16 @@
+"""Stage ingest: decode the source's images once into data/ingested/, accounting for every file."""
+
+from faceage.ingest import ingest
+from faceage.params import load_params
+from faceage.stage import run_stage, write_json
+
+OUT_DIR = "data/ingested"
+REPORT = "metrics/ingest.json"
+
+
+def main() -> None:
+    write_json(ingest(load_params().data, OUT_DIR), REPORT)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,25 @@
+"""Stage split: reproducible, age-stratified train/val/test split of the ingested images."""
+
+from faceage.ingest import load_manifest
+from faceage.params import load_params
+from faceage.plots import age_histogram
+from faceage.split import SPLITS, split_manifest, split_report
+from faceage.stage import run_stage, write_json
+
+INGESTED = "data/ingested"
+SPLIT_FILE = "data/split.csv"
+REPORT = "metrics/split.json"
+PLOT = "plots/split/age_histogram.png"
+
+
+def main() -> None:
+    manifest = load_manifest(INGESTED)
+    split = split_manifest(manifest, load_params().split)
+    split.to_csv(SPLIT_FILE, index=False)
+    write_json(split_report(manifest, split), REPORT)
+    ages = manifest.merge(split, on="id")
+    age_histogram({name: ages.loc[ages["split"] == name, "age"] for name in SPLITS}, PLOT)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,80 @@
+"""Fixtures that write tiny image files and data sets at test time."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def image_bytes(
+    color: tuple[int, ...] = (200, 100, 50),
+    size: tuple[int, int] = (24, 24),
+    fmt: str = "JPEG",
+    mode: str = "RGB",
+    **save,
+) -> bytes:
+    """Encode a solid-colour image."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def noise_jpeg(seed: int, size: int = 24) -> bytes:
+    """A JPEG of random pixels: distinct content per seed."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    """Write ``{relative path: content}`` below ``root``."""
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return root
+
+
+def pack(files: dict[str, bytes], path: Path) -> Path:
+    """Write ``files`` into a ``.tar.gz`` or ``.zip`` archive, by ``path``'s suffix."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in files.items():
+                archive.writestr(name, content)
+    else:
+        with tarfile.open(path, "w:gz") as archive:
+            for name, content in files.items():
+                member = tarfile.TarInfo(name)
+                member.size = len(content)
+                archive.addfile(member, io.BytesIO(content))
+    return path
+
+
+@pytest.fixture
+def utkface_files() -> dict[str, bytes]:
+    """A small UTKFace-style set with every kind of bad file next to good ones."""
+    good = {
+        f"UTKFace/{age}_{age % 2}_{age % 5}_2017010{age % 9}120000{age:03d}.jpg.chip.jpg": noise_jpeg(age)
+        for age in range(1, 31)
+    }
+    truncated = noise_jpeg(99)
+    return {
+        **good,
+        "UTKFace/40_0_1_20170101120000999.jpg.chip.jpg": noise_jpeg(1),  # same bytes as the age-1 image
+        "UTKFace/41_1_20170109150557335.jpg.chip.jpg": noise_jpeg(41),  # race missing
+        "UTKFace/42_0_0_20170116232725357jpg.chip.jpg": noise_jpeg(42),  # dot missing
+        "UTKFace/0_0_0_20170101120000001.jpg.chip.jpg": noise_jpeg(50),
+        "UTKFace/200_0_0_20170101120000002.jpg.chip.jpg": noise_jpeg(51),
+        "UTKFace/43_0_0_20170101120000003.jpg.chip.jpg": truncated[: len(truncated) // 2],
+        "UTKFace/44_0_0_20170101120000004.jpg.chip.jpg": b"this is a text file, not a JPEG\n",
+    }

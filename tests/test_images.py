@@ -1,0 +1,83 @@
+import io
+
+import numpy as np
+import pytest
+from conftest import image_bytes, noise_jpeg
+from PIL import Image
+
+from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image
+
+
+def test_rgb_jpeg_is_resized_to_a_square_uint8_array():
+    pixels = decode_image(image_bytes((200, 100, 50), size=(40, 40)), 16)
+    assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
+    assert np.abs(pixels.astype(int) - (200, 100, 50)).max() <= 3
+
+
+def test_non_square_image_is_centre_cropped():
+    image = Image.new("RGB", (60, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (20, 0, 40, 20))  # blue centre third
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    pixels = decode_image(buffer.getvalue(), 10)
+    assert (pixels[..., 2] > 200).all() and (pixels[..., 0] < 50).all()
+
+
+def test_grayscale_becomes_three_equal_channels():
+    pixels = decode_image(image_bytes(128, mode="L"), 8)
+    assert pixels.shape == (8, 8, 3)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert abs(int(pixels[0, 0, 0]) - 128) <= 2
+
+
+def test_transparent_png_is_composited_on_black():
+    pixels = decode_image(image_bytes((255, 255, 255, 0), fmt="PNG", mode="RGBA"), 8)
+    assert pixels.max() == 0
+    opaque = decode_image(image_bytes((10, 200, 30, 255), fmt="PNG", mode="RGBA"), 8)
+    assert tuple(opaque[0, 0]) == (10, 200, 30)
+
+
+def test_palette_image_becomes_rgb():
+    image = Image.new("RGB", (8, 8), (0, 128, 255)).convert("P", palette=Image.Palette.ADAPTIVE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    assert tuple(decode_image(buffer.getvalue(), 8)[0, 0]) == (0, 128, 255)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    pixels = decode_image(image_bytes((0, 255, 255, 0), mode="CMYK"), 8)  # pure red in CMYK
+    assert pixels.shape == (8, 8, 3)
+    assert pixels[..., 0].mean() > 200 and pixels[..., 1].mean() < 60 and pixels[..., 2].mean() < 60
+
+
+def test_16_bit_png_is_rescaled_not_clipped():
+    image = Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    assert abs(int(decode_image(buffer.getvalue(), 8)[0, 0, 0]) - 128) <= 1
+
+
+def test_exif_orientation_is_applied():
+    stored = Image.new("RGB", (40, 20), (255, 0, 0))
+    stored.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise: left half goes to the top
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=95)
+    pixels = decode_image(buffer.getvalue(), 20).astype(int)
+    assert pixels[2, 10, 0] > 200 and pixels[2, 10, 2] < 60  # top is red
+    assert pixels[17, 10, 2] > 200 and pixels[17, 10, 0] < 60  # bottom is blue
+
+
+def test_truncated_jpeg_is_unreadable():
+    data = noise_jpeg(0, size=64)
+    with pytest.raises(ImageDecodeError) as error:
+        decode_image(data[: len(data) // 2], 8)
+    assert error.value.reason == UNREADABLE_IMAGE
+
+
+def test_text_file_is_not_an_image():
+    with pytest.raises(ImageDecodeError) as error:
+        decode_image(b"hello, I am a text file\n", 8)
+    assert error.value.reason == NOT_AN_IMAGE

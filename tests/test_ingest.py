@@ -1,0 +1,176 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, SHARED, noise_jpeg, pack, write_files
+
+from faceage.errors import FaceageError
+from faceage.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, ingest, load_images, load_manifest
+from faceage.params import DataParams
+
+EXPECTED_UTKFACE_OUTCOMES = {
+    "kept": 30,
+    "duplicate": 1,
+    "malformed_name": 2,
+    "age_out_of_range": 2,
+    "unreadable_image": 1,
+    "not_an_image": 1,
+}
+
+
+def run_ingest(source, out_dir, **overrides):
+    params = DataParams(source=str(source), image_size=16, workers=overrides.pop("workers", 1), **overrides)
+    return ingest(params, out_dir)
+
+
+def assert_every_file_accounted(report, out_dir):
+    assert set(report["outcomes"]) == set(OUTCOMES)
+    assert sum(report["outcomes"].values()) == report["files"]
+    rejected = pd.read_csv(out_dir / REJECTED_FILE)
+    kept_or_labels = report["outcomes"]["kept"] + report["outcomes"]["label_file"]
+    assert len(rejected) == report["files"] - kept_or_labels
+    assert rejected["reason"].value_counts().to_dict() == {
+        reason: n for reason, n in report["outcomes"].items() if n and reason not in ("kept", "label_file")
+    }
+
+
+@pytest.mark.parametrize("container", ["folder", "data.tar.gz", "data.zip"])
+def test_utkface_layout_accounts_for_every_file(tmp_path, utkface_files, container):
+    if container == "folder":
+        source = write_files(tmp_path / "src", utkface_files)
+    else:
+        source = pack(utkface_files, tmp_path / container)
+    out = tmp_path / "out"
+    report = run_ingest(source, out, workers=2)
+    assert report["layout"] == "utkface"
+    assert report["files"] == len(utkface_files)
+    assert {k: v for k, v in report["outcomes"].items() if v} == EXPECTED_UTKFACE_OUTCOMES
+    assert_every_file_accounted(report, out)
+
+    manifest = load_manifest(out)
+    images = load_images(out)
+    assert images.shape == (30, 16, 16, 3) and images.dtype == np.uint8
+    assert manifest["id"].tolist() == list(range(30))
+    assert sorted(manifest["age"]) == list(range(1, 31))
+    first = manifest.loc[manifest["age"] == 7].iloc[0]
+    assert (first["gender"], first["race"]) == (1, 2)
+    assert manifest["content_hash"].is_unique
+    rejected = pd.read_csv(out / REJECTED_FILE).set_index("path")
+    assert "same bytes as UTKFace/1_1_1" in rejected.loc["UTKFace/40_0_1_20170101120000999.jpg.chip.jpg", "detail"]
+
+
+def test_folder_and_archive_give_the_same_pixels(tmp_path, utkface_files):
+    run_ingest(write_files(tmp_path / "src", utkface_files), tmp_path / "a")
+    run_ingest(pack(utkface_files, tmp_path / "data.tar.gz"), tmp_path / "b", workers=2)
+    pixels = {}
+    for name in ("a", "b"):
+        manifest, images = load_manifest(tmp_path / name), load_images(tmp_path / name)
+        pixels[name] = {
+            path: images[i].tobytes() for path, i in zip(manifest["source_path"], manifest["id"], strict=True)
+        }
+    assert len(pixels["a"]) == 30 and pixels["a"] == pixels["b"]
+
+
+def test_ingest_is_deterministic(tmp_path, utkface_files):
+    source = pack(utkface_files, tmp_path / "data.tar.gz")
+    run_ingest(source, tmp_path / "a", workers=2)
+    run_ingest(source, tmp_path / "b", workers=2)
+    for name in (IMAGES_FILE, "manifest.csv", REJECTED_FILE):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_age_limits_are_parameters(tmp_path, utkface_files):
+    report = run_ingest(write_files(tmp_path / "src", utkface_files), tmp_path / "out", min_age=0, max_age=200)
+    assert report["outcomes"]["age_out_of_range"] == 0
+    assert report["outcomes"]["kept"] == 32
+
+
+def test_age_folder_layout_keeps_the_given_split(tmp_path):
+    files = {
+        f"{part}/{age}/face{age}.jpg": noise_jpeg(age + 100 * (part == "test"))
+        for part in ("train", "test")
+        for age in (3, 30, 60)
+    }
+    files["train/notes.txt"] = b"not an image"
+    files["train/unknown/face.jpg"] = noise_jpeg(999)
+    out = tmp_path / "out"
+    report = run_ingest(write_files(tmp_path / "src", files), out)
+    assert report["layout"] == "age_folders"
+    assert report["outcomes"]["kept"] == 6 and report["outcomes"]["no_label"] == 2
+    assert_every_file_accounted(report, out)
+    manifest = load_manifest(out)
+    assert manifest.groupby("given_split")["age"].apply(sorted).to_dict() == {"test": [3, 30, 60], "train": [3, 30, 60]}
+
+
+def test_age_folders_without_split_folders(tmp_path):
+    files = {f"faces/{age}/{i}.png": noise_jpeg(age * 10 + i) for age in (5, 50) for i in range(2)}
+    report = run_ingest(write_files(tmp_path / "src", files), tmp_path / "out")
+    assert report["layout"] == "age_folders" and report["outcomes"]["kept"] == 4
+    assert load_manifest(tmp_path / "out")["given_split"].isna().all()
+
+
+def test_csv_layout(tmp_path):
+    files = {f"images/{name}.jpg": noise_jpeg(i) for i, name in enumerate(["a", "b", "c", "d"])}
+    files["labels.csv"] = b"file_name,real_age,gender\na.jpg,25,1\nb.jpg,31.6,0\nc.jpg,unknown,0\nmissing.jpg,40,1\n"
+    out = tmp_path / "out"
+    report = run_ingest(write_files(tmp_path / "src", files), out)
+    assert report["layout"] == "csv"
+    assert {k: v for k, v in report["outcomes"].items() if v} == {
+        "kept": 2,
+        "label_file": 1,
+        "malformed_label": 1,
+        "no_label": 1,
+    }
+    assert report["label_rows_without_image"] == 1
+    assert_every_file_accounted(report, out)
+    manifest = load_manifest(out).set_index("source_path")
+    assert manifest.loc["images/a.jpg", "age"] == 25 and manifest.loc["images/b.jpg", "age"] == 32
+    assert manifest.loc["images/a.jpg", "gender"] == 1
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FaceageError, match=r"data source not found: .*nowhere"):
+        run_ingest(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FaceageError, match="data source is empty"):
+        run_ingest(tmp_path / "empty", tmp_path / "out")
+
+
+def test_unrecognised_layout_is_a_clear_error(tmp_path):
+    with pytest.raises(FaceageError, match="cannot tell how"):
+        run_ingest(write_files(tmp_path / "src", {"holiday.jpg": noise_jpeg(1)}), tmp_path / "out")
+
+
+def test_no_usable_image_is_a_clear_error(tmp_path):
+    files = {"UTKFace/30_0_0_1.jpg.chip.jpg": b"text", "UTKFace/31_0_0_2.jpg.chip.jpg": b"more text"}
+    with pytest.raises(FaceageError, match="no usable image"):
+        run_ingest(write_files(tmp_path / "src", files), tmp_path / "out")
+    assert len(pd.read_csv(tmp_path / "out" / REJECTED_FILE)) == 2
+
+
+def test_stage_reports_a_bad_source_in_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  source: no/such/folder\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "ingest.py")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: data source not found: no/such/folder"
+
+
+UTKFACE_ARCHIVE = SHARED / "datasets" / "UTKFace.tar.gz"
+
+
+@pytest.mark.skipif(not UTKFACE_ARCHIVE.is_file(), reason=f"real UTKFace archive not found at {UTKFACE_ARCHIVE}")
+def test_real_utkface_archive_is_fully_accounted_for(tmp_path):
+    report = run_ingest(UTKFACE_ARCHIVE, tmp_path, workers=0)
+    assert report["files"] == 23708
+    assert report["outcomes"]["malformed_name"] == 5
+    assert sum(report["outcomes"].values()) == 23708
+    assert report["outcomes"]["kept"] + report["outcomes"]["duplicate"] == 23703
+    assert_every_file_accounted(report, tmp_path)
+    assert len(load_images(tmp_path)) == report["outcomes"]["kept"]
