@@ -1,0 +1,72 @@
+"""End to end: the real DVC pipeline on a tiny demo data set, in a temporary copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+TINY = {
+    "demo": {"num_images": 150, "image_size": 48},
+    "data": {"image_size": 32},
+    "model": {"pretrained": False, "input_size": 32},
+    "train": {"epochs": 1, "batch_size": 16},
+}
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def set_params(repo, changes):
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_run(output):
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC copy of the tracked files, with tiny parameters."""
+    copy = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, copy / name)
+    set_params(copy, TINY)
+    run(["git", "init", "-q"], copy)
+    run(["git", "add", "-A"], copy)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], copy)
+    return copy
+
+
+def test_repro_runs_every_stage_then_is_a_no_op(repo):
+    output = run(["dvc", "repro"], repo)
+    assert stages_run(output) == ["demo", "ingest", "split", "train", "evaluate", "compare"]
+    for name in ("ingest", "split", "train", "evaluate", "compare"):
+        assert (repo / "metrics" / f"{name}.json").is_file()
+    for plot in ("split/age_histogram.png", "train/learning_curves.png", "evaluate/bucket_mae.png"):
+        assert (repo / "plots" / plot).read_bytes().startswith(b"\x89PNG")
+    assert (repo / "models" / "model.pt").is_file()
+
+    output = run(["dvc", "repro"], repo)
+    assert stages_run(output) == [] and "up to date" in output
+
+
+def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
+    set_params(repo, {"split": {"seed": 7}})
+    output = run(["dvc", "repro"], repo)
+    assert stages_run(output) == ["split", "train", "evaluate", "compare"]
+    assert "metrics/split.json" in run(["dvc", "metrics", "diff"], repo)

@@ -1,0 +1,86 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from faceage.errors import FaceageError
+from faceage.params import SplitParams
+from faceage.split import split_manifest, split_report
+
+
+def make_manifest(n=600, duplicates=40, given=None, seed=0):
+    rng = np.random.default_rng(seed)
+    ages = np.clip(rng.gamma(3, 12, n).round(), 1, 100).astype(int)
+    hashes = [f"h{i}" for i in range(n)]
+    for i in range(duplicates):  # pairs of pixel-identical images
+        hashes[n - 1 - i] = hashes[i]
+        ages[n - 1 - i] = ages[i]
+    frame = pd.DataFrame({"id": range(n), "age": ages, "pixel_hash": hashes})
+    frame["given_split"] = pd.Series(given if given is not None else [pd.NA] * n, dtype="string")
+    return frame
+
+
+def test_every_image_lands_in_exactly_one_split():
+    manifest = make_manifest()
+    split = split_manifest(manifest, SplitParams())
+    assert split["id"].tolist() == manifest["id"].tolist()
+    assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_proportions_follow_the_parameters():
+    counts = split_manifest(make_manifest(1000), SplitParams(train=0.6, val=0.2, test=0.2))["split"].value_counts()
+    assert abs(counts["train"] - 600) <= 10 and abs(counts["val"] - 200) <= 10 and abs(counts["test"] - 200) <= 10
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    manifest = make_manifest()
+    first = split_manifest(manifest, SplitParams(seed=1))
+    assert first.equals(split_manifest(manifest, SplitParams(seed=1)))
+    assert not first.equals(split_manifest(manifest, SplitParams(seed=2)))
+
+
+def test_split_is_stratified_on_age():
+    manifest = make_manifest(1000, duplicates=0)
+    split = manifest.merge(split_manifest(manifest, SplitParams(stratify_bins=10)), on="id")
+    deciles = pd.qcut(split["age"].rank(method="first"), 10, labels=False)
+    shares = pd.crosstab(deciles, split["split"], normalize="index")
+    assert (shares["train"] - 0.70).abs().max() < 0.02
+    assert (shares["test"] - 0.15).abs().max() < 0.02
+
+
+def test_duplicates_never_straddle_two_splits():
+    manifest = make_manifest(300, duplicates=100)
+    split = manifest.merge(split_manifest(manifest, SplitParams()), on="id")
+    assert (split.groupby("pixel_hash")["split"].nunique() == 1).all()
+
+
+def test_given_split_is_kept_and_val_is_carved_from_given_train():
+    n = 400
+    given = ["test" if i % 4 == 0 else "train" for i in range(n)]
+    manifest = make_manifest(n, duplicates=0, given=given)
+    split = split_manifest(manifest, SplitParams())
+    assert (split.loc[manifest["given_split"] == "test", "split"] == "test").all()
+    from_train = split.loc[manifest["given_split"] == "train", "split"].value_counts()
+    assert set(from_train.index) == {"train", "val"}
+    assert abs(from_train["val"] / from_train.sum() - 0.15 / 0.85) < 0.03
+
+
+def test_given_split_can_be_ignored():
+    manifest = make_manifest(400, duplicates=0, given=["test"] * 400)
+    split = split_manifest(manifest, SplitParams(use_given=False))
+    assert split["split"].value_counts()["train"] > 250
+
+
+def test_fractions_must_sum_to_one():
+    with pytest.raises(FaceageError, match="sum to 1"):
+        split_manifest(make_manifest(50), SplitParams(train=0.8, val=0.2, test=0.2))
+
+
+def test_report_counts_and_statistics():
+    manifest = make_manifest(200, duplicates=0)
+    split = split_manifest(manifest, SplitParams())
+    report = split_report(manifest, split)
+    assert report["total"] == 200
+    assert sum(report[s]["count"] for s in ("train", "val", "test")) == 200
+    test_ages = manifest.loc[split["split"] == "test", "age"]
+    assert report["test"]["age_mean"] == round(test_ages.mean(), 2)
+    assert report["test"]["age_min"] == test_ages.min()
