@@ -45,6 +45,7 @@ IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.csv"
 REJECTED_FILE = "rejected.csv"
 MANIFEST_COLUMNS = ["id", "age", "gender", "race", "given_split", "source_path", "content_hash", "pixel_hash"]
+LOGGED_PER_REASON = 10  # rejected files logged one by one per reason; rejected.csv lists them all
 BLOCK_SIZE = 1024  # files held in memory at once while decoding; does not change results
 
 
@@ -95,11 +96,14 @@ def ingest(params: DataParams, out_dir: str | Path) -> dict:
 
     outcomes: dict[str, str] = {}
     rejected: list[dict] = []
+    rejections: Counter[str] = Counter()
 
     def reject(name: str, reason: str, detail: str) -> None:
         outcomes[name] = reason
         rejected.append({"path": name, "reason": reason, "detail": detail})
-        log.warning("skipped %s: %s (%s)", name, reason, detail)
+        rejections[reason] += 1
+        if rejections[reason] <= LOGGED_PER_REASON:
+            log.warning("skipped %s: %s (%s)", name, reason, detail)
 
     labels: dict[str, Label] = {}
     for name in names:
@@ -142,6 +146,11 @@ def ingest(params: DataParams, out_dir: str | Path) -> dict:
     _truncate(images_path, len(rows))
 
     counts = Counter(outcomes.values())
+    for reason, count in rejections.items():
+        if count > LOGGED_PER_REASON:
+            log.warning(
+                "skipped %d more files as %s: see %s", count - LOGGED_PER_REASON, reason, out_dir / REJECTED_FILE
+            )
     if sum(counts.values()) != len(names):
         raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {len(names)} files")
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"gender": "Int64", "race": "Int64"}).to_csv(
