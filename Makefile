@@ -9,7 +9,7 @@ SHARED_TORCH := $(abspath ../shared/torch)
 export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test lint format clean
+.PHONY: setup repro test lint format mlflow-ui clean
 
 setup: $(INSTALLED)
 
@@ -36,3 +36,6 @@ format: setup
 
 clean:
 	rm -rf $(VENV)
+
+mlflow-ui: setup
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(or $(PORT),5000)

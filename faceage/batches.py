@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,11 +19,21 @@ def index_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator
         yield np.sort(order[start : start + batch_size])
 
 
-def to_input(pixels: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """``(B, H, W, 3)`` uint8 pixels to a normalised ``(B, 3, size, size)`` float tensor on ``device``."""
+def to_input(
+    pixels: np.ndarray,
+    size: int,
+    device: torch.device,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 pixels to a normalised ``(B, 3, size, size)`` float tensor on ``device``.
+
+    ``augment``, if given, changes the resized batch while its values are still in ``[0, 1]``.
+    """
     x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if augment is not None:
+        x = augment(x)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -30,8 +30,6 @@ def predict_splits(
         images,
         rows["id"].to_numpy(),
         checkpoint["model"]["input_size"],
-        checkpoint["age_mean"],
-        checkpoint["age_std"],
         params.batch_size,
         device,
     )

@@ -1,4 +1,4 @@
-"""Backbones by name, with an age-regression head, and ImageNet weights loaded only from disk."""
+"""Backbones by name, age heads on top, and ImageNet weights loaded only from disk."""
 
 from __future__ import annotations
 
@@ -14,22 +14,27 @@ from torchvision.models import WeightsEnum
 from faceage.errors import FaceageError
 from faceage.params import ModelParams
 
+HEADS = ("regression", "classification")
+
 
 @dataclass(frozen=True)
 class Backbone:
-    """How to build one torchvision classifier and where its final layer lives."""
+    """How to build one torchvision classifier and where its classification layer lives."""
 
     build: Callable[..., nn.Module]
     weights: WeightsEnum
-    head: str  # attribute path of the final linear layer, e.g. "classifier.1"
+    classifier: str  # attribute that holds the ImageNet classifier, replaced by the age head
+    features: int  # width of the pooled features that feed the classifier
 
 
 BACKBONES: dict[str, Backbone] = {
-    "mobilenet_v2": Backbone(models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier.1"),
-    "resnet18": Backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, "fc"),
-    "resnet34": Backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, "fc"),
-    "resnet50": Backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, "fc"),
-    "efficientnet_b0": Backbone(models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier.1"),
+    "mobilenet_v2": Backbone(models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier", 1280),
+    "resnet18": Backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, "fc", 512),
+    "resnet34": Backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, "fc", 512),
+    "resnet50": Backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, "fc", 2048),
+    "efficientnet_b0": Backbone(
+        models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier", 1280
+    ),
 }
 
 
@@ -49,19 +54,108 @@ def imagenet_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def build_model(params: ModelParams) -> nn.Module:
-    """The backbone named by ``params.backbone`` with a single-output regression head."""
+class AgeNet(nn.Module):
+    """A backbone's pooled features, a shared hidden layer, and age (plus optional gender, age-group) outputs.
+
+    The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
+    to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
+    outputs into years are buffers, so a state dict is self-contained.
+    """
+
+    def __init__(
+        self, trunk: nn.Module, params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float]
+    ):
+        super().__init__()
+        if params.head not in HEADS:
+            raise FaceageError(f"unknown model.head {params.head!r}; choose one of {', '.join(HEADS)}")
+        self.classification = params.head == "classification"
+        self.trunk = trunk
+        width = BACKBONES[params.backbone].features
+        layers: list[nn.Module] = [nn.Dropout(params.dropout)]
+        if params.hidden > 0:
+            layers += [nn.Linear(width, params.hidden), nn.ReLU(inplace=True), nn.Dropout(params.dropout)]
+            width = params.hidden
+        self.neck = nn.Sequential(*layers)
+        bins = torch.arange(age_range[0], age_range[1] + 1, dtype=torch.float32)
+        self.age = nn.Linear(width, len(bins) if self.classification else 1)
+        self.gender = nn.Linear(width, 1) if params.gender_weight > 0 else None
+        self.age_group = nn.Linear(width, len(params.age_group_edges) + 1) if params.age_group_weight > 0 else None
+        self.register_buffer("bin_ages", bins)
+        self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
+        self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
+
+    def head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs from pooled backbone features."""
+        hidden = self.neck(features)
+        outputs = {"age": self.age(hidden)}
+        if self.gender is not None:
+            outputs["gender"] = self.gender(hidden).squeeze(1)
+        if self.age_group is not None:
+            outputs["age_group"] = self.age_group(hidden)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.trunk(x))
+
+    def years(self, age_output: torch.Tensor) -> torch.Tensor:
+        """Predicted age in years from the age output."""
+        if self.classification:
+            return age_output.float().softmax(dim=1) @ self.bin_ages
+        return age_output.float().squeeze(1) * self.age_std + self.age_mean
+
+
+def build_model(params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)) -> AgeNet:
+    """The backbone named by ``params.backbone`` with age heads; ``age_stats`` normalise regression targets."""
     if params.backbone not in BACKBONES:
         raise FaceageError(f"unknown model.backbone {params.backbone!r}; choose one of {', '.join(BACKBONES)}")
     spec = BACKBONES[params.backbone]
-    model = spec.build(weights=None)
+    trunk = spec.build(weights=None)
     if params.pretrained:
-        model.load_state_dict(imagenet_state_dict(spec.weights))
-    parent_path, _, name = spec.head.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    old_head: nn.Linear = getattr(parent, name)
-    setattr(parent, name, nn.Linear(old_head.in_features, 1))
-    return model
+        trunk.load_state_dict(imagenet_state_dict(spec.weights))
+    setattr(trunk, spec.classifier, nn.Identity())
+    return AgeNet(trunk, params, age_range, age_stats)
+
+
+def freeze_trunk(model: AgeNet, freeze: str, freeze_bn: bool = False) -> None:
+    """Make trunk parameters untrainable: ``none``, the whole ``backbone``, or all before block ``freeze``.
+
+    ``freeze`` names a module by its path in the backbone, e.g. ``layer4`` (ResNet) or ``features.14``
+    (MobileNetV2, EfficientNet). With ``freeze_bn`` every BatchNorm layer is frozen as well.
+    """
+    names = [name for name, _ in model.trunk.named_parameters()]
+    if freeze == "none":
+        first_trainable = 0
+    elif freeze == "backbone":
+        first_trainable = len(names)
+    else:
+        matches = [i for i, name in enumerate(names) if name.startswith(f"{freeze}.")]
+        if not matches:
+            blocks = ", ".join(name for name, _ in model.trunk.named_children())
+            raise FaceageError(f"train.freeze: no block {freeze!r} in the backbone; top-level blocks: {blocks}")
+        first_trainable = matches[0]
+    for index, parameter in enumerate(model.trunk.parameters()):
+        parameter.requires_grad_(index >= first_trainable)
+    if freeze_bn:
+        for module in model.trunk.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.requires_grad_(False)
+
+
+def trunk_is_frozen(model: AgeNet) -> bool:
+    """Whether no trunk parameter is trainable."""
+    return not any(p.requires_grad for p in model.trunk.parameters())
+
+
+def set_train_mode(model: AgeNet) -> None:
+    """Training mode, except that a frozen trunk, and frozen BatchNorm layers, keep behaving as in evaluation."""
+    model.train()
+    if trunk_is_frozen(model):
+        model.trunk.eval()
+    for module in model.trunk.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
 
 
 def count_parameters(model: nn.Module) -> int:

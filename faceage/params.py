@@ -50,23 +50,70 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The network."""
+    """The network: a torchvision backbone and an age head, optionally with auxiliary heads."""
 
     backbone: str = "mobilenet_v2"
     pretrained: bool = True
     input_size: int = 64
+    head: str = "classification"  # regression | classification (softmax expectation over 1-year bins)
+    hidden: int = 256  # width of the head's hidden layer; 0 = one linear layer
+    dropout: float = 0.2
+    gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
+    age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
+    age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Optimisation."""
+    """Optimisation: an optional head-only stage on a frozen backbone, then fine-tuning."""
 
-    epochs: int = 3
-    batch_size: int = 32
+    head_epochs: int = 2
+    head_lr: float = 3e-3
+    epochs: int = 4
     lr: float = 1e-3
+    freeze: str = "none"  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
+    freeze_bn: bool = False
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    momentum: float = 0.9
     weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine (after a linear warm-up) | plateau | none
+    warmup_epochs: float = 0.5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    patience: int = 3  # early stopping on validation MAE; 0 = off
+    grad_clip: float = 5.0  # max gradient norm; 0 = off
+    loss: str = "l1"  # regression head: l1 | mse | smooth_l1
+    label_smoothing: float = 0.0  # classification head
+    label_sigma: float = 0.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
+    amp: bool = True  # float16 autocast with gradient scaling on CUDA
+    cpu_bf16: bool = False  # bfloat16 autocast on the CPU
     seed: int = 42
-    threads: int = 0  # 0: torch's default
+    threads: int = 0  # CPU threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Random changes to training images, applied per image on uint8 batches from the array."""
+
+    hflip: float = 0.5  # probability
+    crop_scale: float = 0.85  # random resized crop: smallest share of the area kept; 1 = off
+    shift: float = 0.05  # largest shift, as a share of the side
+    rotate: float = 10.0  # largest rotation in degrees
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02  # largest hue rotation, as a share of the colour circle
+    grayscale: float = 0.05  # probability
+    erasing: float = 0.0  # probability of erasing a random rectangle
+    in_head_stage: bool = False  # augment in the head-only stage too (disables its feature cache)
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    """Experiment tracking; the store is $MLFLOW_TRACKING_URI, else mlflow.db at the repository root."""
+
+    experiment: str = "faceage"
 
 
 @dataclass(frozen=True)
@@ -86,6 +133,8 @@ class Params:
     split: SplitParams = field(default_factory=SplitParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 

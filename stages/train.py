@@ -1,31 +1,59 @@
-"""Stage train: fine-tune the backbone on the train split and save the best checkpoint."""
+"""Stage train: fit the model on the train split, keep the best epoch, and log the run to MLflow."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from faceage.ingest import load_images, load_manifest
+from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
+from faceage.losses import UNKNOWN_GENDER
 from faceage.params import load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
+from faceage.tracking import dataset_fingerprint, start_pipeline_run
 from faceage.train import train_model
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
 MODEL = "models/model.pt"
+STATE = "models/resume/train_state.pt"
 REPORT = "metrics/train.json"
 CURVES = "plots/train/learning_curves.png"
 
 
 def main() -> None:
     params = load_params()
-    ages = load_manifest(INGESTED)["age"].to_numpy()
-    result = train_model(load_images(INGESTED), ages, pd.read_csv(SPLIT_FILE), params.model, params.train)
+    manifest = load_manifest(INGESTED)
+    fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
+    tracker = start_pipeline_run(params.mlflow.experiment, params.model.backbone, params.model.head, fingerprint)
+    tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
+    try:
+        result = train_model(
+            load_images(INGESTED),
+            manifest["age"].to_numpy(),
+            manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(),
+            pd.read_csv(SPLIT_FILE),
+            params.model,
+            params.train,
+            params.augment,
+            (params.data.min_age, params.data.max_age),
+            state_path=STATE,
+            on_epoch_end=lambda row: tracker.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
+            ),
+        )
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
     Path(MODEL).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result.checkpoint, MODEL)
-    write_json(result.summary, REPORT)
+    torch.save({**result.checkpoint, "mlflow_run_id": tracker.run_id}, MODEL)
+    write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
     learning_curves(result.history, CURVES)
+    tracker.log_metrics(result.summary)
+    for path, folder in ((REPORT, "metrics"), (CURVES, "plots"), (MODEL, "model")):
+        tracker.log_artifact(path, folder)
+    tracker.finish()
 
 
 if __name__ == "__main__":

@@ -3,33 +3,90 @@ import torch
 from conftest import SHARED
 
 from faceage.errors import FaceageError
-from faceage.models import BACKBONES, build_model, weights_file
+from faceage.models import BACKBONES, build_model, freeze_trunk, set_train_mode, weights_file
 from faceage.params import ModelParams
+
+AGES = (1, 100)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_b0"])
 def test_each_backbone_takes_a_training_step(backbone):
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone=backbone, pretrained=False, input_size=32))
-    x, y = torch.randn(4, 3, 32, 32), torch.randn(4)
-    assert model(x).shape == (4, 1)
-    head = [p for p in model.parameters()][-2].detach().clone()
+    model = build_model(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)
+    x = torch.randn(4, 3, 32, 32)
+    outputs = model(x)
+    assert outputs["age"].shape == (4, 100)
+    first_conv = next(p for p in model.trunk.parameters()).detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    torch.nn.functional.l1_loss(model(x).squeeze(1), y).backward()
+    torch.nn.functional.cross_entropy(outputs["age"], torch.tensor([0, 10, 50, 99])).backward()
     optimizer.step()
-    assert not torch.equal(head, [p for p in model.parameters()][-2])
+    assert not torch.equal(first_conv, next(p for p in model.trunk.parameters()))
+
+
+def test_dex_expectation_reads_the_softmax_as_an_expected_age():
+    model = build_model(ModelParams(backbone="resnet18", pretrained=False, head="classification"), (1, 5))
+    certain = torch.full((1, 5), -1e4)
+    certain[0, 2] = 1e4  # all mass on age 3
+    assert model.years(certain).item() == pytest.approx(3.0)
+    assert model.years(torch.zeros(1, 5)).item() == pytest.approx(3.0)  # uniform over 1..5
+    two = torch.tensor([[0.0, 0.0, -1e4, -1e4, 0.0]])  # ages 1, 2 and 5 equally likely
+    assert model.years(two).item() == pytest.approx((1 + 2 + 5) / 3)
+
+
+def test_regression_output_is_denormalised():
+    model = build_model(ModelParams(backbone="resnet18", pretrained=False, head="regression"), AGES, (40.0, 10.0))
+    assert model.years(torch.tensor([[0.0], [1.5]])).tolist() == pytest.approx([40.0, 55.0])
+
+
+def test_auxiliary_heads_exist_only_with_a_weight():
+    plain = build_model(ModelParams(backbone="resnet18", pretrained=False), AGES)
+    assert set(plain(torch.randn(2, 3, 32, 32))) == {"age"}
+    params = ModelParams(backbone="resnet18", pretrained=False, gender_weight=0.5, age_group_weight=0.5)
+    outputs = build_model(params, AGES)(torch.randn(2, 3, 32, 32))
+    assert outputs["gender"].shape == (2,) and outputs["age_group"].shape == (2, 4)
+
+
+def test_freezing_up_to_a_block_trains_only_that_block_and_the_head():
+    torch.manual_seed(0)
+    model = build_model(ModelParams(backbone="resnet18", pretrained=False, head="regression"), AGES)
+    freeze_trunk(model, "layer4")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    set_train_mode(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(4, 3, 32, 32))["age"].sum().backward()
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        changed = not torch.equal(before[name], parameter)
+        trainable = not name.startswith("trunk.") or name.startswith("trunk.layer4.")
+        assert changed == trainable, name
+    frozen_bn = model.trunk.layer1[0].bn1
+    assert not frozen_bn.training and model.trunk.layer4[0].bn1.training
+
+
+def test_freezing_the_backbone_keeps_it_in_evaluation_mode():
+    model = build_model(ModelParams(backbone="mobilenet_v2", pretrained=False), AGES)
+    freeze_trunk(model, "backbone")
+    set_train_mode(model)
+    assert not model.trunk.training and model.neck.training
+    assert all(not p.requires_grad for p in model.trunk.parameters())
+
+
+def test_unknown_block_lists_the_blocks():
+    model = build_model(ModelParams(backbone="resnet18", pretrained=False), AGES)
+    with pytest.raises(FaceageError, match=r"no block 'layer9'.*layer4"):
+        freeze_trunk(model, "layer9")
 
 
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(FaceageError, match=r"unknown model\.backbone 'vgg99'; choose one of .*efficientnet_b0"):
-        build_model(ModelParams(backbone="vgg99", pretrained=False))
+        build_model(ModelParams(backbone="vgg99", pretrained=False), AGES)
 
 
 def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints"
     with pytest.raises(FaceageError, match=f"place mobilenet_v2-b0353104.pth in {expected}"):
-        build_model(ModelParams(backbone="mobilenet_v2", pretrained=True))
+        build_model(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
     assert not expected.exists() or not any(expected.iterdir())  # nothing was downloaded
 
 
@@ -37,6 +94,6 @@ def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch):
 def test_imagenet_weights_load_from_torch_home(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(SHARED / "torch"))
     path = weights_file(BACKBONES["mobilenet_v2"].weights)
-    model = build_model(ModelParams(backbone="mobilenet_v2", pretrained=True))
+    model = build_model(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
     reference = torch.load(path, weights_only=True)["features.0.0.weight"]
-    assert torch.equal(model.state_dict()["features.0.0.weight"], reference)
+    assert torch.equal(model.trunk.state_dict()["features.0.0.weight"], reference)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from mlflow import MlflowClient
 
 TINY = {
     "demo": {"num_images": 150, "image_size": 48},
@@ -18,11 +19,19 @@ TINY = {
 }
 
 
-def run(args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run(args, cwd, **extra_env):
+    """Run a command with this environment's tools first on PATH and MLflow's default store."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(extra_env)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return result.stdout + result.stderr
+
+
+def mlflow_runs(repo):
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("faceage").experiment_id])
 
 
 def set_params(repo, changes):
@@ -39,10 +48,11 @@ def stages_run(output):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A git + DVC copy of the tracked files, with tiny parameters."""
+    """A git + DVC copy of the working tree (files git does not ignore), with tiny parameters."""
     copy = tmp_path_factory.mktemp("repo")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in (name for name in files if (REPO / name).is_file()):
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, copy / name)
     set_params(copy, TINY)
@@ -60,6 +70,9 @@ def test_repro_runs_every_stage_then_is_a_no_op(repo):
     for plot in ("split/age_histogram.png", "train/learning_curves.png", "evaluate/bucket_mae.png"):
         assert (repo / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     assert (repo / "models" / "model.pt").is_file()
+    (mlflow_run,) = mlflow_runs(repo)
+    assert mlflow_run.data.tags["backbone"] == "mobilenet_v2" and mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.params["model.input_size"] == "32"
 
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == [] and "up to date" in output
@@ -70,3 +83,13 @@ def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["split", "train", "evaluate", "compare"]
     assert "metrics/split.json" in run(["dvc", "metrics", "diff"], repo)
+    assert len(mlflow_runs(repo)) == 2
+
+
+def test_an_unreachable_mlflow_store_still_trains_the_model(repo, tmp_path):
+    set_params(repo, {"split": {"seed": 8}})
+    (tmp_path / "file").write_text("")
+    output = run(["dvc", "repro", "train"], repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'file' / 'x.db'}")
+    assert "continuing without it" in output
+    assert stages_run(output) == ["split", "train"]
+    assert (repo / "models" / "model.pt").is_file()

@@ -4,52 +4,160 @@ import pytest
 import torch
 
 from faceage.errors import FaceageError
-from faceage.inference import predict_ages
+from faceage.inference import load_checkpoint, predict_ages
 from faceage.models import build_model
-from faceage.params import ModelParams, TrainParams
-from faceage.train import train_model
+from faceage.params import AugmentParams, ModelParams, TrainParams
+from faceage.train import Inputs, plan_phases, train_model
 
-MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=16)
-TRAIN = TrainParams(epochs=2, batch_size=16, lr=1e-3, seed=5, threads=1)
+MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=16, hidden=16)
+TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
+AUGMENT = AugmentParams()
+AGES = (1, 100)
+CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def tiny_data():
+def data():
     rng = np.random.default_rng(0)
     ages = rng.integers(1, 90, 60)
     images = np.clip(ages[:, None, None, None] * 2.5 + rng.normal(0, 20, (60, 16, 16, 3)), 0, 255).astype(np.uint8)
+    genders = np.where(np.arange(60) % 7 == 0, -1, np.arange(60) % 2)
     split = pd.DataFrame({"id": range(60), "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
-    return images, ages, split
+    return images, ages, genders, split
 
 
-def test_training_reports_each_epoch_and_keeps_the_best(tiny_data):
-    result = train_model(*tiny_data, MODEL, TRAIN, torch.device("cpu"))
-    assert [row["epoch"] for row in result.history] == [1, 2]
+def train(data, model=MODEL, params=TRAIN, augment=AUGMENT, **kwargs):
+    return train_model(*data, model, params, augment, AGES, CPU, **kwargs)
+
+
+def test_two_stages_report_every_epoch_and_keep_the_best(data):
+    result = train(data)
+    assert [(row["epoch"], row["phase"]) for row in result.history] == [
+        (1, "head"),
+        (2, "head"),
+        (3, "finetune"),
+        (4, "finetune"),
+    ]
     best = min(result.history, key=lambda row: row["val_mae"])
     assert result.summary["best_epoch"] == best["epoch"]
-    assert result.summary["best_val_mae"] == round(best["val_mae"], 4)
-    assert result.checkpoint["model"]["backbone"] == "resnet18"
+    assert result.checkpoint["val_mae"] == best["val_mae"]
+    assert result.summary["head_images_per_second"] > 0 and result.summary["finetune_images_per_second"] > 0
 
 
-def test_training_is_deterministic(tiny_data):
-    first = train_model(*tiny_data, MODEL, TRAIN, torch.device("cpu"))
-    second = train_model(*tiny_data, MODEL, TRAIN, torch.device("cpu"))
+def test_the_head_stage_leaves_the_backbone_untouched(data):
+    torch.manual_seed(5)  # train_model seeds the same way before building the model
+    initial = build_model(MODEL, AGES).trunk.state_dict()
+    result = train(data, params=TrainParams(head_epochs=2, epochs=0, batch_size=16, seed=5, threads=1))
+    trained = result.checkpoint["state_dict"]
+    for name, value in initial.items():
+        assert torch.equal(trained[f"trunk.{name}"], value), name
+    assert not torch.equal(trained["age.weight"], build_model(MODEL, AGES).state_dict()["age.weight"])
+
+
+def test_training_is_deterministic(data):
+    first, second = train(data), train(data)
     assert first.history == second.history
     for key, value in first.checkpoint["state_dict"].items():
         assert torch.equal(value, second.checkpoint["state_dict"][key]), key
 
 
-def test_training_needs_a_validation_split(tiny_data):
-    images, ages, split = tiny_data
+def test_cached_features_train_the_head_like_the_backbone_does(data, monkeypatch):
+    params = TrainParams(head_epochs=3, epochs=0, batch_size=16, seed=5, threads=1)
+    cached = train(data, params=params)
+    monkeypatch.setattr(Inputs, "cache_features", lambda self, ids, amp: None)
+    uncached = train(data, params=params)
+    for key, value in cached.checkpoint["state_dict"].items():
+        torch.testing.assert_close(value, uncached.checkpoint["state_dict"][key], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [row["val_mae"] for row in cached.history], [row["val_mae"] for row in uncached.history], rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("interrupt_after", [2, 3])
+def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, interrupt_after):
+    state = tmp_path / "state.pt"
+    uninterrupted = train(data)
+
+    def interrupt(row):
+        if row["epoch"] == interrupt_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, state_path=state, on_epoch_end=interrupt)
+    assert state.is_file()
+    resumed_rows = []
+    resumed = train(data, state_path=state, on_epoch_end=resumed_rows.append)
+    assert [row["epoch"] for row in resumed_rows] == list(range(interrupt_after + 1, 5))
+    assert resumed.history == uninterrupted.history
+    for key, value in uninterrupted.checkpoint["state_dict"].items():
+        assert torch.equal(value, resumed.checkpoint["state_dict"][key]), key
+    assert not state.exists()
+
+
+def test_a_saved_state_of_other_parameters_is_not_resumed(data, tmp_path):
+    state = tmp_path / "state.pt"
+
+    def interrupt(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, state_path=state, on_epoch_end=interrupt)
+    rows = []
+    train(
+        data,
+        params=TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=6),
+        state_path=state,
+        on_epoch_end=rows.append,
+    )
+    assert [row["epoch"] for row in rows] == [1, 2]
+
+
+def test_early_stopping_ends_a_stage_after_patience_epochs(data):
+    params = TrainParams(head_epochs=0, epochs=8, lr=10.0, optimizer="sgd", scheduler="none", patience=2, batch_size=16)
+    result = train(data, params=params)
+    maes = [row["val_mae"] for row in result.history]
+    best = int(np.argmin(maes))
+    assert len(maes) == best + 3 < 8
+
+
+@pytest.mark.parametrize(
+    "model, params",
+    [
+        (
+            ModelParams(backbone="resnet18", pretrained=False, input_size=16, head="regression"),
+            TrainParams(loss="smooth_l1"),
+        ),
+        (MODEL, TrainParams(label_sigma=2.0, label_smoothing=0.1, optimizer="sgd", scheduler="plateau")),
+        (
+            ModelParams(backbone="resnet18", pretrained=False, input_size=16, gender_weight=0.5, age_group_weight=0.5),
+            TrainParams(optimizer="adam"),
+        ),
+    ],
+)
+def test_heads_losses_and_optimisers_train(data, model, params):
+    params = TrainParams(**{**params.__dict__, "head_epochs": 1, "epochs": 1, "batch_size": 16})
+    result = train(data, model=model, params=params)
+    assert np.isfinite([row["train_loss"] for row in result.history]).all()
+
+
+def test_augmentation_only_in_the_fine_tuning_stage_by_default():
+    phases = plan_phases(TrainParams(), AugmentParams())
+    assert [(p.name, p.augment) for p in phases] == [("head", False), ("finetune", True)]
+    assert plan_phases(TrainParams(), AugmentParams(in_head_stage=True))[0].augment
+
+
+def test_training_needs_a_validation_split(data):
+    images, ages, genders, split = data
     with pytest.raises(FaceageError, match="train and val"):
-        train_model(images, ages, split.assign(split="train"), MODEL, TRAIN, torch.device("cpu"))
+        train((images, ages, genders, split.assign(split="train")))
 
 
-def test_predictions_follow_the_order_of_the_indices(tiny_data):
-    images, _, _ = tiny_data
-    torch.manual_seed(0)
-    model = build_model(MODEL)
-    indices = np.array([7, 3, 55, 0, 12])
-    forward = predict_ages(model, images, indices, 16, 40.0, 20.0, 2, torch.device("cpu"))
-    backward = predict_ages(model, images, indices[::-1], 16, 40.0, 20.0, 3, torch.device("cpu"))
-    np.testing.assert_allclose(forward, backward[::-1], rtol=1e-5)
+def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
+    result = train(data, params=TrainParams(head_epochs=1, epochs=0, batch_size=16))
+    torch.save(result.checkpoint, tmp_path / "model.pt")
+    model, checkpoint = load_checkpoint(tmp_path / "model.pt", CPU)
+    indices = np.array([50, 7, 3])
+    expected = predict_ages(model, data[0], indices, 16, 8, CPU)
+    assert checkpoint["epoch"] == 1 and expected.shape == (3,)
+    backward = predict_ages(model, data[0], indices[::-1], 16, 2, CPU)
+    np.testing.assert_allclose(expected, backward[::-1], rtol=1e-5)

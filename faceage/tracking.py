@@ -1,0 +1,163 @@
+"""MLflow tracking of pipeline runs; a tracking failure only warns, it never stops the pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+QUEUED_WORKSPACE = (".dvc", "tmp", "exps")
+
+
+def workspace_root(start: str | Path = ".") -> Path:
+    """The user's repository, also from inside a queued DVC experiment's copy in ``.dvc/tmp/exps/``."""
+    path = Path(start).resolve()
+    parts = path.parts
+    for index in range(len(parts) - len(QUEUED_WORKSPACE) + 1):
+        if parts[index : index + len(QUEUED_WORKSPACE)] == QUEUED_WORKSPACE:
+            return Path(*parts[:index])
+    for folder in (path, *path.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return path
+
+
+def tracking_uri(start: str | Path = ".") -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` at the workspace root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root(start) / STORE_FILE}"
+
+
+def dataset_fingerprint(paths: Iterable[str | Path]) -> str:
+    """Short hash of the files that define the data a model sees (ingested manifest and split)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """The checked-out commit, or ``unknown`` outside git."""
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` to ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunTracker:
+    """One MLflow run, created anew or reopened by id; after the first MLflow error it only warns once."""
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_id: str | None = None,
+        uri: str | None = None,
+    ):
+        self.run_id: str | None = None
+        self.client = None
+        self.uri = uri or tracking_uri()
+        try:
+            self._open(experiment, run_name, tags or {}, run_id)
+        except Exception as error:  # any MLflow failure must leave the pipeline's own outputs intact
+            self._disable(error)
+
+    def _open(self, experiment: str, run_name: str | None, tags: dict[str, str], run_id: str | None) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        if run_id:
+            self.run_id = self.client.get_run(run_id).info.run_id
+            return
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if self.uri.startswith("sqlite:///"):
+                location = (Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_FOLDER).as_uri()
+            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+    def _disable(self, error: Exception) -> None:
+        log.warning("MLflow tracking at %s failed, continuing without it: %s", self.uri, error)
+        self.client, self.run_id = None, None
+
+    def _call(self, action: Callable[[], Any]) -> None:
+        if self.run_id is None:
+            return
+        try:
+            action()
+        except Exception as error:  # any MLflow failure must leave the pipeline's own outputs intact
+            self._disable(error)
+
+    @property
+    def active(self) -> bool:
+        """Whether the run is still being logged."""
+        return self.run_id is not None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log nested parameters as flat ``section.key`` names."""
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)) for key, value in flatten(params).items()]
+        self._call(lambda: self.client.log_batch(self.run_id, params=items))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log numeric metrics (nested dicts flattened; other values skipped)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in flatten(metrics).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        ]
+        self._call(lambda: self.client.log_batch(self.run_id, metrics=items))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags."""
+        from mlflow.entities import RunTag
+
+        self._call(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        """Copy a file into the run's artifacts."""
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the run as ended."""
+        self._call(lambda: self.client.set_terminated(self.run_id, status))
+
+
+def start_pipeline_run(experiment: str, backbone: str, head: str, fingerprint: str) -> RunTracker:
+    """A new run named after the backbone (and DVC experiment), tagged so runs can be grouped and compared."""
+    dvc_experiment = os.environ.get("DVC_EXP_NAME", "")
+    tags = {
+        "backbone": backbone,
+        "head": head,
+        "dataset_fingerprint": fingerprint,
+        "git_commit": git_commit(),
+        "dvc_experiment": dvc_experiment,
+    }
+    name = "-".join(part for part in (backbone, head, dvc_experiment) if part)
+    return RunTracker(experiment, run_name=name, tags=tags)

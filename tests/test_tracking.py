@@ -1,0 +1,84 @@
+import logging
+
+import pytest
+from mlflow import MlflowClient
+
+from faceage.tracking import RunTracker, flatten, start_pipeline_run, tracking_uri, workspace_root
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_workspace_root_from_the_repository_and_a_subfolder(repo):
+    (repo / "stages").mkdir()
+    assert workspace_root(repo) == repo.resolve()
+    assert workspace_root(repo / "stages") == repo.resolve()
+
+
+def test_workspace_root_from_a_queued_experiment_copy(repo):
+    queued = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    (queued / ".dvc").mkdir(parents=True)
+    assert workspace_root(queued) == repo.resolve()
+    assert tracking_uri(queued) == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+
+
+def test_tracking_uri_honours_the_environment(repo, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking_uri(repo) == "http://tracking.example:5000"
+
+
+def test_flatten_nested_parameters():
+    assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [2], "e": "x"}
+
+
+def test_a_run_logs_params_metrics_tags_and_artifacts(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker("exp", run_name="resnet18-x", tags={"backbone": "resnet18"}, uri=uri)
+    assert tracker.active
+    tracker.log_params({"model": {"backbone": "resnet18", "input_size": 64}})
+    for epoch, mae in enumerate([9.0, 7.5], start=1):
+        tracker.log_metrics({"val_mae": mae, "phase": "head"}, step=epoch)
+    (tmp_path / "train.json").write_text("{}")
+    tracker.log_artifact(tmp_path / "train.json", "metrics")
+    tracker.finish()
+
+    again = RunTracker("exp", run_id=tracker.run_id, uri=uri)
+    again.log_metrics({"test_mae": 6.0})
+
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.run_name == "resnet18-x" and run.info.status == "FINISHED"
+    assert run.data.tags["backbone"] == "resnet18"
+    assert run.data.params == {"model.backbone": "resnet18", "model.input_size": "64"}
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val_mae")] == [9.0, 7.5]
+    assert run.data.metrics["test_mae"] == 6.0
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "metrics")] == ["metrics/train.json"]
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_queued_experiment_runs_land_in_the_workspace_store(repo, monkeypatch):
+    queued = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    (queued / ".dvc").mkdir(parents=True)
+    monkeypatch.chdir(queued)
+    monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
+    tracker = start_pipeline_run("faceage", "efficientnet_b0", "classification", "abc123")
+    tracker.finish()
+    assert (repo / "mlflow.db").is_file() and not (queued / "mlflow.db").exists()
+    run = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(tracker.run_id)
+    assert run.info.run_name == "efficientnet_b0-classification-tidy-kiln"
+    assert run.data.tags["dataset_fingerprint"] == "abc123" and run.data.tags["dvc_experiment"] == "tidy-kiln"
+
+
+def test_an_unreachable_store_only_warns(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        tracker = RunTracker("exp", uri=f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"b": 2.0})
+        tracker.finish()
+    assert not tracker.active
+    assert "continuing without it" in caplog.text
