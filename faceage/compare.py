@@ -7,10 +7,11 @@ def run_entry(train_summary: dict, evaluation: dict) -> dict:
     """One leaderboard row from a run's ``train.json`` and ``evaluate.json``."""
     return {
         "backbone": train_summary["backbone"],
-        "val_mae": evaluation["val"]["mae"],
-        "test_mae": evaluation["test"]["mae"],
-        "test_rmse": evaluation["test"]["rmse"],
-        "test_cs5": evaluation["test"]["cs5"],
+        "val_mae": evaluation["val"]["mae"]["value"],
+        "test_mae": evaluation["test"]["mae"]["value"],
+        "test_mae_ci": [evaluation["test"]["mae"]["ci_low"], evaluation["test"]["mae"]["ci_high"]],
+        "test_rmse": evaluation["test"]["rmse"]["value"],
+        "test_cs5": evaluation["test"]["cs5"]["value"],
         "parameters": train_summary["parameters"],
         "train_seconds": train_summary["seconds"],
     }

@@ -5,16 +5,33 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from faceage.inference import predict_ages
-from faceage.metrics import error_summary
+from faceage.batches import to_input
+from faceage.gradcam import grad_cam
+from faceage.inference import predict
+from faceage.metrics import (
+    GENDER_NAMES,
+    RACE_NAMES,
+    bias,
+    bucket_index,
+    bucket_mae,
+    cumulative_score,
+    group_confusion,
+    mae,
+    r2,
+    rmse,
+    subgroup_mae,
+    with_interval,
+)
+from faceage.models import AgeNet
 from faceage.params import EvaluateParams
 
-EVALUATED_SPLITS = ("val", "test")
+EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
 
 
 def predict_splits(
-    model: torch.nn.Module,
+    model: AgeNet,
     checkpoint: dict,
     images: np.ndarray,
     manifest: pd.DataFrame,
@@ -22,27 +39,92 @@ def predict_splits(
     params: EvaluateParams,
     device: torch.device,
 ) -> pd.DataFrame:
-    """One row per validation and test image: id, split, true and predicted age, error, gender, race."""
+    """One row per validation and test image: id, split, true and predicted age, error, gender, race
+    (and the predicted probability of gender 1 when the model has a gender head)."""
     rows = manifest[["id", "age", "gender", "race"]].merge(split, on="id")
     rows = rows[rows["split"].isin(EVALUATED_SPLITS)].sort_values("id").reset_index(drop=True)
-    rows["predicted_age"] = predict_ages(
-        model,
-        images,
-        rows["id"].to_numpy(),
-        checkpoint["model"]["input_size"],
-        params.batch_size,
-        device,
-    )
+    input_size = checkpoint["model"]["input_size"]
+    outputs = predict(model, images, rows["id"].to_numpy(), input_size, params.batch_size, device, flip=params.flip_tta)
+    rows["predicted_age"] = outputs["age"]
     rows["error"] = rows["predicted_age"] - rows["age"]
-    return rows.rename(columns={"age": "true_age"})[
-        ["id", "split", "true_age", "predicted_age", "error", "gender", "race"]
-    ]
+    columns = ["id", "split", "true_age", "predicted_age", "error", "gender", "race"]
+    if "gender" in outputs:
+        rows["female_probability"] = outputs["gender"]
+        columns.append("female_probability")
+    return rows.rename(columns={"age": "true_age"})[columns]
 
 
-def evaluation_report(predictions: pd.DataFrame, params: EvaluateParams) -> dict:
-    """Error summary per evaluated split; the test split is the headline."""
-    return {
-        name: error_summary(part["true_age"], part["predicted_age"], params.bucket_edges)
-        for name, part in ((name, predictions[predictions["split"] == name]) for name in EVALUATED_SPLITS)
-        if len(part)
+def split_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_edges: tuple[int, ...]) -> dict:
+    """All metrics of one split's predictions."""
+    true = predictions["true_age"].to_numpy(float)
+    predicted = predictions["predicted_age"].to_numpy(float)
+    metrics = {
+        "mae": mae,
+        "rmse": rmse,
+        "r2": r2,
+        "bias": bias,
+        f"cs{params.cs_threshold:g}": cumulative_score(params.cs_threshold),
     }
+    report: dict = {"count": len(predictions)}
+    for name, metric in metrics.items():
+        report[name] = with_interval(
+            metric, true, predicted, params.bootstrap_resamples, params.bootstrap_seed, params.confidence
+        )
+    report["buckets"] = bucket_mae(true, predicted, params.bucket_edges)
+    report["age_groups"] = group_confusion(true, predicted, age_group_edges)
+    report["by_gender"] = subgroup_mae(predictions["error"], predictions["gender"], GENDER_NAMES)
+    report["by_race"] = subgroup_mae(predictions["error"], predictions["race"], RACE_NAMES)
+    if "female_probability" in predictions:
+        known = predictions["gender"].notna()
+        guessed = (predictions.loc[known, "female_probability"] > 0.5).astype(int)
+        report["gender_accuracy"] = round(float((guessed == predictions.loc[known, "gender"]).mean()), 4)
+    return report
+
+
+def evaluation_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_edges: tuple[int, ...]) -> dict:
+    """Metrics per evaluated split."""
+    return {
+        name: split_report(predictions[predictions["split"] == name], params, age_group_edges)
+        for name in EVALUATED_SPLITS
+        if (predictions["split"] == name).any()
+    }
+
+
+def bucket_table(report: dict) -> pd.DataFrame:
+    """Per-bucket MAE of one split as rows, for ``dvc plots``."""
+    return pd.DataFrame(
+        [{"bucket": label, "mae": row["mae"], "count": row["count"]} for label, row in report["buckets"].items()]
+    )
+
+
+def worst_errors(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The ``count`` test predictions with the largest absolute error, largest first."""
+    test = predictions[predictions["split"] == "test"]
+    return test.loc[test["error"].abs().sort_values(ascending=False, kind="stable").index[:count]]
+
+
+def gradcam_examples(predictions: pd.DataFrame, params: EvaluateParams) -> pd.DataFrame:
+    """Up to ``gradcam_per_bucket`` test images per age bucket (lowest ids first, so the choice is stable),
+    youngest first."""
+    test = predictions[predictions["split"] == "test"].sort_values("id")
+    buckets = bucket_index(test["true_age"].to_numpy(), params.bucket_edges)
+    chosen = test.groupby(buckets, sort=True).head(params.gradcam_per_bucket)
+    return chosen.sort_values(["true_age", "id"])
+
+
+def gradcam_maps(
+    model: AgeNet, images: np.ndarray, ids: np.ndarray, input_size: int, device: torch.device
+) -> np.ndarray:
+    """Grad-CAM heat maps for ``images[ids]`` at the stored image size."""
+    ids = np.asarray(ids)
+    order = np.argsort(ids)
+    maps = grad_cam(model, to_input(images[ids[order]], input_size, device))
+    maps = F.interpolate(maps[:, None], size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
+    result = np.empty((len(ids), *images.shape[1:3]), dtype=np.float32)
+    result[order] = maps.cpu().numpy()
+    return result
+
+
+def caption(row: pd.Series) -> str:
+    """``true 34 / pred 41.2``."""
+    return f"true {row['true_age']:.0f} / pred {row['predicted_age']:.1f}"

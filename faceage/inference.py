@@ -15,10 +15,19 @@ from faceage.models import AgeNet, build_model
 from faceage.params import ModelParams, from_dict
 
 
-def make_checkpoint(model: AgeNet, params: ModelParams, age_range: tuple[int, int], **extra: object) -> dict:
-    """Everything needed to rebuild ``model``; loadable with ``torch.load(..., weights_only=True)``."""
+def make_checkpoint(
+    model: AgeNet, params: ModelParams, age_range: tuple[int, int], image_size: int, **extra: object
+) -> dict:
+    """Everything needed to rebuild ``model`` and its preprocessing (``image_size``: the size images are
+    stored at before the network resizes them); loadable with ``torch.load(..., weights_only=True)``."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"state_dict": state, "model": asdict(params), "age_range": list(age_range), **extra}
+    return {
+        "state_dict": state,
+        "model": asdict(params),
+        "age_range": list(age_range),
+        "image_size": image_size,
+        **extra,
+    }
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dict]:
@@ -34,7 +43,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dic
 
 
 @torch.no_grad()
-def predict_ages(
+def predict(
     model: AgeNet,
     images: np.ndarray,
     indices: np.ndarray,
@@ -42,18 +51,30 @@ def predict_ages(
     batch_size: int,
     device: torch.device,
     amp: contextlib.AbstractContextManager | None = None,
-) -> np.ndarray:
-    """Predicted age in years for ``images[indices]``, in the order of ``indices``."""
+    flip: bool = False,
+) -> dict[str, np.ndarray]:
+    """Predictions for ``images[indices]`` in the order of ``indices``: ``age`` in years, and the
+    probability of ``gender`` 1 (female) when the model has a gender head.
+
+    With ``flip``, each prediction is the mean of the image's and its mirror image's.
+    """
     was_training = model.training
     model.eval()
     indices = np.asarray(indices)
     order = np.argsort(indices, kind="stable")
-    predictions = np.empty(len(indices), dtype=np.float64)
+    results: dict[str, np.ndarray] = {}
     position = 0
     for batch in index_batches(indices[order], batch_size):
+        x = to_input(images[batch], input_size, device)
+        views = (x, x.flip(-1)) if flip else (x,)
         with amp or contextlib.nullcontext():
-            years = model.years(model(to_input(images[batch], input_size, device))["age"])
-        predictions[order[position : position + len(batch)]] = years.float().cpu().numpy()
+            outputs = [model(view) for view in views]
+        batch_results = {"age": torch.stack([model.years(o["age"]) for o in outputs]).mean(0)}
+        if "gender" in outputs[0]:
+            batch_results["gender"] = torch.stack([o["gender"].float().sigmoid() for o in outputs]).mean(0)
+        rows = order[position : position + len(batch)]
+        for key, values in batch_results.items():
+            results.setdefault(key, np.empty(len(indices)))[rows] = values.float().cpu().numpy()
         position += len(batch)
     model.train(was_training)
-    return predictions
+    return results

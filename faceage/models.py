@@ -19,21 +19,34 @@ HEADS = ("regression", "classification")
 
 @dataclass(frozen=True)
 class Backbone:
-    """How to build one torchvision classifier and where its classification layer lives."""
+    """How to build one torchvision classifier and where its classification layers live."""
 
     build: Callable[..., nn.Module]
     weights: WeightsEnum
     classifier: str  # attribute that holds the ImageNet classifier, replaced by the age head
-    features: int  # width of the pooled features that feed the classifier
+    last_conv: str  # the last convolutional block, whose activations Grad-CAM explains
 
 
 BACKBONES: dict[str, Backbone] = {
-    "mobilenet_v2": Backbone(models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier", 1280),
-    "resnet18": Backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, "fc", 512),
-    "resnet34": Backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, "fc", 512),
-    "resnet50": Backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, "fc", 2048),
+    "resnet18": Backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, "fc", "layer4"),
+    "resnet34": Backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, "fc", "layer4"),
+    "resnet50": Backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, "fc", "layer4"),
+    "resnet101": Backbone(models.resnet101, models.ResNet101_Weights.IMAGENET1K_V2, "fc", "layer4"),
+    "mobilenet_v2": Backbone(models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier", "features"),
+    "mobilenet_v3_small": Backbone(
+        models.mobilenet_v3_small, models.MobileNet_V3_Small_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "mobilenet_v3_large": Backbone(
+        models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
     "efficientnet_b0": Backbone(
-        models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier", 1280
+        models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "efficientnet_b1": Backbone(
+        models.efficientnet_b1, models.EfficientNet_B1_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "efficientnet_b2": Backbone(
+        models.efficientnet_b2, models.EfficientNet_B2_Weights.IMAGENET1K_V1, "classifier", "features"
     ),
 }
 
@@ -63,14 +76,19 @@ class AgeNet(nn.Module):
     """
 
     def __init__(
-        self, trunk: nn.Module, params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float]
+        self,
+        trunk: nn.Module,
+        width: int,
+        params: ModelParams,
+        age_range: tuple[int, int],
+        age_stats: tuple[float, float],
     ):
         super().__init__()
         if params.head not in HEADS:
             raise FaceageError(f"unknown model.head {params.head!r}; choose one of {', '.join(HEADS)}")
         self.classification = params.head == "classification"
         self.trunk = trunk
-        width = BACKBONES[params.backbone].features
+        self.last_conv = BACKBONES[params.backbone].last_conv
         layers: list[nn.Module] = [nn.Dropout(params.dropout)]
         if params.hidden > 0:
             layers += [nn.Linear(width, params.hidden), nn.ReLU(inplace=True), nn.Dropout(params.dropout)]
@@ -112,8 +130,10 @@ def build_model(params: ModelParams, age_range: tuple[int, int], age_stats: tupl
     trunk = spec.build(weights=None)
     if params.pretrained:
         trunk.load_state_dict(imagenet_state_dict(spec.weights))
+    classifier = getattr(trunk, spec.classifier)
+    width = next(m for m in classifier.modules() if isinstance(m, nn.Linear)).in_features
     setattr(trunk, spec.classifier, nn.Identity())
-    return AgeNet(trunk, params, age_range, age_stats)
+    return AgeNet(trunk, width, params, age_range, age_stats)
 
 
 def freeze_trunk(model: AgeNet, freeze: str, freeze_bn: bool = False) -> None:

@@ -118,10 +118,17 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """Metrics."""
+    """Metrics, their confidence intervals, and the galleries."""
 
     batch_size: int = 128
+    flip_tta: bool = True  # average the predictions of each image and its mirror image
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+    cs_threshold: float = 5.0  # CS@k: share of predictions within k years
     bucket_edges: tuple[int, ...] = (1, 6, 13, 19, 31, 46, 61, 101)
+    worst_errors: int = 16  # faces in the worst-errors gallery
+    gradcam_per_bucket: int = 2  # test faces per age bucket in the Grad-CAM gallery
 
 
 @dataclass(frozen=True)

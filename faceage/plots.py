@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 
@@ -57,4 +58,55 @@ def learning_curves(history: list[dict], path: str | Path) -> None:
         mae_axis.plot(epochs, [row[key] for row in history], marker="o", label=key.replace("_mae", ""))
     mae_axis.set(xlabel="epoch", ylabel="MAE (years)", title="MAE")
     mae_axis.legend()
+    save(figure, path)
+
+
+def predicted_vs_true(true: np.ndarray, predicted: np.ndarray, title: str, path: str | Path) -> None:
+    """Scatter of predicted against true age, with the identity line."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.scatter(true, predicted, s=6, alpha=0.4)
+    top = float(max(np.max(true), np.max(predicted))) + 2
+    axis.plot([0, top], [0, top], color="black", linewidth=1, label="perfect prediction")
+    axis.set(xlim=(0, top), ylim=(0, top), xlabel="true age (years)", ylabel="predicted age (years)", title=title)
+    axis.legend(loc="upper left")
+    save(figure, path)
+
+
+def error_histogram(errors: np.ndarray, title: str, path: str | Path) -> None:
+    """Histogram of signed errors (predicted minus true)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(errors, bins=np.arange(np.floor(errors.min()) - 0.5, np.ceil(errors.max()) + 1.5, 1.0))
+    axis.axvline(0, color="black", linewidth=1)
+    axis.set(xlabel="predicted - true age (years)", ylabel="images", title=title)
+    save(figure, path)
+
+
+def confusion(table: dict[str, dict[str, int]], title: str, path: str | Path) -> None:
+    """Confusion matrix of age groups, counts in the cells, rows normalised for the colours."""
+    labels = list(table)
+    counts = np.array([[table[t][p] for p in labels] for t in labels])
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(counts):
+        axis.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set(xlabel="predicted age group", ylabel="true age group", title=title)
+    save(figure, path)
+
+
+def face_gallery(
+    faces: np.ndarray, captions: list[str], path: str | Path, heat_maps: np.ndarray | None = None, columns: int = 8
+) -> None:
+    """A grid of face images with captions, optionally overlaid with heat maps in ``[0, 1]``."""
+    rows = max(1, -(-len(faces) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(faces):
+            axis.imshow(faces[index])
+            if heat_maps is not None:
+                axis.imshow(heat_maps[index], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axis.set_title(captions[index], fontsize=8)
     save(figure, path)

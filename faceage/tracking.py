@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -123,12 +124,12 @@ class RunTracker:
         self._call(lambda: self.client.log_batch(self.run_id, params=items))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log numeric metrics (nested dicts flattened; other values skipped)."""
+        """Log numeric metrics (nested dicts flattened, characters MLflow refuses replaced; others skipped)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [
-            Metric(key, float(value), now, step or 0)
+            Metric(re.sub(r"[^\w\-./ ]", "_", key), float(value), now, step or 0)
             for key, value in flatten(metrics).items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         ]

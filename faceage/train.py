@@ -25,7 +25,7 @@ from tqdm import tqdm
 from faceage.augment import BatchAugmenter, is_active
 from faceage.batches import index_batches, to_input
 from faceage.errors import FaceageError
-from faceage.inference import make_checkpoint, predict_ages
+from faceage.inference import make_checkpoint, predict
 from faceage.losses import total_loss
 from faceage.models import AgeNet, build_model, count_parameters, freeze_trunk, set_train_mode, trunk_is_frozen
 from faceage.optim import Schedule, build_optimizer
@@ -119,7 +119,7 @@ class Inputs:
     def predict(self, ids: np.ndarray, amp: contextlib.AbstractContextManager) -> np.ndarray:
         """Predicted ages in years for ``ids``, in their order."""
         if self.features is None:
-            return predict_ages(self.model, self.images, ids, self.input_size, self.batch_size, self.device, amp)
+            return predict(self.model, self.images, ids, self.input_size, self.batch_size, self.device, amp)["age"]
         was_training = self.model.training
         self.model.eval()
         rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
@@ -283,7 +283,9 @@ def train_model(
     model.load_state_dict(best["model"])
     if state_path is not None:
         Path(state_path).unlink(missing_ok=True)
-    checkpoint = make_checkpoint(model, model_params, age_range, epoch=best["epoch"], val_mae=best["val_mae"])
+    checkpoint = make_checkpoint(
+        model, model_params, age_range, image_size=images.shape[1], epoch=best["epoch"], val_mae=best["val_mae"]
+    )
     summary = {
         "backbone": model_params.backbone,
         "head": model_params.head,

@@ -1,35 +1,62 @@
-"""Stage evaluate: predict the validation and test splits and write metrics, predictions and plots."""
+"""Stage evaluate: predict the validation and test splits; write metrics, predictions, plots and galleries,
+and add them to the MLflow run of the model."""
+
+from pathlib import Path
 
 import pandas as pd
 
-from faceage.evaluate import evaluation_report, predict_splits
+from faceage import evaluate, plots
 from faceage.inference import load_checkpoint
 from faceage.ingest import load_images, load_manifest
 from faceage.params import load_params
-from faceage.plots import bucket_mae
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_json
+from faceage.tracking import RunTracker
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
 MODEL = "models/model.pt"
 PREDICTIONS = "data/predictions.csv"
 REPORT = "metrics/evaluate.json"
-BUCKET_PLOT = "plots/evaluate/bucket_mae.png"
+PLOTS = Path("plots/evaluate")
+GALLERIES = Path("data/galleries")  # face images: DVC-cached, never committed
 
 
 def main() -> None:
-    params = load_params().evaluate
+    params = load_params()
     device = select_device()
     model, checkpoint = load_checkpoint(MODEL, device)
-    manifest = load_manifest(INGESTED)
-    predictions = predict_splits(
-        model, checkpoint, load_images(INGESTED), manifest, pd.read_csv(SPLIT_FILE), params, device
+    images = load_images(INGESTED)
+    predictions = evaluate.predict_splits(
+        model, checkpoint, images, load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), params.evaluate, device
     )
     predictions.to_csv(PREDICTIONS, index=False)
-    report = evaluation_report(predictions, params)
+    report = evaluate.evaluation_report(predictions, params.evaluate, tuple(checkpoint["model"]["age_group_edges"]))
     write_json(report, REPORT)
-    bucket_mae({name: summary["buckets"] for name, summary in report.items()}, BUCKET_PLOT)
+
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    evaluate.bucket_table(report["test"]).to_csv(PLOTS / "bucket_mae.csv", index=False)
+    plots.bucket_mae({name: summary["buckets"] for name, summary in report.items()}, PLOTS / "bucket_mae.png")
+    test = predictions[predictions["split"] == "test"]
+    plots.predicted_vs_true(test["true_age"], test["predicted_age"], "Test split", PLOTS / "predicted_vs_true.png")
+    plots.error_histogram(test["error"].to_numpy(), "Test split errors", PLOTS / "error_histogram.png")
+    plots.confusion(report["test"]["age_groups"]["confusion"], "Test split age groups", PLOTS / "age_groups.png")
+
+    worst = evaluate.worst_errors(predictions, params.evaluate.worst_errors)
+    captions = [evaluate.caption(row) for _, row in worst.iterrows()]
+    plots.face_gallery(images[worst["id"].to_numpy()], captions, GALLERIES / "worst_errors.png")
+    examples = evaluate.gradcam_examples(predictions, params.evaluate)
+    ids = examples["id"].to_numpy()
+    heat = evaluate.gradcam_maps(model, images, ids, checkpoint["model"]["input_size"], device)
+    captions = [evaluate.caption(row) for _, row in examples.iterrows()]
+    plots.face_gallery(images[ids], captions, GALLERIES / "gradcam.png", heat_maps=heat)
+
+    run_id = checkpoint.get("mlflow_run_id")
+    if run_id:
+        tracker = RunTracker(params.mlflow.experiment, run_id=run_id)
+        tracker.log_metrics(report)
+        for path in (REPORT, PREDICTIONS, *sorted(PLOTS.iterdir()), *sorted(GALLERIES.iterdir())):
+            tracker.log_artifact(path, "evaluate")
 
 
 if __name__ == "__main__":

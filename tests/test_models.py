@@ -9,7 +9,7 @@ from faceage.params import ModelParams
 AGES = (1, 100)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_b0"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_each_backbone_takes_a_training_step(backbone):
     torch.manual_seed(0)
     model = build_model(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)

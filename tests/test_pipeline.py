@@ -69,13 +69,27 @@ def test_repro_runs_every_stage_then_is_a_no_op(repo):
         assert (repo / "metrics" / f"{name}.json").is_file()
     for plot in ("split/age_histogram.png", "train/learning_curves.png", "evaluate/bucket_mae.png"):
         assert (repo / "plots" / plot).read_bytes().startswith(b"\x89PNG")
+    for gallery in ("worst_errors.png", "gradcam.png"):
+        assert (repo / "data" / "galleries" / gallery).read_bytes().startswith(b"\x89PNG")
     assert (repo / "models" / "model.pt").is_file()
     (mlflow_run,) = mlflow_runs(repo)
     assert mlflow_run.data.tags["backbone"] == "mobilenet_v2" and mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["model.input_size"] == "32"
+    assert "test.mae.value" in mlflow_run.data.metrics  # evaluate logged into the model's run
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    logged = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "evaluate")}
+    assert {"evaluate/evaluate.json", "evaluate/gradcam.png", "evaluate/bucket_mae.csv"} <= logged
 
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == [] and "up to date" in output
+
+
+def test_plots_render_offline(repo):
+    run(["dvc", "plots", "show", "-o", "rendered"], repo)
+    page = (repo / "rendered" / "index.html").read_text()
+    assert "vegaEmbed(" in page and "https://cdn" not in page and "<script src" not in page
+    assert "Test MAE per age bucket" in page
+    assert page.count('<img src="static/') == 6
 
 
 def test_changing_the_split_seed_reruns_split_and_what_follows(repo):

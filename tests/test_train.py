@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from faceage.errors import FaceageError
-from faceage.inference import load_checkpoint, predict_ages
+from faceage.inference import load_checkpoint, predict
 from faceage.models import build_model
 from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.train import Inputs, plan_phases, train_model
@@ -157,7 +157,7 @@ def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
     torch.save(result.checkpoint, tmp_path / "model.pt")
     model, checkpoint = load_checkpoint(tmp_path / "model.pt", CPU)
     indices = np.array([50, 7, 3])
-    expected = predict_ages(model, data[0], indices, 16, 8, CPU)
-    assert checkpoint["epoch"] == 1 and expected.shape == (3,)
-    backward = predict_ages(model, data[0], indices[::-1], 16, 2, CPU)
+    expected = predict(model, data[0], indices, 16, 8, CPU)["age"]
+    assert checkpoint["epoch"] == 1 and checkpoint["image_size"] == 16 and expected.shape == (3,)
+    backward = predict(model, data[0], indices[::-1], 16, 2, CPU)["age"]
     np.testing.assert_allclose(expected, backward[::-1], rtol=1e-5)
