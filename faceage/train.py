@@ -87,13 +87,11 @@ class Inputs:
     """Turns manifest ids into model outputs, from images or from backbone features computed once."""
 
     def __init__(self, model: AgeNet, images: np.ndarray, input_size: int, batch_size: int, device: torch.device):
-        self.model, self.images, self.input_size, self.batch_size, self.device = (
-            model,
-            images,
-            input_size,
-            batch_size,
-            device,
-        )
+        self.model = model
+        self.images = images
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.device = device
         self.features: torch.Tensor | None = None
         self.rows: dict[int, int] = {}
 
