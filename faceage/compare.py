@@ -1,23 +1,121 @@
-"""Rank evaluated runs: validation MAE decides, test MAE is reported."""
+"""Compare runs on the same data: validation MAE picks each backbone's best run, test MAE is reported,
+and a paired test on identical test images says whether the current run really differs from the best
+other one."""
 
 from __future__ import annotations
 
+import tempfile
 
-def run_entry(train_summary: dict, evaluation: dict) -> dict:
-    """One leaderboard row from a run's ``train.json`` and ``evaluate.json``."""
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+
+from faceage.evaluate import EVALUATE_ARTIFACTS
+from faceage.metrics import bootstrap_interval
+from faceage.params import CompareParams
+from faceage.tracking import download_artifact, finished_runs, metric_key
+
+BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
+
+
+def entry_from_reports(run_id: str | None, train_summary: dict, evaluation: dict) -> dict:
+    """A leaderboard entry from a run's ``train.json`` and ``evaluate.json``."""
+    test = evaluation["test"]
     return {
+        "run_id": run_id,
         "backbone": train_summary["backbone"],
         "val_mae": evaluation["val"]["mae"]["value"],
-        "test_mae": evaluation["test"]["mae"]["value"],
-        "test_mae_ci": [evaluation["test"]["mae"]["ci_low"], evaluation["test"]["mae"]["ci_high"]],
-        "test_rmse": evaluation["test"]["rmse"]["value"],
-        "test_cs5": evaluation["test"]["cs5"]["value"],
+        "test_mae": test["mae"]["value"],
+        "test_mae_ci": [test["mae"]["ci_low"], test["mae"]["ci_high"]],
+        "test_rmse": test["rmse"]["value"],
+        "test_cs5": test["cs5"]["value"],
+        "test_bucket_mae": {label: row["mae"] for label, row in test["buckets"].items()},
         "parameters": train_summary["parameters"],
         "train_seconds": train_summary["seconds"],
+        "inference_images_per_second": evaluation.get("inference", {}).get("images_per_second"),
+    }
+
+
+def entry_from_mlflow(run_id: str, tags: dict, metrics: dict, bucket_labels: list[str]) -> dict | None:
+    """The same entry from an MLflow run's tags and metrics; ``None`` for a run that was never evaluated."""
+    if "val.mae.value" not in metrics or "test.mae.value" not in metrics:
+        return None
+    return {
+        "run_id": run_id,
+        "backbone": tags.get("backbone", "unknown"),
+        "val_mae": metrics["val.mae.value"],
+        "test_mae": metrics["test.mae.value"],
+        "test_mae_ci": [metrics.get("test.mae.ci_low"), metrics.get("test.mae.ci_high")],
+        "test_rmse": metrics.get("test.rmse.value"),
+        "test_cs5": metrics.get("test.cs5.value"),
+        "test_bucket_mae": {label: metrics.get(metric_key(f"test.buckets.{label}.mae")) for label in bucket_labels},
+        "parameters": metrics.get("parameters"),
+        "train_seconds": metrics.get("seconds"),
+        "inference_images_per_second": metrics.get("inference.images_per_second"),
     }
 
 
 def leaderboard(entries: list[dict]) -> list[dict]:
-    """``entries`` best first by validation MAE, each with its rank; test MAE never decides."""
-    ranked = sorted(entries, key=lambda entry: entry["val_mae"])
+    """Each backbone's run with the lowest validation MAE, best first, with its rank; test MAE never decides."""
+    best: dict[str, dict] = {}
+    for entry in entries:
+        current = best.get(entry["backbone"])
+        if current is None or entry["val_mae"] < current["val_mae"]:
+            best[entry["backbone"]] = entry
+    ranked = sorted(best.values(), key=lambda entry: entry["val_mae"])
     return [{"rank": rank, **entry} for rank, entry in enumerate(ranked, start=1)]
+
+
+def paired_comparison(
+    current: pd.DataFrame, other: pd.DataFrame, resamples: int, seed: int, confidence: float
+) -> dict | None:
+    """Compare absolute errors of two runs on the test images both predicted (``id``, ``error`` columns).
+
+    The difference is current minus other MAE (negative: the current run is better), with a paired
+    percentile bootstrap interval and the Wilcoxon signed-rank test's p-value. The verdict is
+    ``better`` or ``worse`` when the interval excludes 0, else ``no significant difference``.
+    ``None`` when the runs share no test image.
+    """
+    pairs = current[["id", "error"]].merge(other[["id", "error"]], on="id", suffixes=("_current", "_other"))
+    if pairs.empty:
+        return None
+    differences = pairs["error_current"].abs().to_numpy() - pairs["error_other"].abs().to_numpy()
+    low, high = bootstrap_interval(lambda d, _: d.mean(axis=-1), differences, differences, resamples, seed, confidence)
+    p_value = float(wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
+    verdict = BETTER if high < 0 else WORSE if low > 0 else NO_DIFFERENCE
+    return {
+        "images": len(pairs),
+        "mae_difference": round(float(differences.mean()), 4),
+        "ci_low": round(low, 4),
+        "ci_high": round(high, 4),
+        "confidence": confidence,
+        "wilcoxon_p_value": round(p_value, 6),
+        "verdict": verdict,
+    }
+
+
+def other_runs(experiment: str, fingerprint: str, current_run_id: str | None, bucket_labels: list[str]) -> list[dict]:
+    """Entries of the evaluated MLflow runs on the same data, the current run left out."""
+    return [
+        entry
+        for run in finished_runs(experiment, fingerprint)
+        if run.info.run_id != current_run_id
+        and (entry := entry_from_mlflow(run.info.run_id, run.data.tags, run.data.metrics, bucket_labels))
+    ]
+
+
+def compare_with(rival: dict, predictions: pd.DataFrame, params: CompareParams) -> dict | None:
+    """Paired test of ``predictions`` against the test predictions that ``rival``'s MLflow run logged."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = download_artifact(rival["run_id"], f"{EVALUATE_ARTIFACTS}/predictions.csv", folder)
+        rival_predictions = pd.read_csv(path) if path is not None else None
+    if rival_predictions is None:
+        return None
+    result = paired_comparison(
+        predictions[predictions["split"] == "test"],
+        rival_predictions[rival_predictions["split"] == "test"],
+        params.bootstrap_resamples,
+        params.seed,
+        params.confidence,
+    )
+    return None if result is None else {"against_run": rival["run_id"], "against_backbone": rival["backbone"], **result}

@@ -132,6 +132,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class CompareParams:
+    """The paired test of the current run against the best other run on the same data."""
+
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
@@ -143,6 +152,7 @@ class Params:
     augment: AugmentParams = field(default_factory=AugmentParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    compare: CompareParams = field(default_factory=CompareParams)
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "params") -> T:

@@ -110,3 +110,27 @@ def face_gallery(
                 axis.imshow(heat_maps[index], cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axis.set_title(captions[index], fontsize=8)
     save(figure, path)
+
+
+def mae_by_backbone(board: list[dict], path: str | Path) -> None:
+    """Test MAE of each backbone's best run, with its confidence interval as whiskers."""
+    names = [entry["backbone"] for entry in board]
+    values = np.array([entry["test_mae"] for entry in board])
+    lows = np.array([entry["test_mae_ci"][0] or value for entry, value in zip(board, values, strict=True)])
+    highs = np.array([entry["test_mae_ci"][1] or value for entry, value in zip(board, values, strict=True)])
+    figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(names)), 4))
+    axis.bar(names, values, yerr=[values - lows, highs - values], capsize=6)
+    axis.set(ylabel="test MAE (years)", title="Test MAE of each backbone's best run (by validation MAE)")
+    save(figure, path)
+
+
+def bucket_mae_by_backbone(board: list[dict], path: str | Path) -> None:
+    """Test MAE per age bucket, one line per backbone."""
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for entry in board:
+        labels = list(entry["test_bucket_mae"])
+        values = [np.nan if v is None else v for v in entry["test_bucket_mae"].values()]
+        axis.plot(labels, values, marker="o", label=entry["backbone"])
+    axis.set(xlabel="true age bucket (years)", ylabel="test MAE (years)", title="Test MAE per age bucket")
+    axis.legend()
+    save(figure, path)

@@ -63,6 +63,39 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def metric_key(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric names replaced by ``_``."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
+
+
+def finished_runs(experiment: str, fingerprint: str, uri: str | None = None) -> list:
+    """Finished MLflow runs of ``experiment`` on the data with ``fingerprint``; empty, with a warning, if
+    the store cannot be read."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri or tracking_uri())
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        query = f"tags.dataset_fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'"
+        return client.search_runs([found.experiment_id], filter_string=query, max_results=10_000)
+    except Exception as error:  # a broken store must not stop the pipeline
+        log.warning("cannot read MLflow runs from %s: %s", uri or tracking_uri(), error)
+        return []
+
+
+def download_artifact(run_id: str, path: str, folder: str | Path, uri: str | None = None) -> Path | None:
+    """Copy one artifact of a run into ``folder``; ``None``, with a warning, if that fails."""
+    try:
+        from mlflow import MlflowClient
+
+        return Path(MlflowClient(uri or tracking_uri()).download_artifacts(run_id, path, str(folder)))
+    except Exception as error:  # a missing artifact must not stop the pipeline
+        log.warning("cannot fetch %s of MLflow run %s: %s", path, run_id, error)
+        return None
+
+
 class RunTracker:
     """One MLflow run, created anew or reopened by id; after the first MLflow error it only warns once."""
 
@@ -129,7 +162,7 @@ class RunTracker:
 
         now = int(time.time() * 1000)
         items = [
-            Metric(re.sub(r"[^\w\-./ ]", "_", key), float(value), now, step or 0)
+            Metric(metric_key(key), float(value), now, step or 0)
             for key, value in flatten(metrics).items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         ]

@@ -1,19 +1,54 @@
-"""Stage compare: the leaderboard of evaluated runs."""
+"""Stage compare: leaderboard of the backbones evaluated on the same data, and a paired test of the
+current run against the best other run."""
 
 import json
 from pathlib import Path
 
-from faceage.compare import leaderboard, run_entry
-from faceage.stage import run_stage, write_json
+import pandas as pd
 
+from faceage import plots
+from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs
+from faceage.ingest import MANIFEST_FILE
+from faceage.metrics import bucket_labels
+from faceage.params import load_params
+from faceage.stage import run_stage, write_json
+from faceage.tracking import dataset_fingerprint
+
+MANIFEST = Path("data/ingested") / MANIFEST_FILE
+SPLIT_FILE = "data/split.csv"
 TRAIN_REPORT = "metrics/train.json"
 EVALUATE_REPORT = "metrics/evaluate.json"
+PREDICTIONS = "data/predictions.csv"
 REPORT = "metrics/compare.json"
+PLOTS = Path("plots/compare")
 
 
 def main() -> None:
-    current = run_entry(json.loads(Path(TRAIN_REPORT).read_text()), json.loads(Path(EVALUATE_REPORT).read_text()))
-    write_json({"leaderboard": leaderboard([current])}, REPORT)
+    params = load_params()
+    train_summary = json.loads(Path(TRAIN_REPORT).read_text())
+    run_id = train_summary.get("mlflow_run_id")
+    current = entry_from_reports(run_id, train_summary, json.loads(Path(EVALUATE_REPORT).read_text()))
+    fingerprint = dataset_fingerprint([MANIFEST, SPLIT_FILE])
+    others = other_runs(params.mlflow.experiment, fingerprint, run_id, bucket_labels(params.evaluate.bucket_edges))
+    board = leaderboard([current, *others])
+    significance = None
+    if others:
+        rival = min(others, key=lambda entry: entry["val_mae"])
+        significance = compare_with(rival, pd.read_csv(PREDICTIONS), params.compare)
+    write_json(
+        {
+            "dataset_fingerprint": fingerprint,
+            "runs_considered": 1 + len(others),
+            "current_run": run_id,
+            "leaderboard": board,
+            "significance": significance,
+        },
+        REPORT,
+    )
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(board)[["rank", "backbone", "val_mae", "test_mae"]].to_csv(PLOTS / "leaderboard.csv", index=False)
+    plots.mae_by_backbone(board, PLOTS / "test_mae.png")
+    plots.bucket_mae_by_backbone(board, PLOTS / "bucket_mae.png")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stage evaluate: predict the validation and test splits; write metrics, predictions, plots and galleries,
 and add them to the MLflow run of the model."""
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +28,14 @@ def main() -> None:
     device = select_device()
     model, checkpoint = load_checkpoint(MODEL, device)
     images = load_images(INGESTED)
+    started = time.perf_counter()
     predictions = evaluate.predict_splits(
         model, checkpoint, images, load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), params.evaluate, device
     )
+    speed = {"images_per_second": round(len(predictions) / (time.perf_counter() - started), 1)}
     predictions.to_csv(PREDICTIONS, index=False)
     report = evaluate.evaluation_report(predictions, params.evaluate, tuple(checkpoint["model"]["age_group_edges"]))
-    write_json(report, REPORT)
+    write_json({**report, "inference": {**speed, "flip_tta": params.evaluate.flip_tta}}, REPORT)
 
     PLOTS.mkdir(parents=True, exist_ok=True)
     evaluate.bucket_table(report["test"]).to_csv(PLOTS / "bucket_mae.csv", index=False)
@@ -54,9 +57,9 @@ def main() -> None:
     run_id = checkpoint.get("mlflow_run_id")
     if run_id:
         tracker = RunTracker(params.mlflow.experiment, run_id=run_id)
-        tracker.log_metrics(report)
+        tracker.log_metrics({**report, "inference": speed})
         for path in (REPORT, PREDICTIONS, *sorted(PLOTS.iterdir()), *sorted(GALLERIES.iterdir())):
-            tracker.log_artifact(path, "evaluate")
+            tracker.log_artifact(path, evaluate.EVALUATE_ARTIFACTS)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """End to end: the real DVC pipeline on a tiny demo data set, in a temporary copy of the repository."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,6 +81,10 @@ def test_repro_runs_every_stage_then_is_a_no_op(repo):
     logged = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "evaluate")}
     assert {"evaluate/evaluate.json", "evaluate/gradcam.png", "evaluate/bucket_mae.csv"} <= logged
 
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compare["runs_considered"] == 1 and compare["significance"] is None
+    assert compare["leaderboard"][0]["run_id"] == mlflow_run.info.run_id
+
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == [] and "up to date" in output
 
@@ -89,7 +94,8 @@ def test_plots_render_offline(repo):
     page = (repo / "rendered" / "index.html").read_text()
     assert "vegaEmbed(" in page and "https://cdn" not in page and "<script src" not in page
     assert "Test MAE per age bucket" in page
-    assert page.count('<img src="static/') == 6
+    assert "Test MAE of each backbone" in page
+    assert page.count('<img src="static/') == 8
 
 
 def test_changing_the_split_seed_reruns_split_and_what_follows(repo):

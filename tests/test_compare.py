@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from faceage.compare import BETTER, NO_DIFFERENCE, WORSE, entry_from_mlflow, leaderboard, paired_comparison
+
+
+def entry(backbone, val_mae, test_mae, run_id=None):
+    return {"run_id": run_id or f"{backbone}-{val_mae}", "backbone": backbone, "val_mae": val_mae, "test_mae": test_mae}
+
+
+def test_validation_not_test_picks_each_backbones_best_run():
+    board = leaderboard(
+        [
+            entry("resnet18", val_mae=5.0, test_mae=4.0),
+            entry("resnet18", val_mae=4.5, test_mae=6.0),  # better on validation, worse on test: chosen
+            entry("mobilenet_v2", val_mae=4.8, test_mae=3.0),
+        ]
+    )
+    assert [(row["rank"], row["backbone"], row["test_mae"]) for row in board] == [
+        (1, "resnet18", 6.0),
+        (2, "mobilenet_v2", 3.0),
+    ]
+
+
+def errors_frame(errors, ids=None):
+    return pd.DataFrame({"id": ids if ids is not None else range(len(errors)), "error": errors})
+
+
+def test_paired_bootstrap_finds_a_known_difference():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 6, 2000)
+    better = errors_frame(base * 0.8)  # every absolute error 20 % smaller
+    other = errors_frame(base)
+    result = paired_comparison(better, other, resamples=1000, seed=0, confidence=0.95)
+    expected = np.abs(base * 0.8).mean() - np.abs(base).mean()
+    assert result["mae_difference"] == pytest.approx(expected, abs=1e-4)
+    assert result["ci_low"] < expected < result["ci_high"] < 0
+    assert result["verdict"] == BETTER and result["wilcoxon_p_value"] < 1e-6 and result["images"] == 2000
+    assert paired_comparison(other, better, resamples=1000, seed=0, confidence=0.95)["verdict"] == WORSE
+
+
+def test_noise_alone_is_no_significant_difference():
+    rng = np.random.default_rng(1)
+    first, second = errors_frame(rng.normal(0, 6, 300)), errors_frame(rng.normal(0, 6, 300))
+    result = paired_comparison(first, second, resamples=1000, seed=0, confidence=0.95)
+    assert result["ci_low"] < 0 < result["ci_high"] and result["verdict"] == NO_DIFFERENCE
+
+
+def test_only_shared_test_images_are_paired():
+    result = paired_comparison(
+        errors_frame([1.0, 2.0, 3.0], ids=[1, 2, 3]), errors_frame([1.0, 9.0], ids=[3, 4]), 100, 0, 0.95
+    )
+    assert result["images"] == 1 and result["mae_difference"] == 2.0
+    assert paired_comparison(errors_frame([1.0], ids=[1]), errors_frame([1.0], ids=[2]), 100, 0, 0.95) is None
+
+
+def test_mlflow_entry_needs_an_evaluation_and_reads_sanitised_bucket_names():
+    assert entry_from_mlflow("r1", {"backbone": "resnet18"}, {"best_val_mae": 5.0}, ["1-5"]) is None
+    metrics = {"val.mae.value": 5.0, "test.mae.value": 6.0, "test.buckets.101_.mae": 40.0, "parameters": 10.0}
+    result = entry_from_mlflow("r1", {"backbone": "resnet18"}, metrics, ["1-5", "101+"])
+    assert result["test_bucket_mae"] == {"1-5": None, "101+": 40.0}
+    assert (result["backbone"], result["val_mae"], result["test_mae"]) == ("resnet18", 5.0, 6.0)
