@@ -9,7 +9,7 @@ SHARED_TORCH := $(abspath ../shared/torch)
 export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test lint format mlflow-ui clean
+.PHONY: setup repro sweep test lint format mlflow-ui clean
 
 setup: $(INSTALLED)
 
@@ -22,6 +22,13 @@ $(INSTALLED): requirements.txt pyproject.toml
 
 repro: setup
 	dvc repro
+
+# One queued DVC experiment per backbone, run one after the other; add settings with SWEEP_SET,
+# e.g. make sweep SWEEP_SET="-S model.pretrained=false" where only some ImageNet weights are on disk.
+BACKBONES ?= resnet18 resnet34 resnet50 mobilenet_v2 efficientnet_b0
+sweep: setup
+	for backbone in $(BACKBONES); do dvc exp run --queue -S model.backbone=$$backbone $(SWEEP_SET) || exit 1; done
+	dvc exp run --run-all
 
 test: setup lint
 	python -m pytest

@@ -98,12 +98,41 @@ def test_plots_render_offline(repo):
     assert page.count('<img src="static/') == 8
 
 
+def commit(repo, message):
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+def test_an_experiment_with_another_backbone_is_compared(repo):
+    commit(repo, "baseline results")
+    run(["dvc", "exp", "run", "-S", "model.backbone=resnet18"], repo)
+    diff = run(["dvc", "metrics", "diff", "--md"], repo)
+    assert "test.mae.value" in diff and "best_val_mae" in diff
+    runs = mlflow_runs(repo)
+    assert sorted(r.data.tags["backbone"] for r in runs) == ["mobilenet_v2", "resnet18"]
+    assert len({r.data.tags["dataset_fingerprint"] for r in runs}) == 1
+    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compare["runs_considered"] == 2
+    assert {row["backbone"] for row in compare["leaderboard"]} == {"mobilenet_v2", "resnet18"}
+    assert compare["significance"]["against_backbone"] == "mobilenet_v2"
+    assert compare["significance"]["verdict"] in ("better", "worse", "no significant difference")
+
+
+def test_a_queued_experiment_logs_into_the_workspace_store(repo):
+    run(["dvc", "exp", "run", "--queue", "-S", "model.backbone=mobilenet_v3_small"], repo)
+    run(["dvc", "exp", "run", "--run-all"], repo)
+    backbones = sorted(r.data.tags["backbone"] for r in mlflow_runs(repo))
+    assert backbones == ["mobilenet_v2", "mobilenet_v3_small", "resnet18"]
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
 def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
+    runs_before = len(mlflow_runs(repo))
     set_params(repo, {"split": {"seed": 7}})
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["split", "train", "evaluate", "compare"]
     assert "metrics/split.json" in run(["dvc", "metrics", "diff"], repo)
-    assert len(mlflow_runs(repo)) == 2
+    assert len(mlflow_runs(repo)) == runs_before + 1
 
 
 def test_an_unreachable_mlflow_store_still_trains_the_model(repo, tmp_path):
