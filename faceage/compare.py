@@ -4,6 +4,7 @@ other one."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 
 import numpy as np
@@ -13,9 +14,19 @@ from scipy.stats import wilcoxon
 from faceage.evaluate import EVALUATE_ARTIFACTS
 from faceage.metrics import bootstrap_interval
 from faceage.params import CompareParams
-from faceage.tracking import download_artifact, finished_runs, metric_key
+from faceage.tracking import (
+    RunTracker,
+    champion_run,
+    download_artifact,
+    finished_runs,
+    metric_key,
+    register_with_alias,
+)
+
+log = logging.getLogger(__name__)
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
+CHAMPION = "champion"  # registry alias of the promoted model
 
 
 def entry_from_reports(run_id: str | None, train_summary: dict, evaluation: dict) -> dict:
@@ -104,18 +115,58 @@ def other_runs(experiment: str, fingerprint: str, current_run_id: str | None, bu
     ]
 
 
-def compare_with(rival: dict, predictions: pd.DataFrame, params: CompareParams) -> dict | None:
-    """Paired test of ``predictions`` against the test predictions that ``rival``'s MLflow run logged."""
+def compare_with(rival_run_id: str, predictions: pd.DataFrame, split: str, params: CompareParams) -> dict | None:
+    """Paired test of ``predictions`` against those that the MLflow run ``rival_run_id`` logged, on ``split``."""
     with tempfile.TemporaryDirectory() as folder:
-        path = download_artifact(rival["run_id"], f"{EVALUATE_ARTIFACTS}/predictions.csv", folder)
+        path = download_artifact(rival_run_id, f"{EVALUATE_ARTIFACTS}/predictions.csv", folder)
         rival_predictions = pd.read_csv(path) if path is not None else None
     if rival_predictions is None:
         return None
     result = paired_comparison(
-        predictions[predictions["split"] == "test"],
-        rival_predictions[rival_predictions["split"] == "test"],
+        predictions[predictions["split"] == split],
+        rival_predictions[rival_predictions["split"] == split],
         params.bootstrap_resamples,
         params.seed,
         params.confidence,
     )
-    return None if result is None else {"against_run": rival["run_id"], "against_backbone": rival["backbone"], **result}
+    return None if result is None else {"against_run": rival_run_id, "split": split, **result}
+
+
+def promotion_decision(evidence: dict | None, has_champion: bool) -> tuple[bool, str]:
+    """Whether to make the current run the champion: always when there is none, else only when it is
+    significantly better than the champion on the validation split."""
+    if not has_champion:
+        return True, "no champion yet"
+    if evidence is None:
+        return False, "no validation predictions shared with the champion"
+    interval = f"{evidence['mae_difference']:+.3f} years [{evidence['ci_low']:+.3f}, {evidence['ci_high']:+.3f}]"
+    if evidence["verdict"] == BETTER:
+        return True, f"validation MAE {interval} against the champion: significantly better"
+    return False, f"validation MAE {interval} against the champion: {evidence['verdict']}"
+
+
+def promote_if_better(run_id: str, predictions: pd.DataFrame, params: CompareParams) -> dict:
+    """Register the run and move the ``champion`` alias to it when :func:`promotion_decision` says so.
+
+    The decision and its evidence are returned and set as tags of the run; a registry failure is
+    reported as a decision not to promote.
+    """
+    try:
+        current = champion_run(params.model_name, CHAMPION)
+        if current is not None and current[1] == run_id:
+            return {"promoted": False, "reason": "already the champion", "champion_version": current[0]}
+        evidence = compare_with(current[1], predictions, "val", params) if current else None
+        promote, reason = promotion_decision(evidence, current is not None)
+        version = register_with_alias(run_id, params.model_name, CHAMPION) if promote else None
+    except Exception as error:  # the registry is optional: its failure must not stop the pipeline
+        log.warning("model registry unavailable: %s", error)
+        return {"promoted": False, "reason": f"model registry unavailable: {error}"}
+    decision = {
+        "promoted": promote,
+        "reason": reason,
+        "previous_champion_version": current[0] if current else None,
+        "champion_version": version if promote else (current[0] if current else None),
+        "evidence": evidence,
+    }
+    RunTracker("", run_id=run_id).set_tags({"champion_decision": reason, "promoted": str(promote).lower()})
+    return decision

@@ -138,6 +138,8 @@ class CompareParams:
     bootstrap_resamples: int = 2000
     seed: int = 0
     confidence: float = 0.95
+    promote: bool = False  # register the model, and make it the champion if significantly better on val
+    model_name: str = "faceage"  # name in the MLflow Model Registry
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,35 @@ def download_artifact(run_id: str, path: str, folder: str | Path, uri: str | Non
         return None
 
 
+def champion_run(model_name: str, alias: str, uri: str | None = None) -> tuple[str, str] | None:
+    """``(version, run_id)`` of the registered model version that carries ``alias``, if any."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri or tracking_uri())
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    return str(version.version), version.run_id
+
+
+def register_with_alias(run_id: str, model_name: str, alias: str, uri: str | None = None) -> str:
+    """Register the run's ``model`` artifact folder as a new version of ``model_name`` and point ``alias`` at it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri or tracking_uri())
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    version = str(client.create_model_version(model_name, source, run_id=run_id).version)
+    client.set_registered_model_alias(model_name, alias, version)
+    return version
+
+
 class RunTracker:
     """One MLflow run, created anew or reopened by id; after the first MLflow error it only warns once."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from faceage import plots
-from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs
+from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs, promote_if_better
 from faceage.ingest import MANIFEST_FILE
 from faceage.metrics import bucket_labels
 from faceage.params import load_params
@@ -31,10 +31,14 @@ def main() -> None:
     fingerprint = dataset_fingerprint([MANIFEST, SPLIT_FILE])
     others = other_runs(params.mlflow.experiment, fingerprint, run_id, bucket_labels(params.evaluate.bucket_edges))
     board = leaderboard([current, *others])
+    predictions = pd.read_csv(PREDICTIONS)
     significance = None
     if others:
         rival = min(others, key=lambda entry: entry["val_mae"])
-        significance = compare_with(rival, pd.read_csv(PREDICTIONS), params.compare)
+        significance = compare_with(rival["run_id"], predictions, "test", params.compare)
+        if significance is not None:
+            significance["against_backbone"] = rival["backbone"]
+    promotion = promote_if_better(run_id, predictions, params.compare) if params.compare.promote and run_id else None
     write_json(
         {
             "dataset_fingerprint": fingerprint,
@@ -42,6 +46,7 @@ def main() -> None:
             "current_run": run_id,
             "leaderboard": board,
             "significance": significance,
+            "promotion": promotion,
         },
         REPORT,
     )

@@ -1,8 +1,23 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
-from faceage.compare import BETTER, NO_DIFFERENCE, WORSE, entry_from_mlflow, leaderboard, paired_comparison
+from faceage.compare import (
+    BETTER,
+    CHAMPION,
+    NO_DIFFERENCE,
+    WORSE,
+    entry_from_mlflow,
+    leaderboard,
+    paired_comparison,
+    promote_if_better,
+    promotion_decision,
+)
+from faceage.params import CompareParams
+from faceage.tracking import RunTracker, champion_run
 
 
 def entry(backbone, val_mae, test_mae, run_id=None):
@@ -61,3 +76,51 @@ def test_mlflow_entry_needs_an_evaluation_and_reads_sanitised_bucket_names():
     result = entry_from_mlflow("r1", {"backbone": "resnet18"}, metrics, ["1-5", "101+"])
     assert result["test_bucket_mae"] == {"1-5": None, "101+": 40.0}
     assert (result["backbone"], result["val_mae"], result["test_mae"]) == ("resnet18", 5.0, 6.0)
+
+
+def test_promotion_rule():
+    assert promotion_decision(None, has_champion=False) == (True, "no champion yet")
+    assert promotion_decision(None, has_champion=True)[0] is False
+    better = {"verdict": BETTER, "mae_difference": -0.5, "ci_low": -0.8, "ci_high": -0.2}
+    assert promotion_decision(better, has_champion=True)[0] is True
+    for verdict in (WORSE, NO_DIFFERENCE):
+        promote, reason = promotion_decision({**better, "verdict": verdict, "ci_high": 0.1}, has_champion=True)
+        assert promote is False and verdict in reason
+
+
+def logged_run(tmp_path, name, val_errors):
+    """An MLflow run with a model artifact and validation predictions whose errors are ``val_errors``."""
+    tracker = RunTracker("exp", run_name=name)
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"weights")
+    predictions = pd.DataFrame({"id": range(len(val_errors)), "split": "val", "error": val_errors})
+    predictions.to_csv(folder / "predictions.csv", index=False)
+    tracker.log_artifact(folder / "model.pt", "model")
+    tracker.log_artifact(folder / "predictions.csv", "evaluate")
+    tracker.finish()
+    return tracker.run_id, predictions
+
+
+def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = CompareParams(bootstrap_resamples=500, promote=True)
+    errors = np.random.default_rng(0).normal(0, 6, 400)
+    first, first_predictions = logged_run(tmp_path, "first", errors)
+    decision = promote_if_better(first, first_predictions, params)
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    assert champion_run("faceage", CHAMPION) == ("1", first)
+
+    same, same_predictions = logged_run(tmp_path, "same", errors + np.random.default_rng(1).normal(0, 0.5, 400))
+    decision = promote_if_better(same, same_predictions, params)
+    assert not decision["promoted"] and decision["evidence"]["verdict"] != BETTER
+    assert champion_run("faceage", CHAMPION) == ("1", first)
+
+    better, better_predictions = logged_run(tmp_path, "better", errors * 0.7)
+    decision = promote_if_better(better, better_predictions, params)
+    assert decision["promoted"] and decision["evidence"]["verdict"] == BETTER
+    assert decision["previous_champion_version"] == "1"
+    assert champion_run("faceage", CHAMPION) == (decision["champion_version"], better)
+    assert promote_if_better(better, better_predictions, params)["reason"] == "already the champion"
+    tags = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(better).data.tags
+    assert tags["promoted"] == "true" and "significantly better" in tags["champion_decision"]
