@@ -60,7 +60,7 @@ def entry_from_mlflow(run_id: str, tags: dict, metrics: dict, bucket_labels: lis
         "test_rmse": metrics.get("test.rmse.value"),
         "test_cs5": metrics.get("test.cs5.value"),
         "test_bucket_mae": {label: metrics.get(metric_key(f"test.buckets.{label}.mae")) for label in bucket_labels},
-        "parameters": metrics.get("parameters"),
+        "parameters": int(metrics["parameters"]) if "parameters" in metrics else None,
         "train_seconds": metrics.get("seconds"),
         "inference_images_per_second": metrics.get("inference.images_per_second"),
     }
@@ -168,5 +168,5 @@ def promote_if_better(run_id: str, predictions: pd.DataFrame, params: ComparePar
         "champion_version": version if promote else (current[0] if current else None),
         "evidence": evidence,
     }
-    RunTracker("", run_id=run_id).set_tags({"champion_decision": reason, "promoted": str(promote).lower()})
+    RunTracker(run_id=run_id).set_tags({"champion_decision": reason, "promoted": str(promote).lower()})
     return decision

@@ -126,11 +126,12 @@ def register_with_alias(run_id: str, model_name: str, alias: str, uri: str | Non
 
 
 class RunTracker:
-    """One MLflow run, created anew or reopened by id; after the first MLflow error it only warns once."""
+    """One MLflow run, created anew in ``experiment`` or reopened by ``run_id``; after the first MLflow
+    error it only warns once."""
 
     def __init__(
         self,
-        experiment: str,
+        experiment: str | None = None,
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
         run_id: str | None = None,
@@ -144,7 +145,7 @@ class RunTracker:
         except Exception as error:  # any MLflow failure must leave the pipeline's own outputs intact
             self._disable(error)
 
-    def _open(self, experiment: str, run_name: str | None, tags: dict[str, str], run_id: str | None) -> None:
+    def _open(self, experiment: str | None, run_name: str | None, tags: dict[str, str], run_id: str | None) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(self.uri)

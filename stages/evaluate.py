@@ -56,7 +56,7 @@ def main() -> None:
 
     run_id = checkpoint.get("mlflow_run_id")
     if run_id:
-        tracker = RunTracker(params.mlflow.experiment, run_id=run_id)
+        tracker = RunTracker(run_id=run_id)
         tracker.log_metrics({**report, "inference": speed})
         for path in (REPORT, PREDICTIONS, *sorted(PLOTS.iterdir()), *sorted(GALLERIES.iterdir())):
             tracker.log_artifact(path, evaluate.EVALUATE_ARTIFACTS)
