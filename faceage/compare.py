@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from faceage.evaluate import EVALUATE_ARTIFACTS
 from faceage.metrics import bootstrap_interval
 from faceage.params import CompareParams
 from faceage.tracking import (
+    EVALUATE_ARTIFACTS,
     RunTracker,
     champion_run,
     download_artifact,

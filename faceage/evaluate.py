@@ -27,7 +27,6 @@ from faceage.metrics import (
 from faceage.models import AgeNet
 from faceage.params import EvaluateParams
 
-EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model's MLflow run
 EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
 
 

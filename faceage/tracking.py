@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 QUEUED_WORKSPACE = (".dvc", "tmp", "exps")
+EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model's MLflow run
 
 
 def workspace_root(start: str | Path = ".") -> Path:

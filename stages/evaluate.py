@@ -12,7 +12,7 @@ from faceage.ingest import load_images, load_manifest
 from faceage.params import load_params
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_json
-from faceage.tracking import RunTracker
+from faceage.tracking import EVALUATE_ARTIFACTS, RunTracker
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
@@ -59,7 +59,7 @@ def main() -> None:
         tracker = RunTracker(run_id=run_id)
         tracker.log_metrics({**report, "inference": speed})
         for path in (REPORT, PREDICTIONS, *sorted(PLOTS.iterdir()), *sorted(GALLERIES.iterdir())):
-            tracker.log_artifact(path, evaluate.EVALUATE_ARTIFACTS)
+            tracker.log_artifact(path, EVALUATE_ARTIFACTS)
 
 
 if __name__ == "__main__":
