@@ -6,9 +6,11 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,33 @@ def finished_runs(experiment: str, fingerprint: str, uri: str | None = None) -> 
         return client.search_runs([found.experiment_id], filter_string=query, max_results=10_000)
     except Exception as error:  # a broken store must not stop the pipeline
         log.warning("cannot read MLflow runs from %s: %s", uri or tracking_uri(), error)
+        return []
+
+
+# Finished, not deleted runs of an experiment with a dataset fingerprint, in MLflow's SQLite schema.
+FINISHED_RUNS_SQL = """
+SELECT runs.run_uuid FROM runs
+JOIN experiments ON experiments.experiment_id = runs.experiment_id
+JOIN tags ON tags.run_uuid = runs.run_uuid
+WHERE experiments.name = ? AND runs.status = 'FINISHED' AND runs.lifecycle_stage = 'active'
+AND tags.key = 'dataset_fingerprint' AND tags.value = ?
+"""
+
+
+def finished_run_ids(experiment: str, fingerprint: str, uri: str | None = None) -> list[str]:
+    """Sorted ids of :func:`finished_runs`. A SQLite store is read directly: importing MLflow alone takes
+    seconds, too long for a check that runs on every ``dvc repro``."""
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return sorted(run.info.run_id for run in finished_runs(experiment, fingerprint, uri))
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file():
+        return []
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as store:
+            return sorted(row[0] for row in store.execute(FINISHED_RUNS_SQL, (experiment, fingerprint)))
+    except sqlite3.Error as error:  # a broken store must not stop the pipeline
+        log.warning("cannot read MLflow runs from %s: %s", uri, error)
         return []
 
 

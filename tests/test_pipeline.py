@@ -65,7 +65,7 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_then_is_a_no_op(repo):
     output = run(["dvc", "repro"], repo)
-    assert stages_run(output) == ["demo", "ingest", "split", "train", "evaluate", "compare"]
+    assert stages_run(output) == ["demo", "ingest", "split", "train", "evaluate", "runs", "compare"]
     for name in ("ingest", "split", "train", "evaluate", "compare"):
         assert (repo / "metrics" / f"{name}.json").is_file()
     for plot in ("split/age_histogram.png", "train/learning_curves.png", "evaluate/bucket_mae.png"):
@@ -85,8 +85,11 @@ def test_repro_runs_every_stage_then_is_a_no_op(repo):
     assert compare["runs_considered"] == 1 and compare["significance"] is None
     assert compare["leaderboard"][0]["run_id"] == mlflow_run.info.run_id
 
+    assert json.loads((repo / "data" / "mlflow_runs.json").read_text())["finished_runs"] == [mlflow_run.info.run_id]
+
     output = run(["dvc", "repro"], repo)
-    assert stages_run(output) == [] and "up to date" in output
+    assert stages_run(output) == ["runs"]  # always checks the MLflow store; nothing changed, so no compare
+    assert "Stage 'compare' didn't change" in output
 
 
 def test_plots_render_offline(repo):
@@ -124,13 +127,17 @@ def test_a_queued_experiment_logs_into_the_workspace_store(repo):
     backbones = sorted(r.data.tags["backbone"] for r in mlflow_runs(repo))
     assert backbones == ["mobilenet_v2", "mobilenet_v3_small", "resnet18"]
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+    # The workspace's compare has not seen the queued run yet; the next repro notices the store changed.
+    assert json.loads((repo / "metrics" / "compare.json").read_text())["runs_considered"] == 2
+    assert stages_run(run(["dvc", "repro"], repo)) == ["runs", "compare"]
+    assert json.loads((repo / "metrics" / "compare.json").read_text())["runs_considered"] == 3
 
 
 def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
     runs_before = len(mlflow_runs(repo))
     set_params(repo, {"split": {"seed": 7}})
     output = run(["dvc", "repro"], repo)
-    assert stages_run(output) == ["split", "train", "evaluate", "compare"]
+    assert stages_run(output) == ["split", "train", "evaluate", "runs", "compare"]
     assert "metrics/split.json" in run(["dvc", "metrics", "diff"], repo)
     assert len(mlflow_runs(repo)) == runs_before + 1
 

@@ -3,7 +3,15 @@ import logging
 import pytest
 from mlflow import MlflowClient
 
-from faceage.tracking import RunTracker, flatten, start_pipeline_run, tracking_uri, workspace_root
+from faceage.tracking import (
+    RunTracker,
+    finished_run_ids,
+    finished_runs,
+    flatten,
+    start_pipeline_run,
+    tracking_uri,
+    workspace_root,
+)
 
 
 @pytest.fixture
@@ -82,3 +90,35 @@ def test_an_unreachable_store_only_warns(tmp_path, caplog):
         tracker.finish()
     assert not tracker.active
     assert "continuing without it" in caplog.text
+
+
+def test_finished_run_ids_read_from_sqlite_agree_with_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert finished_run_ids("exp", "data-a", uri) == []  # no store yet
+    ids = {}
+    for name, fingerprint, status in [
+        ("a1", "data-a", "FINISHED"),
+        ("a2", "data-a", "FINISHED"),
+        ("b1", "data-b", "FINISHED"),
+        ("a3", "data-a", "FAILED"),
+    ]:
+        tracker = RunTracker("exp", run_name=name, tags={"dataset_fingerprint": fingerprint}, uri=uri)
+        tracker.finish(status)
+        ids[name] = tracker.run_id
+    RunTracker("other", tags={"dataset_fingerprint": "data-a"}, uri=uri).finish()
+    client = MlflowClient(uri)
+    deleted = RunTracker("exp", tags={"dataset_fingerprint": "data-a"}, uri=uri)
+    deleted.finish()
+    client.delete_run(deleted.run_id)
+
+    fast = finished_run_ids("exp", "data-a", uri)
+    assert fast == sorted([ids["a1"], ids["a2"]])
+    assert fast == sorted(run.info.run_id for run in finished_runs("exp", "data-a", uri))
+    assert finished_run_ids("exp", "data-b", uri) == [ids["b1"]]
+
+
+def test_finished_run_ids_of_an_unreadable_store_only_warn(tmp_path, caplog):
+    (tmp_path / "mlflow.db").write_text("not a database")
+    with caplog.at_level(logging.WARNING):
+        assert finished_run_ids("exp", "data-a", f"sqlite:///{tmp_path / 'mlflow.db'}") == []
+    assert "cannot read MLflow runs" in caplog.text
