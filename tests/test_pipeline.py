@@ -1,16 +1,13 @@
 """End to end: the real DVC pipeline on a tiny demo data set, in a temporary copy of the repository."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from conftest import REPO
 from mlflow import MlflowClient
+
+from benchmarks.workspace import copy_worktree, set_params, tool_env
 
 TINY = {
     "demo": {"num_images": 150, "image_size": 48},
@@ -22,10 +19,7 @@ TINY = {
 
 def run(args, cwd, **extra_env):
     """Run a command with this environment's tools first on PATH and MLflow's default store."""
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(extra_env)
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -35,14 +29,6 @@ def mlflow_runs(repo):
     return client.search_runs([client.get_experiment_by_name("faceage").experiment_id])
 
 
-def set_params(repo, changes):
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def stages_run(output):
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
@@ -50,17 +36,7 @@ def stages_run(output):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC copy of the working tree (files git does not ignore), with tiny parameters."""
-    copy = tmp_path_factory.mktemp("repo")
-    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
-    for name in (name for name in files if (REPO / name).is_file()):
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, copy / name)
-    set_params(copy, TINY)
-    run(["git", "init", "-q"], copy)
-    run(["git", "add", "-A"], copy)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], copy)
-    return copy
+    return copy_worktree(REPO, tmp_path_factory.mktemp("repo"), TINY)
 
 
 def test_repro_runs_every_stage_then_is_a_no_op(repo):

