@@ -30,8 +30,9 @@ def repro(repo: Path, log: Path) -> dict:
     return {
         "dvc_repro_seconds": round(seconds, 1),
         "best_val_mae": train["best_val_mae"],
+        "epochs_run": train["epochs_run"],
         "train_seconds": train["seconds"],
-        "train_images_per_second": train["finetune_images_per_second"],
+        "finetune_images_per_second": train["finetune_images_per_second"],
         "batch_inference_images_per_second": evaluation["inference"]["images_per_second"],
         "flip_tta": evaluation["inference"]["flip_tta"],
         "test": evaluation["test"],

@@ -50,11 +50,11 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The network: a torchvision backbone and an age head, optionally with auxiliary heads."""
+    """The network: a backbone from the registry and an age head, optionally with auxiliary heads."""
 
-    backbone: str = "mobilenet_v2"
+    backbone: str = "dlib_age_resnet10"
     pretrained: bool = True
-    input_size: int = 64
+    input_size: int = 96
     head: str = "classification"  # regression | classification (softmax expectation over 1-year bins)
     hidden: int = 256  # width of the head's hidden layer; 0 = one linear layer
     dropout: float = 0.2
@@ -67,27 +67,27 @@ class ModelParams:
 class TrainParams:
     """Optimisation: an optional head-only stage on a frozen backbone, then fine-tuning."""
 
-    head_epochs: int = 2
+    head_epochs: int = 3
     head_lr: float = 3e-3
-    epochs: int = 4
-    lr: float = 1e-3
+    epochs: int = 10
+    lr: float = 3e-4
     freeze: str = "none"  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
     freeze_bn: bool = False
     batch_size: int = 32
     optimizer: str = "adamw"  # adamw | adam | sgd
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     scheduler: str = "cosine"  # cosine (after a linear warm-up) | plateau | none
-    warmup_epochs: float = 0.5
+    warmup_epochs: float = 1.0
     plateau_factor: float = 0.5
     plateau_patience: int = 1
-    patience: int = 3  # early stopping on validation MAE; 0 = off
+    patience: int = 0  # early stopping after this many epochs without a better validation MAE; 0 = off
     grad_clip: float = 5.0  # max gradient norm; 0 = off
     loss: str = "l1"  # regression head: l1 | mse | smooth_l1
     label_smoothing: float = 0.0  # classification head
-    label_sigma: float = 0.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
+    label_sigma: float = 2.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
     amp: bool = True  # float16 autocast with gradient scaling on CUDA
-    cpu_bf16: bool = False  # bfloat16 autocast on the CPU
+    cpu_bf16: bool = False  # bfloat16 autocast on the CPU (faster, not bit-reproducible)
     seed: int = 42
     threads: int = 0  # CPU threads; 0 = torch's default
 
@@ -105,7 +105,7 @@ class AugmentParams:
     saturation: float = 0.2
     hue: float = 0.02  # largest hue rotation, as a share of the colour circle
     grayscale: float = 0.05  # probability
-    erasing: float = 0.0  # probability of erasing a random rectangle
+    erasing: float = 0.25  # probability of erasing a random rectangle
     in_head_stage: bool = False  # augment in the head-only stage too (disables its feature cache)
 
 

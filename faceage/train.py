@@ -122,7 +122,8 @@ class Inputs:
         self.model.eval()
         rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
         with amp:
-            years = self.model.years(self.model.head(self.features[rows])["age"])
+            age_output = self.model.head(self.features[rows])["age"]
+        years = self.model.years(age_output)  # in float32: autocast would run the read-out in low precision
         self.model.train(was_training)
         return years.cpu().numpy()
 

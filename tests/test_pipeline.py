@@ -12,7 +12,7 @@ from benchmarks.workspace import copy_worktree, set_params, tool_env
 TINY = {
     "demo": {"num_images": 150, "image_size": 48},
     "data": {"image_size": 32},
-    "model": {"pretrained": False, "input_size": 32},
+    "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},
 }
 

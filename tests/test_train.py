@@ -132,6 +132,7 @@ def test_early_stopping_ends_a_stage_after_patience_epochs(data):
             ModelParams(backbone="resnet18", pretrained=False, input_size=16, gender_weight=0.5, age_group_weight=0.5),
             TrainParams(optimizer="adam"),
         ),
+        (MODEL, TrainParams(cpu_bf16=True)),  # bfloat16 autocast on the CPU, cached features included
     ],
 )
 def test_heads_losses_and_optimisers_train(data, model, params):
