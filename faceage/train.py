@@ -162,7 +162,7 @@ def train_model(
     amp = autocast(device, params)
     phases = plan_phases(params, augment_params)
     age_stats = (float(ages[train_ids].mean()), float(ages[train_ids].std() or 1.0))
-    model = build_model(model_params, age_range, age_stats).to(device)
+    model = build_model(model_params, age_range, age_stats).to(device, memory_format=torch.channels_last)
     ages_t = torch.from_numpy(np.asarray(ages, dtype=np.float32)).to(device)
     genders_t = torch.from_numpy(np.asarray(genders, dtype=np.int64)).to(device)
     shuffle_rng = np.random.default_rng(params.seed)
@@ -218,6 +218,12 @@ def train_model(
                 with amp:
                     outputs = inputs.outputs(batch, augmenter)
                     loss = total_loss(model, outputs, ages_t[batch_t], genders_t[batch_t], model_params, params)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise FaceageError(
+                        f"training loss is {loss_value} in epoch {len(history) + 1}: lower train.lr, "
+                        "or train in float32 (train.cpu_bf16: false, train.amp: false)"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if params.grad_clip > 0:
@@ -226,7 +232,7 @@ def train_model(
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.after_batch()
-                loss_sum += loss.item() * len(batch)
+                loss_sum += loss_value * len(batch)
                 error_sum += (model.years(outputs["age"].detach()) - ages_t[batch_t]).abs().sum().item()
                 seen += len(batch)
                 batches.set_postfix(loss=f"{loss_sum / seen:.3f}", mae=f"{error_sum / seen:.2f}")

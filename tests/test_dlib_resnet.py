@@ -3,8 +3,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from faceage.batches import to_input
-from faceage.dlib_resnet import DLIB_MEANS, DlibAgeResNet10, add_zero_padded, onnx_path, onnx_state_dict
+from faceage.batches import IMAGENET_MEAN, IMAGENET_STD, to_input
+from faceage.dlib_resnet import (
+    DLIB_MEANS,
+    DlibAgeResNet10,
+    add_zero_padded,
+    fold_affine,
+    fold_input_conversion,
+    onnx_path,
+    onnx_state_dict,
+)
 from faceage.errors import FaceageError
 from faceage.models import build_model
 from faceage.params import ModelParams
@@ -30,6 +38,31 @@ def test_backbone_gives_pooled_features_at_any_input_size():
     model = build_model(ModelParams(backbone="dlib_age_resnet10", pretrained=True), (1, 100))
     for size in (64, 96):
         assert model.trunk(torch.zeros(2, 3, size, size)).shape == (2, 256)
+
+
+def test_folded_convolutions_compute_what_conv_then_affine_did():
+    torch.manual_seed(0)
+    weight, bias, scale, offset = (
+        torch.randn(4, 3, 3, 3),
+        torch.randn(4),
+        torch.rand(1, 4, 1, 1) + 0.5,
+        torch.randn(1, 4, 1, 1),
+    )
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(
+        torch.conv2d(x, *fold_affine(weight, bias, scale, offset)), torch.conv2d(x, weight, bias) * scale + offset
+    )
+    pixels = torch.rand(2, 3, 9, 9) * 255
+    imagenet = (pixels / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
+    dlib = (pixels - torch.tensor(DLIB_MEANS).view(1, 3, 1, 1)) / 256
+    torch.testing.assert_close(
+        torch.conv2d(imagenet, *fold_input_conversion(weight, bias)),
+        torch.conv2d(dlib, weight, bias),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_shortcut_is_zero_padded_in_channels_rows_and_columns():
