@@ -21,6 +21,16 @@ def markdown_report(report: dict) -> str:
     ours, peer, baseline = report["pipeline"], report["peer"], report["baseline"]
     cs = next(key for key in ours["test"] if key.startswith("cs"))
     model = report["params"]["model"]
+    bf16 = report["baseline_bf16"]
+    bf16_rows = (
+        [f"| the same loop under bfloat16 autocast | | | {bf16['images_per_second']:.0f} | | | |"] if bf16 else []
+    )
+    vs_bf16 = (
+        f"Against the same loop under bfloat16 autocast: {report['throughput_ratio_vs_bf16_baseline']:.2f}x over the "
+        "whole training. "
+        if bf16
+        else ""
+    )
     lines = [
         f"UTKFace test split ({ours['test']['count']} images); 95 % bootstrap intervals in brackets.",
         "",
@@ -31,7 +41,8 @@ def markdown_report(report: dict) -> str:
         f" | {ours['train_images_per_second']:.0f}"
         f" | {ours['batch_inference_images_per_second']:.0f} | {ours['single_image_latency']['median_ms']:.1f} ms"
         f" | {ours['dvc_repro_seconds'] / 60:.1f} min |",
-        f"| plain baseline loop (same model and settings) | | | {baseline['images_per_second']:.0f} | | | |",
+        f"| plain baseline loop (same model and settings, float32) | | | {baseline['images_per_second']:.0f} | | | |",
+        *bf16_rows,
         f"| peer: {peer['package']} (own face detection) | {interval(peer['test']['mae'])}"
         f" | {interval(peer['test'][cs], 100, 1)} | | {peer['images_per_second']:.0f} (1 thread) | | |",
         *(f"| {name} (published) | {mae:.2f} | | | | | |" for name, mae in PUBLISHED),
@@ -41,7 +52,7 @@ def markdown_report(report: dict) -> str:
         "validation included, against a projected "
         f"{baseline['projected_train_seconds'] / 60:.1f} min); per fine-tuning step "
         f"{report['step_throughput_ratio']:.2f}x ({ours['finetune_images_per_second']:.0f} against "
-        f"{baseline['images_per_second']:.0f} img/s). "
+        f"{baseline['images_per_second']:.0f} img/s). {vs_bf16}"
         f"Peer faces detected: {peer['faces_detected']} of {peer['test']['count']} (whole image used otherwise).",
         "",
         "| age bucket | images | faceage MAE | peer MAE |",

