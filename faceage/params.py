@@ -83,6 +83,7 @@ class TrainParams:
     plateau_patience: int = 1
     patience: int = 0  # early stopping after this many epochs without a better validation MAE; 0 = off
     grad_clip: float = 5.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.0  # per-step exponential moving average of the weights, validated and kept; 0 = off
     loss: str = "l1"  # regression head: l1 | mse | smooth_l1
     label_smoothing: float = 0.0  # classification head
     label_sigma: float = 2.0  # classification head: Gaussian label distribution width (years); 0 = one-hot

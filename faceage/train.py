@@ -1,7 +1,8 @@
 """Train an age model: an optional head-only stage on a frozen backbone, then fine-tuning.
 
-The epoch with the best validation MAE is kept. After every epoch the full training state is saved,
-so an interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
+The epoch with the best validation MAE is kept; with ``train.ema_decay``, an exponential moving average
+of the weights is what is validated and kept. After every epoch the full training state is saved, so an
+interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from faceage.augment import BatchAugmenter, is_active
@@ -114,18 +116,27 @@ class Inputs:
         return self.model(to_input(self.images[batch], self.input_size, self.device, augment))
 
     @torch.no_grad()
-    def predict(self, ids: np.ndarray, amp: contextlib.AbstractContextManager) -> np.ndarray:
-        """Predicted ages in years for ``ids``, in their order."""
+    def predict(self, model: AgeNet, ids: np.ndarray, amp: contextlib.AbstractContextManager) -> np.ndarray:
+        """Ages in years that ``model`` (the trained one or its average, same trunk) predicts for ``ids``."""
         if self.features is None:
-            return predict(self.model, self.images, ids, self.input_size, self.batch_size, self.device, amp)["age"]
-        was_training = self.model.training
-        self.model.eval()
+            return predict(model, self.images, ids, self.input_size, self.batch_size, self.device, amp)["age"]
+        was_training = model.training
+        model.eval()
         rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
         with amp:
-            age_output = self.model.head(self.features[rows])["age"]
-        years = self.model.years(age_output)  # in float32: autocast would run the read-out in low precision
-        self.model.train(was_training)
+            age_output = model.head(self.features[rows])["age"]
+        years = model.years(age_output)  # in float32: autocast would run the read-out in low precision
+        model.train(was_training)
         return years.cpu().numpy()
+
+
+def weight_average(model: AgeNet, decay: float) -> AveragedModel | None:
+    """Exponential moving average of ``model``'s weights and buffers, updated after every step; None for 0."""
+    if not 0 <= decay < 1:
+        raise FaceageError(f"train.ema_decay must be in [0, 1), got {decay}")
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def run_fingerprint(*parts: object) -> str:
@@ -168,6 +179,8 @@ def train_model(
     shuffle_rng = np.random.default_rng(params.seed)
     augment_rng = torch.Generator().manual_seed(params.seed)
     inputs = Inputs(model, images, model_params.input_size, params.batch_size, device)
+    average = weight_average(model, params.ema_decay)
+    validated = average.module if average is not None else model
 
     fingerprint = run_fingerprint(
         asdict(model_params), asdict(params), asdict(augment_params), list(age_range), train_ids, val_ids
@@ -178,6 +191,8 @@ def train_model(
     start_phase, start_epoch = (state["phase"], state["epoch"]) if state else (0, 0)
     if state:
         model.load_state_dict(state["model"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         shuffle_rng.bit_generator.state = state["shuffle_rng"]
         augment_rng.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -232,6 +247,8 @@ def train_model(
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.after_batch()
+                if average is not None:
+                    average.update_parameters(model)
                 loss_sum += loss_value * len(batch)
                 error_sum += (model.years(outputs["age"].detach()) - ages_t[batch_t]).abs().sum().item()
                 seen += len(batch)
@@ -239,7 +256,7 @@ def train_model(
             seconds[phase.name] += time.perf_counter() - epoch_started
             images_seen[phase.name] += seen
 
-            val_mae = float(np.abs(inputs.predict(val_ids, amp) - ages[val_ids]).mean())
+            val_mae = float(np.abs(inputs.predict(validated, val_ids, amp) - ages[val_ids]).mean())
             schedule.after_epoch(val_mae)
             row = {
                 "epoch": len(history) + 1,
@@ -252,7 +269,7 @@ def train_model(
             history.append(row)
             log.info("epoch %d (%s): train MAE %.2f, val MAE %.2f", row["epoch"], phase.name, row["train_mae"], val_mae)
             if best is None or val_mae < best["val_mae"]:
-                best = {"epoch": row["epoch"], "val_mae": val_mae, "model": _cpu_copy(model.state_dict())}
+                best = {"epoch": row["epoch"], "val_mae": val_mae, "model": _cpu_copy(validated.state_dict())}
                 stale = 0
             else:
                 stale += 1
@@ -267,6 +284,7 @@ def train_model(
                         "phase": next_position[0],
                         "epoch": next_position[1],
                         "model": _cpu_copy(model.state_dict()),
+                        "average": average.state_dict() if average is not None else None,
                         "optimizer": copy.deepcopy(optimizer.state_dict()),
                         "schedule": schedule.state_dict(),
                         "scaler": scaler.state_dict(),

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,25 +75,47 @@ def test_cached_features_train_the_head_like_the_backbone_does(data, monkeypatch
     )
 
 
-@pytest.mark.parametrize("interrupt_after", [2, 3])
-def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, interrupt_after):
+@pytest.mark.parametrize("interrupt_after, ema_decay", [(2, 0.0), (3, 0.0), (3, 0.5)])
+def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, interrupt_after, ema_decay):
     state = tmp_path / "state.pt"
-    uninterrupted = train(data)
+    params = replace(TRAIN, ema_decay=ema_decay)
+    uninterrupted = train(data, params=params)
 
     def interrupt(row):
         if row["epoch"] == interrupt_after:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(data, state_path=state, on_epoch_end=interrupt)
+        train(data, params=params, state_path=state, on_epoch_end=interrupt)
     assert state.is_file()
     resumed_rows = []
-    resumed = train(data, state_path=state, on_epoch_end=resumed_rows.append)
+    resumed = train(data, params=params, state_path=state, on_epoch_end=resumed_rows.append)
     assert [row["epoch"] for row in resumed_rows] == list(range(interrupt_after + 1, 5))
     assert resumed.history == uninterrupted.history
     for key, value in uninterrupted.checkpoint["state_dict"].items():
         assert torch.equal(value, resumed.checkpoint["state_dict"][key]), key
     assert not state.exists()
+
+
+def test_the_weight_average_is_validated_and_kept_without_changing_training(data):
+    averaged = train(data, params=replace(TRAIN, ema_decay=0.5))
+    plain = train(data)
+    # The average follows training without steering it: same losses, other validated weights.
+    assert [row["train_loss"] for row in averaged.history] == [row["train_loss"] for row in plain.history]
+    assert [row["val_mae"] for row in averaged.history] != [row["val_mae"] for row in plain.history]
+    # What was validated is what is kept.
+    model = build_model(MODEL, AGES).to(memory_format=torch.channels_last)
+    model.load_state_dict(averaged.checkpoint["state_dict"])
+    images, ages, _, split = data
+    val_ids = split.loc[split["split"] == "val", "id"].to_numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        predicted = predict(model, images, val_ids, MODEL.input_size, TRAIN.batch_size, CPU)["age"]
+    assert np.abs(predicted - ages[val_ids]).mean() == pytest.approx(averaged.checkpoint["val_mae"], rel=1e-3)
+
+
+def test_an_ema_decay_outside_0_to_1_is_refused(data):
+    with pytest.raises(FaceageError, match=r"train.ema_decay must be in \[0, 1\), got 1.0"):
+        train(data, params=replace(TRAIN, ema_decay=1.0))
 
 
 def test_a_saved_state_of_other_parameters_is_not_resumed(data, tmp_path):
