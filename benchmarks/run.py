@@ -103,12 +103,13 @@ def benchmark(source: Path, out: Path, changes: dict[str, dict], baseline_batche
             paths.append(folder / f"{index}.jpg")
             paths[-1].write_bytes(files[name])
         age_range = (params.data.min_age, params.data.max_age)
-        baseline = training_throughput(paths, train["age"].to_numpy(float), params, age_range, baseline_batches, 2)
+        train_ages = train["age"].to_numpy(float)
+        baseline = training_throughput(paths, train_ages, params, age_range, baseline_batches, 2)
         baseline["projected_train_seconds"] = round(epoch_images / baseline["images_per_second"], 1)
         same_precision = None
         if params.train.cpu_bf16:
             same_precision = training_throughput(
-                paths, train["age"].to_numpy(float), params, age_range, baseline_batches, 2, pipeline_precision=True
+                paths, train_ages, params, age_range, baseline_batches, 2, pipeline_precision=True
             )
 
         peer = peer_predictions([files[name] for name in test["source_path"]])

@@ -9,7 +9,7 @@ from faceage.errors import FaceageError
 from faceage.inference import load_checkpoint, predict
 from faceage.models import build_model
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.train import Inputs, plan_phases, train_model
+from faceage.train import Inputs, autocast, plan_phases, split_ids, train_model
 
 MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16)
 TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
@@ -107,8 +107,8 @@ def test_the_weight_average_is_validated_and_kept_without_changing_training(data
     model = build_model(MODEL, AGES).to(memory_format=torch.channels_last)
     model.load_state_dict(averaged.checkpoint["state_dict"])
     images, ages, _, split = data
-    val_ids = split.loc[split["split"] == "val", "id"].to_numpy()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    val_ids = split_ids(split, "val")
+    with autocast(CPU, TRAIN):
         predicted = predict(model, images, val_ids, MODEL.input_size, TRAIN.batch_size, CPU)["age"]
     assert np.abs(predicted - ages[val_ids]).mean() == pytest.approx(averaged.checkpoint["val_mae"], rel=1e-3)
 
