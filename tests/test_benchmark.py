@@ -49,7 +49,10 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
         epoch_images / saved["baseline"]["images_per_second"], abs=0.05
     )
     # The default trains under bfloat16 autocast, so the loop is also timed under it.
-    assert saved["baseline_bf16"]["images"] == 2 * 16 and saved["throughput_ratio_vs_bf16_baseline"] > 0
+    assert saved["baseline_bf16"]["images"] == 2 * 16
+    assert saved["throughput_ratio_vs_bf16_baseline"] == pytest.approx(
+        ours["train_images_per_second"] / saved["baseline_bf16"]["images_per_second"], rel=0.02
+    )
     table = (tmp_path / "reports" / "benchmark.md").read_text()
     assert (
         "under bfloat16 autocast" in table
