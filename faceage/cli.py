@@ -1,4 +1,4 @@
-"""The ``faceage`` command: ``faceage predict IMAGE... [--model models/model.pt] [--json]``."""
+"""The ``faceage`` command. Arguments are parsed before torch is imported, so help and usage errors answer at once."""
 
 from __future__ import annotations
 
@@ -6,69 +6,132 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
+PREDICT_HELP = """\
+Estimate the age of every face in photos. Each photo is decoded (EXIF orientation applied), its faces are
+found by dlib's HOG detector and aligned on dlib's 5-point landmarks into chips framed like the training
+images, and the model predicts each chip. Folders are walked recursively; photos are processed in
+bounded blocks, so a folder of any size fits in memory. A photo without a face is reported as such;
+a file that cannot be read gets a one-line error and the rest go on (exit status 1 if any could not).
 
-from faceage.errors import FaceageError
-from faceage.images import ImageDecodeError, decode_image
-from faceage.inference import load_checkpoint, predict
-from faceage.runtime import select_device
+Detection settings (faces.* in params.yaml) come from the model's checkpoint; --upsample and
+--min-score override them."""
+
+EXPORT_HELP = """\
+Write the age network for use without this package: ONNX (onnxruntime, any language) or TorchScript.
+The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S the model's input size
+(printed on export; resize the aligned chip to it), and returns the age in years per face
+(and, with a gender head, the probability of female). The batch size is dynamic. PyTorch deprecates
+TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
 
-def years_and_months(age: float) -> str:
-    """``34 years 2 months`` for 34.2."""
-    years, months = divmod(round(age * 12), 12)
-    return f"{years} year{'s' * (years != 1)} {months} month{'s' * (months != 1)}"
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``faceage`` and its subcommands."""
+    parser = argparse.ArgumentParser(prog="faceage", description="Estimate ages from face photos.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('faceage')}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser(
+        "predict", help="ages of the faces in photos or folders", description=PREDICT_HELP, formatter_class=Raw
+    )
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="image files or folders")
+    predict.add_argument("--model", type=Path, default=Path("models/model.pt"), help="trained checkpoint")
+    predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
+    predict.add_argument("--aligned", action="store_true", help="inputs are ready face crops: skip face detection")
+    predict.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
+    predict.add_argument("--upsample", type=int, help="detector upsampling (finds smaller faces, slower)")
+    predict.add_argument("--min-score", type=float, help="detection score a face must exceed")
+    predict.add_argument("--workers", type=int, default=0, help="face-finding processes, 0 = one per core")
+    predict.add_argument("--block", type=int, default=64, help="photos in memory at once (per block)")
+
+    export = commands.add_parser("export", help="write the network as ONNX or TorchScript", description=EXPORT_HELP)
+    export.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
+    export.add_argument("--model", type=Path, default=Path("models/model.pt"), help="trained checkpoint")
+    export.add_argument("--output", type=Path, help="output file (default: next to the model, .onnx or .ts)")
+    export.add_argument("--no-flip", action="store_true", help="leave mirror-image averaging out of the graph")
+    return parser
 
 
-def predict_files(paths: Sequence[Path], model_path: Path, flip: bool = True) -> list[dict]:
-    """One result per file: ``age_years`` and ``age`` text, or ``error`` when it cannot be read."""
-    device = select_device()
-    model, checkpoint = load_checkpoint(model_path, device)
-    results: list[dict] = []
-    faces: list[np.ndarray] = []
-    for path in paths:
-        try:
-            faces.append(decode_image(path.read_bytes(), checkpoint["image_size"]))
-            results.append({"path": str(path)})
-        except OSError as error:
-            results.append({"path": str(path), "error": f"cannot read file: {error.strerror or error}"})
-        except ImageDecodeError as error:
-            results.append({"path": str(path), "error": f"{error.reason.replace('_', ' ')}: {error.detail}"})
-    if faces:
-        batch = np.stack(faces)
-        ages = predict(model, batch, np.arange(len(batch)), checkpoint["model"]["input_size"], 64, device, flip=flip)
-        for result, age in zip((r for r in results if "error" not in r), ages["age"], strict=True):
-            result["age_years"] = round(float(age), 2)
-            result["age"] = years_and_months(float(age))
-    return results
+class Raw(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' paragraphs."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="faceage", description="Estimate ages from face photos.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    predict_parser = commands.add_parser(
-        "predict", help="predict the age of face crops (aligned and cropped like the training images)"
-    )
-    predict_parser.add_argument("images", nargs="+", type=Path, help="image files")
-    predict_parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="trained checkpoint")
-    predict_parser.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
-    predict_parser.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from faceage.errors import FaceageError
+
     try:
-        results = predict_files(args.images, args.model, flip=not args.no_flip)
+        return run_predict(args) if args.command == "predict" else run_export(args)
     except FaceageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from faceage.annotate import annotate_photo
+    from faceage.errors import FaceageError
+    from faceage.ingest import worker_count
+    from faceage.photos import AgeEstimator, photo_files
+
+    if args.block < 1:
+        raise FaceageError(f"--block must be at least 1, got {args.block}")
+    estimator = AgeEstimator(args.model, flip=not args.no_flip)
+    overrides = {"upsample": args.upsample, "min_score": args.min_score}
+    estimator.faces = replace(estimator.faces, **{k: v for k, v in overrides.items() if v is not None})
+    files = photo_files(args.paths)
+    results, failed = [], 0
+    with tqdm(total=len(files), desc="photos", unit="photo", disable=None) as progress:
+        for result in estimator.predict_files(files, args.aligned, worker_count(args.workers), args.block):
+            progress.update()
+            failed += "error" in result
+            if args.annotate and "faces" in result:
+                annotate_photo(Path(result["file"]), result["faces"], args.annotate / mirrored(result["file"]))
+            if args.json:
+                results.append(result)
+            else:
+                print_result(result)
     if args.json:
-        print(json.dumps(results, indent=2))
-    for result in results:
-        if "error" in result:
-            print(f"{result['path']}: error: {result['error']}", file=sys.stderr)
-        elif not args.json:
-            print(f"{result['path']}: {result['age_years']:.1f} years ({result['age']})")
-    return 1 if any("error" in result for result in results) else 0
+        faces = sum(len(r.get("faces", ())) for r in results)
+        print(json.dumps({"model": str(args.model), "photos": len(results), "faces": faces, "results": results}))
+    return 1 if failed else 0
+
+
+def mirrored(file: str) -> Path:
+    """Where an annotated copy of ``file`` goes below the output folder: its own path, made relative."""
+    path = Path(file)
+    return path.relative_to(path.anchor) if path.is_absolute() else path
+
+
+def print_result(result: dict) -> None:
+    """One line per face on stdout; a photo without a face says so; errors go to stderr."""
+    if "error" in result:
+        print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
+    elif not result["faces"]:
+        print(f"{result['file']}: no face found")
+    for face in result.get("faces", ()):
+        where = (
+            ""
+            if face["box"] is None
+            else f" face {face['face'] + 1} at {tuple(face['box'])} (score {face['score']:.2f})"
+        )
+        gender = f", female {face['female_probability']:.2f}" if "female_probability" in face else ""
+        print(f"{result['file']}{where}: {face['age_years']:.1f} years ({face['age']}){gender}")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from faceage.export import export_model
+
+    output = args.output or args.model.with_suffix(".onnx" if args.format == "onnx" else ".ts")
+    input_size = export_model(args.model, output, args.format, flip=not args.no_flip)
+    print(f"wrote {output}: input (batch, 3, {input_size}, {input_size}) float32 RGB in [0, 1]")
+    return 0
 
 
 if __name__ == "__main__":

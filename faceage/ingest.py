@@ -8,19 +8,19 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from faceage.chunks import blocks
 from faceage.errors import FaceageError
-from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image
+from faceage.faces import face_finder, largest
+from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
 from faceage.layouts import MALFORMED_LABEL, MALFORMED_NAME, NO_LABEL, Label, LabelError, detect_layout
-from faceage.params import DataParams
+from faceage.params import DataParams, FacesParams
 from faceage.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ KEPT = "kept"
 LABEL_FILE = "label_file"
 AGE_OUT_OF_RANGE = "age_out_of_range"
 DUPLICATE = "duplicate"
+NO_FACE = "no_face"
+MULTIPLE_FACES = "multiple_faces"
 OUTCOMES = (
     KEPT,
     LABEL_FILE,
@@ -38,6 +40,8 @@ OUTCOMES = (
     AGE_OUT_OF_RANGE,
     NOT_AN_IMAGE,
     UNREADABLE_IMAGE,
+    NO_FACE,
+    MULTIPLE_FACES,
     DUPLICATE,
 )
 
@@ -58,21 +62,24 @@ class Decoded:
     pixels: np.ndarray | None
     reason: str | None = None  # why it could not be decoded; plain strings cross process boundaries
     detail: str = ""
+    faces: int = 1  # faces found, when aligning
 
 
-def _decode(job: tuple[str, bytes, int]) -> Decoded:
-    name, content, size = job
+def _decode(job: tuple[str, bytes, DataParams, FacesParams]) -> Decoded:
+    """Decode one file; with ``data.align``, find its faces and keep the aligned chip of one."""
+    name, content, data, faces = job
     content_hash = hashlib.sha256(content).hexdigest()
     try:
-        return Decoded(name, content_hash, decode_image(content, size))
+        if not data.align:
+            return Decoded(name, content_hash, decode_image(content, data.image_size))
+        found = face_finder(faces).find(decode_photo(content), data.image_size)
     except ImageDecodeError as error:
         return Decoded(name, content_hash, None, error.reason, error.detail)
-
-
-def _blocks(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while block := list(islice(iterator, size)):
-        yield block
+    if not found:
+        return Decoded(name, content_hash, None, NO_FACE, f"no face scoring above faces.min_score {faces.min_score}")
+    if len(found) > 1 and data.multiple_faces == "reject":
+        return Decoded(name, content_hash, None, MULTIPLE_FACES, f"{len(found)} faces (data.multiple_faces: reject)")
+    return Decoded(name, content_hash, largest(found).chip, faces=len(found))
 
 
 def worker_count(requested: int) -> int:
@@ -80,12 +87,15 @@ def worker_count(requested: int) -> int:
     return requested if requested > 0 else len(os.sched_getaffinity(0))
 
 
-def ingest(params: DataParams, out_dir: str | Path) -> dict:
+def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = None) -> dict:
     """Ingest ``params.source`` into ``out_dir`` (images, manifest, rejected files); return the report.
 
     Every file of the source gets exactly one outcome from :data:`OUTCOMES`; all but ``kept`` and
-    ``label_file`` are listed with their reason in ``rejected.csv``.
+    ``label_file`` are listed with their reason in ``rejected.csv``. With ``params.align`` each image's
+    faces are found with ``faces`` settings and the aligned chip of the largest is kept (or the image is
+    rejected as ``multiple_faces``, by ``params.multiple_faces``).
     """
+    faces = faces or FacesParams()
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,10 +135,11 @@ def ingest(params: DataParams, out_dir: str | Path) -> dict:
     images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(max(len(labels), 1), *shape))
     rows: list[dict] = []
     first_with_hash: dict[str, str] = {}
-    jobs = ((name, content, params.image_size) for name, content in source.read(labels))
+    jobs = ((name, content, params, faces) for name, content in source.read(labels))
+    several_faces = 0
     workers = worker_count(params.workers)
     with multiprocessing.Pool(workers) as pool, tqdm(total=len(labels), desc="ingest", unit="img") as progress:
-        for block in _blocks(jobs, BLOCK_SIZE):
+        for block in blocks(jobs, BLOCK_SIZE):
             for result in pool.imap(_decode, block, chunksize=16):
                 progress.update()
                 if result.reason is not None:
@@ -138,6 +149,7 @@ def ingest(params: DataParams, out_dir: str | Path) -> dict:
                     reject(result.name, DUPLICATE, f"same bytes as {first} (age {labels[first].age})")
                 else:
                     first_with_hash[result.content_hash] = result.name
+                    several_faces += result.faces > 1
                     outcomes[result.name] = KEPT
                     images[len(rows)] = result.pixels
                     rows.append(_manifest_row(len(rows), result, labels[result.name]))
@@ -164,6 +176,8 @@ def ingest(params: DataParams, out_dir: str | Path) -> dict:
         "files": len(names),
         "outcomes": {outcome: counts.get(outcome, 0) for outcome in OUTCOMES},
         "label_rows_without_image": len(layout.unmatched_rows),
+        "aligned": params.align,
+        "multiple_faces_kept_largest": several_faces,
         "image_size": params.image_size,
         "array_megabytes": round((out_dir / IMAGES_FILE).stat().st_size / 2**20, 1),
         "seconds": round(seconds, 2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,13 @@ import yaml
 from faceage.errors import FaceageError
 
 T = TypeVar("T")
+MULTIPLE_FACES = ("largest", "reject")
+
+
+def check(condition: bool, key: str, value: Any, allowed: object) -> None:
+    """Raise a one-line :class:`FaceageError` naming ``key``, ``value`` and what is ``allowed`` unless ``condition``."""
+    if not condition:
+        raise FaceageError(f"{key}: {value!r} is not allowed; expected {allowed}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,29 @@ class DataParams:
     min_age: int = 1
     max_age: int = 116
     workers: int = 0  # 0: one per CPU core; does not change results
+    align: bool = False  # detect and align the face of each image (for raw photos; UTKFace crops are aligned)
+    multiple_faces: str = "largest"  # with align, an image with several faces: largest (keep it) | reject
+
+    def __post_init__(self) -> None:
+        check(self.multiple_faces in MULTIPLE_FACES, "data.multiple_faces", self.multiple_faces, MULTIPLE_FACES)
+
+
+@dataclass(frozen=True)
+class FacesParams:
+    """Face detection and alignment of photos, at ingest (``data.align``) and when predicting."""
+
+    upsample: int = 0  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
+    padding: float = 0.2  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
+    max_side: int = 1280  # photos whose longer side exceeds this are downscaled for detection only
+    min_size: int = 32  # smallest face side kept, in pixels of the photo
+    min_score: float = 0.5  # HOG detection score a face must exceed
+
+    def __post_init__(self) -> None:
+        check(0 <= self.upsample <= 3, "faces.upsample", self.upsample, "0..3")
+        check(0 <= self.padding <= 2, "faces.padding", self.padding, "0..2")
+        check(self.max_side >= 64, "faces.max_side", self.max_side, ">= 64")
+        check(self.min_size >= 1, "faces.min_size", self.min_size, ">= 1")
+        check(math.isfinite(self.min_score), "faces.min_score", self.min_score, "a finite number")
 
 
 @dataclass(frozen=True)
@@ -149,6 +180,7 @@ class Params:
 
     demo: DemoParams = field(default_factory=DemoParams)
     data: DataParams = field(default_factory=DataParams)
+    faces: FacesParams = field(default_factory=FacesParams)
     split: SplitParams = field(default_factory=SplitParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)

@@ -12,7 +12,12 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from faceage.params import FacesParams
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,7 @@ STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 QUEUED_WORKSPACE = (".dvc", "tmp", "exps")
 EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model's MLflow run
+MODEL_IN_RUN = "model"  # name of the run's logged MLflow model
 
 
 def workspace_root(start: str | Path = ".") -> Path:
@@ -140,18 +146,15 @@ def champion_run(model_name: str, alias: str, uri: str | None = None) -> tuple[s
 
 
 def register_with_alias(run_id: str, model_name: str, alias: str, uri: str | None = None) -> str:
-    """Register the run's ``model`` artifact folder as a new version of ``model_name`` and point ``alias`` at it."""
+    """Register the run's MLflow model (:data:`MODEL_IN_RUN`) as a new version of ``model_name`` and point
+    ``alias`` at it; return the version."""
+    import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(uri or tracking_uri())
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException:
-        client.create_registered_model(model_name)
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    version = str(client.create_model_version(model_name, source, run_id=run_id).version)
-    client.set_registered_model_alias(model_name, alias, version)
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_IN_RUN}", model_name).version)
+    MlflowClient(uri).set_registered_model_alias(model_name, alias, version)
     return version
 
 
@@ -237,6 +240,16 @@ class RunTracker:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
         self._call(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def log_model(self, checkpoint: str | Path, faces: FacesParams, example_chip: np.ndarray) -> None:
+        """Log the checkpoint as the run's MLflow pyfunc model (:mod:`faceage.serving`)."""
+
+        def log() -> None:
+            from faceage.serving import log_age_model
+
+            log_age_model(self.run_id, self.uri, MODEL_IN_RUN, checkpoint, faces, example_chip)
+
+        self._call(log)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run as ended."""

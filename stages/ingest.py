@@ -9,7 +9,8 @@ REPORT = "metrics/ingest.json"
 
 
 def main() -> None:
-    write_json(ingest(load_params().data, OUT_DIR), REPORT)
+    params = load_params()
+    write_json(ingest(params.data, OUT_DIR, params.faces), REPORT)
 
 
 if __name__ == "__main__":

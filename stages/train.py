@@ -1,4 +1,5 @@
-"""Stage train: fit the model on the train split, keep the best epoch, and log the run to MLflow."""
+"""Stage train: fit the model on the train split, keep the best epoch, and log the run and the model
+(as a servable MLflow model, see faceage.serving) to MLflow."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +13,7 @@ from faceage.params import load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
 from faceage.tracking import dataset_fingerprint, start_pipeline_run
-from faceage.train import train_model
+from faceage.train import split_ids, train_model
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
@@ -24,16 +25,16 @@ CURVES = "plots/train/learning_curves.png"
 
 def main() -> None:
     params = load_params()
-    manifest = load_manifest(INGESTED)
+    manifest, images, split = load_manifest(INGESTED), load_images(INGESTED), pd.read_csv(SPLIT_FILE)
     fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
     tracker = start_pipeline_run(params.mlflow.experiment, params.model.backbone, params.model.head, fingerprint)
     tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
     try:
         result = train_model(
-            load_images(INGESTED),
+            images,
             manifest["age"].to_numpy(),
             manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(),
-            pd.read_csv(SPLIT_FILE),
+            split,
             params.model,
             params.train,
             params.augment,
@@ -47,12 +48,13 @@ def main() -> None:
         tracker.finish("FAILED")
         raise
     Path(MODEL).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**result.checkpoint, "mlflow_run_id": tracker.run_id}, MODEL)
+    torch.save({**result.checkpoint, "faces": asdict(params.faces), "mlflow_run_id": tracker.run_id}, MODEL)
     write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
     learning_curves(result.history, CURVES)
     tracker.log_metrics(result.summary)
-    for path, folder in ((REPORT, "metrics"), (CURVES, "plots"), (MODEL, "model")):
+    for path, folder in ((REPORT, "metrics"), (CURVES, "plots")):
         tracker.log_artifact(path, folder)
+    tracker.log_model(MODEL, params.faces, images[split_ids(split, "val")[0]])
     tracker.finish()
 
 

@@ -78,3 +78,50 @@ def utkface_files() -> dict[str, bytes]:
         "UTKFace/43_0_0_20170101120000003.jpg.chip.jpg": truncated[: len(truncated) // 2],
         "UTKFace/44_0_0_20170101120000004.jpg.chip.jpg": b"this is a text file, not a JPEG\n",
     }
+
+
+ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"  # skimage.data.astronaut(), public domain (NASA)
+ASTRONAUT_FACE = (179, 83, 266, 170)  # her face's box as dlib's HOG detector finds it (left, top, right, bottom)
+
+
+def paste(chip: np.ndarray, angle: float, size: tuple[int, int] = (1024, 768), at: tuple[int, int] = (500, 300)):
+    """``chip`` rotated by ``angle`` degrees and pasted into a plain grey photo of ``size``, as an RGB array."""
+    photo = Image.new("RGB", size, (128, 128, 128))
+    rotated = Image.fromarray(chip).convert("RGBA").rotate(angle, Image.Resampling.BILINEAR, expand=True)
+    photo.paste(rotated, at, rotated)
+    return np.asarray(photo)
+
+
+def encode(pixels: np.ndarray, fmt: str = "JPEG") -> bytes:
+    """Encode an RGB array."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small trained checkpoint with a gender head, saved as the train stage does (with face settings)."""
+    import pandas as pd
+    import torch
+
+    from faceage.params import AugmentParams, ModelParams, TrainParams
+    from faceage.train import train_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    split = pd.DataFrame({"id": range(40), "split": ["train"] * 30 + ["val"] * 10})
+    result = train_model(
+        images,
+        rng.integers(1, 90, 40),
+        rng.integers(0, 2, 40),
+        split,
+        ModelParams(backbone="resnet18", pretrained=False, input_size=32, gender_weight=1.0),
+        TrainParams(head_epochs=1, epochs=0, batch_size=16),
+        AugmentParams(),
+        (1, 100),
+        torch.device("cpu"),
+    )
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save({**result.checkpoint, "faces": {"min_score": 0.5}}, path)
+    return path

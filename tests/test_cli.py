@@ -4,43 +4,26 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
-from conftest import noise_jpeg
+from conftest import ASTRONAUT, ASTRONAUT_FACE, encode
+from PIL import Image
 
-from faceage.cli import main, years_and_months
-from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.train import train_model
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 24, 24, 3), dtype=np.uint8)
-    ages = rng.integers(1, 90, 40)
-    split = pd.DataFrame({"id": range(40), "split": ["train"] * 30 + ["val"] * 10})
-    result = train_model(
-        images,
-        ages,
-        np.full(40, -1),
-        split,
-        ModelParams(backbone="resnet18", pretrained=False, input_size=24),
-        TrainParams(head_epochs=1, epochs=0, batch_size=16),
-        AugmentParams(),
-        (1, 100),
-        torch.device("cpu"),
-    )
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(result.checkpoint, path)
-    return path
+from faceage.cli import main
+from faceage.faces import Face
+from faceage.photos import AgeEstimator, PhotoFaces, years_and_months
 
 
 @pytest.fixture
-def files(tmp_path):
-    (tmp_path / "face.jpg").write_bytes(noise_jpeg(1, size=60))
-    (tmp_path / "broken.jpg").write_bytes(noise_jpeg(2, size=60)[:300])
-    return tmp_path / "face.jpg", tmp_path / "broken.jpg"
+def photos(tmp_path) -> Path:
+    """A folder with the astronaut (one face), a nested copy mirrored, a photo without a face and a broken file."""
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "astronaut.jpg").write_bytes(ASTRONAUT.read_bytes())
+    Image.open(ASTRONAUT).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "nested" / "mirrored.png")
+    (folder / "wall.jpg").write_bytes(encode(np.full((200, 300, 3), 90, np.uint8)))
+    (folder / "broken.jpg").write_bytes(ASTRONAUT.read_bytes()[:400])
+    (folder / "notes.txt").write_text("not a photo, and not named like one: skipped by the folder walk")
+    return folder
 
 
 def test_years_and_months():
@@ -49,30 +32,94 @@ def test_years_and_months():
     assert years_and_months(2.08) == "2 years 1 month"
 
 
-def test_predict_prints_each_good_file_and_a_clear_error_for_a_corrupt_one(model_file, files, capsys):
-    good, broken = files
-    code = main(["predict", str(good), str(broken), str(good.with_name("missing.jpg")), "--model", str(model_file)])
+def test_predict_a_folder_reports_each_face_a_photo_without_one_and_a_broken_file(tiny_model, photos, capsys):
+    code = main(["predict", str(photos), "--model", str(tiny_model)])
     out, err = capsys.readouterr()
-    assert code == 1
-    (line,) = out.splitlines()
-    assert line.startswith(f"{good}: ") and "years (" in line and "month" in line
-    assert f"{broken}: error: unreadable image" in err
-    assert "missing.jpg: error: cannot read file" in err
+    assert code == 1  # the broken file; the others are still predicted
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines[f"{photos / 'wall.jpg'}"] == "no face found"
+    face_line = lines[f"{photos / 'astronaut.jpg'} face 1 at {ASTRONAUT_FACE} (score 1.59)"]
+    assert "years (" in face_line and "female" in face_line
+    mirrored = [key for key in lines if key.startswith(f"{photos / 'nested' / 'mirrored.png'} face 1 at")]
+    assert len(mirrored) == 1
+    assert len(lines) == 3 and "notes.txt" not in out
+    assert err.strip().splitlines()[-1].startswith(f"{photos / 'broken.jpg'}: error: unreadable image")
 
 
-def test_predict_json(model_file, files, capsys):
-    good, _ = files
-    assert main(["predict", str(good), "--model", str(model_file), "--json"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)
-    assert result["path"] == str(good) and 1 <= result["age_years"] <= 100
+def test_json_is_one_document_and_each_age_belongs_to_its_own_file(tiny_model, tmp_path, capsys):
+    crops = []
+    for index, value in enumerate((0, 60, 120, 180, 250)):
+        crops.append(tmp_path / f"crop{index}.png")
+        crops[-1].write_bytes(encode(np.full((40, 40, 3), (value, 255 - value, value // 2), np.uint8), "PNG"))
+    alone = {}
+    for crop in crops:
+        assert main(["predict", str(crop), "--aligned", "--model", str(tiny_model), "--json"]) == 0
+        (result,) = json.loads(capsys.readouterr().out)["results"]
+        alone[result["file"]] = result["faces"][0]["age_years"]
+    assert len(set(alone.values())) == 5  # distinct inputs give distinct ages, so a mix-up would show
+    reversed_order = [str(c) for c in reversed(crops)]
+    assert main(["predict", *reversed_order, "--aligned", "--block", "2", "--model", str(tiny_model), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["photos"] == 5 and document["faces"] == 5
+    assert [r["file"] for r in document["results"]] == reversed_order
+    for result in document["results"]:
+        (face,) = result["faces"]
+        assert face["age_years"] == pytest.approx(alone[result["file"]], abs=0.01)
+        assert face["box"] is None and face["score"] is None and 0 <= face["female_probability"] <= 1
 
 
-def test_missing_model_is_a_one_line_error(tmp_path, files, capsys):
-    assert main(["predict", str(files[0]), "--model", str(tmp_path / "none.pt")]) == 1
+def test_blocks_do_not_change_results(tiny_model, photos, capsys):
+    main(["predict", str(photos), "--model", str(tiny_model), "--json"])
+    whole = json.loads(capsys.readouterr().out)
+    main(["predict", str(photos), "--model", str(tiny_model), "--json", "--block", "1", "--workers", "1"])
+    assert json.loads(capsys.readouterr().out) == whole
+
+
+def test_annotate_draws_the_box_on_a_copy(tiny_model, photos, tmp_path, capsys):
+    out = tmp_path / "annotated"
+    main(["predict", str(photos / "astronaut.jpg"), "--model", str(tiny_model), "--annotate", str(out)])
+    copy = out / (photos / "astronaut.jpg").relative_to("/")
+    drawn = np.asarray(Image.open(copy)).astype(int)
+    original = np.asarray(Image.open(ASTRONAUT)).astype(int)
+    left, top, _, bottom = ASTRONAUT_FACE
+    assert np.abs(drawn[top + 20 : bottom - 1, left] - original[top + 20 : bottom - 1, left]).mean() > 40  # box edge
+    assert np.abs(drawn[300:, 300:] - original[300:, 300:]).mean() < 3  # elsewhere only JPEG noise
+
+
+def test_estimator_results_keep_photos_and_faces_apart(tiny_model):
+    estimator = AgeEstimator(tiny_model)
+    chips = [np.asarray(Image.open(ASTRONAUT).resize((32, 32))), np.zeros((32, 32, 3), np.uint8)]
+    photos = [
+        PhotoFaces("two", [Face((0, 0, 9, 9), 1.0, chips[0]), Face((10, 0, 19, 9), 0.7, chips[1])]),
+        PhotoFaces("none"),
+        PhotoFaces("bad", error="unreadable image: truncated"),
+        PhotoFaces("second", [Face((0, 0, 9, 9), 2.0, chips[1])]),
+    ]
+    two, none, bad, second = estimator.results(photos)
+    assert [f["box"] for f in two["faces"]] == [[0, 0, 9, 9], [10, 0, 19, 9]]
+    assert none == {"file": "none", "faces": []} and bad == {"file": "bad", "error": "unreadable image: truncated"}
+    assert second["faces"][0]["age_years"] == two["faces"][1]["age_years"] != two["faces"][0]["age_years"]
+
+
+def test_missing_model_is_a_one_line_error(tmp_path, capsys):
+    assert main(["predict", str(ASTRONAUT), "--model", str(tmp_path / "none.pt")]) == 1
     assert capsys.readouterr().err.strip() == f"error: no model at {tmp_path / 'none.pt'}: run the train stage first"
 
 
-def test_console_script_is_installed(model_file, files):
-    command = [str(Path(sys.executable).parent / "faceage"), "predict", str(files[0]), "--model", str(model_file)]
+def test_help_and_usage_errors_answer_without_importing_torch():
+    script = (
+        "import sys\nfrom faceage.cli import main\n"
+        "for argv in (['--help'], ['predict', '--help'], ['export', '--format', 'pdf'], ['--version']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("False")
+    assert "Folders are walked recursively" in result.stdout and "faceage 0.1.0" in result.stdout
+    assert "invalid choice: 'pdf'" in result.stderr
+
+
+def test_console_script_is_installed(tiny_model):
+    command = [str(Path(sys.executable).parent / "faceage"), "predict", str(ASTRONAUT), "--model", str(tiny_model)]
     result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0 and "years (" in result.stdout
+    assert result.returncode == 0 and f"face 1 at {ASTRONAUT_FACE}" in result.stdout

@@ -1,0 +1,79 @@
+"""Export the age network as ONNX or TorchScript, for use without this package."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from faceage.batches import IMAGENET_MEAN, IMAGENET_STD
+from faceage.errors import FaceageError
+from faceage.inference import load_checkpoint
+from faceage.models import AgeNet
+
+EXAMPLE_BATCH = 2
+OPSET = 18
+
+
+class ExportableAgeNet(nn.Module):
+    """RGB chips in ``[0, 1]`` at the model's input size to ages in years (and the probability of female).
+
+    The ImageNet normalisation and the read-out of the age head are part of the graph; with ``flip``, so is
+    the averaging of each face's prediction with its mirror image's, as ``faceage predict`` does by default.
+    """
+
+    def __init__(self, model: AgeNet, flip: bool):
+        super().__init__()
+        self.model = model
+        self.flip = flip
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, chips: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (chips - self.mean) / self.std
+        views = [x, x.flip(-1)] if self.flip else [x]
+        outputs = [self.model(view) for view in views]
+        result = {"age": torch.stack([self.model.years(o["age"]) for o in outputs]).mean(0)}
+        if "gender" in outputs[0]:
+            result["female_probability"] = torch.stack([o["gender"].sigmoid() for o in outputs]).mean(0)
+        return result
+
+
+def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableAgeNet, int]:
+    """The checkpoint's network wrapped for export, in float32 on the CPU, and its input size."""
+    model, checkpoint = load_checkpoint(model_path, torch.device("cpu"))
+    model.requires_grad_(False)
+    return ExportableAgeNet(model.to(memory_format=torch.contiguous_format), flip).eval(), checkpoint["model"][
+        "input_size"
+    ]
+
+
+def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool = True) -> int:
+    """Write the network of ``model_path`` to ``output`` as ``onnx`` or ``torchscript``; return its input size."""
+    wrapped, size = exportable(model_path, flip)
+    example = torch.rand(EXAMPLE_BATCH, 3, size, size)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        torch.jit.trace(wrapped, example, strict=False).save(str(output))
+    elif fmt == "onnx":
+        names = list(wrapped(example))
+        batch = torch.export.Dim("batch", min=1)
+        logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            dynamo=True,
+            input_names=["chips"],
+            output_names=names,
+            dynamic_shapes={"chips": {0: batch}},
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(output))
+    else:
+        raise FaceageError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+    return size

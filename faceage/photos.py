@@ -1,0 +1,142 @@
+"""Photos in, one age per face out: read and decode each photo, find and align its faces, predict in batches.
+
+Finding faces is the slow part and runs in worker processes; the network then predicts every chip of a
+block of photos at once. Only two blocks are in memory at a time, however many photos there are.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceage.chunks import blocks
+from faceage.faces import Face, face_finder
+from faceage.images import ImageDecodeError, decode_image, decode_photo
+from faceage.inference import load_checkpoint, predict
+from faceage.layouts import is_image_name
+from faceage.params import FacesParams, from_dict
+from faceage.runtime import select_device
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    """What one photo holds: its faces (aligned chips), or why it could not be read."""
+
+    name: str
+    faces: list[Face] = field(default_factory=list)
+    error: str | None = None
+
+
+def find_faces(
+    name: str, data: bytes, chip_size: int, faces: FacesParams | None, landmarks: Path | None = None
+) -> PhotoFaces:
+    """Decode ``data`` and cut out every face; with ``faces`` None the image is taken as one ready crop."""
+    try:
+        if faces is None:
+            return PhotoFaces(name, [Face(None, None, decode_image(data, chip_size))])
+        return PhotoFaces(name, face_finder(faces, landmarks).find(decode_photo(data), chip_size))
+    except ImageDecodeError as error:
+        return PhotoFaces(name, error=f"{error.reason.replace('_', ' ')}: {error.detail}")
+
+
+def read_and_find_faces(job: tuple[str, int, FacesParams | None]) -> PhotoFaces:
+    """:func:`find_faces` on a file; a file that cannot be read is reported, not raised."""
+    path, chip_size, faces = job
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return PhotoFaces(path, error=f"cannot read file: {error.strerror or error}")
+    return find_faces(path, data, chip_size, faces)
+
+
+def years_and_months(age: float) -> str:
+    """``34 years 2 months`` for 34.2."""
+    years, months = divmod(round(age * 12), 12)
+    return f"{years} year{'s' * (years != 1)} {months} month{'s' * (months != 1)}"
+
+
+class AgeEstimator:
+    """A trained model and the face settings to use with it (by default those saved in its checkpoint)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        faces: FacesParams | None = None,
+        flip: bool = True,
+        device: torch.device | None = None,
+    ):
+        self.device = device or select_device()
+        self.model, self.checkpoint = load_checkpoint(model_path, self.device)
+        self.faces = faces or from_dict(FacesParams, self.checkpoint.get("faces", {}), f"{model_path}: faces")
+        self.flip = flip
+
+    @property
+    def chip_size(self) -> int:
+        """Side of the face chips the model was trained on (``data.image_size`` at training)."""
+        return int(self.checkpoint["image_size"])
+
+    def results(self, photos: Sequence[PhotoFaces], batch_size: int = 64) -> list[dict]:
+        """One result per photo: ``file``, ``faces`` (``face``, ``box``, ``score``, ``age_years``, ``age`` and,
+        with a gender head, ``female_probability``) or ``error``."""
+        chips = [face.chip for photo in photos for face in photo.faces]
+        outputs: dict[str, np.ndarray] = {}
+        if chips:
+            outputs = predict(
+                self.model,
+                np.stack(chips),
+                np.arange(len(chips)),
+                self.checkpoint["model"]["input_size"],
+                batch_size,
+                self.device,
+                flip=self.flip,
+            )
+        results, row = [], 0
+        for photo in photos:
+            if photo.error is not None:
+                results.append({"file": photo.name, "error": photo.error})
+                continue
+            faces = []
+            for index, face in enumerate(photo.faces):
+                faces.append(face_result(index, face, {key: float(values[row]) for key, values in outputs.items()}))
+                row += 1
+            results.append({"file": photo.name, "faces": faces})
+        return results
+
+    def predict_files(self, paths: Iterable[str], aligned: bool, workers: int, block_size: int) -> Iterator[dict]:
+        """:meth:`results` for each file in ``paths``, in order; faces are found by ``workers`` processes."""
+        jobs = ((str(path), self.chip_size, None if aligned else self.faces) for path in paths)
+        with multiprocessing.Pool(workers) as pool:
+            pending = None
+            for block in blocks(jobs, block_size):
+                started = pool.map_async(read_and_find_faces, block)
+                if pending is not None:
+                    yield from self.results(pending.get())
+                pending = started
+            if pending is not None:
+                yield from self.results(pending.get())
+
+
+def face_result(index: int, face: Face, outputs: dict[str, float]) -> dict:
+    """The JSON-ready result for one face."""
+    result: dict = {"face": index, "box": list(face.box) if face.box else None, "score": face.score}
+    result["age_years"] = round(outputs["age"], 2)
+    result["age"] = years_and_months(outputs["age"])
+    if "gender" in outputs:
+        result["female_probability"] = round(outputs["gender"], 4)
+    return result
+
+
+def photo_files(paths: Sequence[Path]) -> list[Path]:
+    """Files named directly, and the image files below named folders (recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,98 @@
+"""The trained model as an MLflow ``pyfunc`` model: image bytes in, one row per face out.
+
+The logged model carries the checkpoint, dlib's landmark file and this package's code, with pinned pip
+requirements, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work outside this repository.
+Its input is a DataFrame with a binary column ``image`` (base64 in JSON requests) and an optional boolean
+``aligned`` (the image is a ready face crop); its ``model_config`` holds the face settings (``faces.*``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from PIL import Image
+
+import faceage
+from faceage.faces import landmarks_path
+from faceage.params import FacesParams, from_dict
+from faceage.photos import AgeEstimator, find_faces
+
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow")
+OUTPUT_COLUMNS = ["input", "face", "left", "top", "right", "bottom", "score", "age_years", "age"]
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("binary", "image"), ColSpec("boolean", "aligned", required=False)]),
+    outputs=Schema(
+        [ColSpec("long", name) for name in OUTPUT_COLUMNS[:6]]
+        + [ColSpec("double", "score"), ColSpec("double", "age_years"), ColSpec("string", "age")]
+        + [ColSpec("double", "female_probability", required=False), ColSpec("string", "error", required=False)]
+    ),
+)
+
+
+class AgeModel(mlflow.pyfunc.PythonModel):
+    """Decode, detect, align and predict: one output row per face, a row with ``face`` -1 for a photo without
+    one, and a row with ``error`` for bytes that are not a readable image."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.faces = from_dict(FacesParams, dict(context.model_config or {}), "model_config")
+        self.landmarks = Path(context.artifacts["landmarks"])
+        self.estimator = AgeEstimator(context.artifacts["checkpoint"], self.faces)
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame) -> pd.DataFrame:
+        aligned = model_input["aligned"] if "aligned" in model_input else pd.Series(False, index=model_input.index)
+        photos = [
+            find_faces(str(row), bytes(data), self.estimator.chip_size, None if ready else self.faces, self.landmarks)
+            for row, (data, ready) in enumerate(zip(model_input["image"], aligned.fillna(False), strict=True))
+        ]
+        rows = []
+        for row, result in enumerate(self.estimator.results(photos)):
+            if "error" in result:
+                rows.append({"input": row, "face": -1, "error": result["error"]})
+            else:
+                rows += [face_row(row, face) for face in result["faces"]] or [{"input": row, "face": -1}]
+        return pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "female_probability", "error"])
+
+
+def face_row(row: int, face: dict) -> dict:
+    """One output row from a face's result."""
+    box = dict(zip(("left", "top", "right", "bottom"), face["box"] or (None,) * 4, strict=True))
+    gender = {"female_probability": face["female_probability"]} if "female_probability" in face else {}
+    ages = {"age_years": face["age_years"], "age": face["age"]}
+    return {"input": row, "face": face["face"], **box, "score": face["score"], **ages, **gender}
+
+
+def example_input(chip: np.ndarray) -> pd.DataFrame:
+    """An input example: one aligned face chip as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(chip).save(buffer, format="PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()], "aligned": [True]})
+
+
+def log_age_model(
+    run_id: str, tracking_uri: str, name: str, checkpoint: str | Path, faces: FacesParams, chip: np.ndarray
+) -> str:
+    """Log the checkpoint as the pyfunc model ``name`` of the MLflow run ``run_id``; return the model's URI.
+
+    ``chip``, an aligned face, becomes the input example.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts={"checkpoint": str(checkpoint), "landmarks": str(landmarks_path())},
+            code_paths=[str(Path(faceage.__file__).parent)],
+            signature=SIGNATURE,
+            input_example=example_input(chip),
+            pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
+            model_config=asdict(faces),
+        )
+    return info.model_uri

@@ -1,0 +1,61 @@
+"""DVC must know every module a stage runs: each stage's deps cover its script's imports, transitively."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "faceage"
+LOADED_BY_PATH = {"faceage/serving.py": {"faceage/mlflow_model.py"}}  # files used by path, not imported
+
+
+def module_file(name: str) -> str | None:
+    """``faceage/x.py`` for module ``faceage.x`` (or the package's ``__init__``), None outside the package."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    path = Path(*parts).with_suffix(".py") if len(parts) > 1 else Path(PACKAGE, "__init__.py")
+    return path.as_posix() if (REPO / path).is_file() else None
+
+
+def imported_files(path: str) -> set[str]:
+    """Package files that ``path`` imports, also inside functions, and those that import in turn."""
+    seen, todo = set(), [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo += LOADED_BY_PATH.get(current, ())
+        for node in ast.walk(ast.parse((REPO / current).read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                found = module_file(name)
+                if found:
+                    todo += [found, f"{PACKAGE}/__init__.py"]
+    return seen
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_cover_the_code_it_runs(name):
+    stage = STAGES[name]
+    script = stage["cmd"].split()[-1]
+    deps = set(stage["deps"])
+    missing = sorted(imported_files(script) - deps)
+    assert not missing, f"stage {name} runs {missing} but does not list them in deps"
+    stale = sorted(d for d in deps if d.endswith(".py") and not (REPO / d).is_file())
+    assert not stale, f"stage {name} lists files that do not exist: {stale}"
+
+
+def test_the_check_sees_imports_inside_functions_and_transitive_ones():
+    files = imported_files("stages/train.py")
+    assert {"faceage/serving.py", "faceage/mlflow_model.py", "faceage/faces.py", "faceage/weights.py"} <= files

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+from conftest import ASTRONAUT, ASTRONAUT_FACE, paste
+from PIL import Image
+
+from faceage.errors import FaceageError
+from faceage.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
+from faceage.params import FacesParams
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return np.asarray(Image.open(ASTRONAUT))
+
+
+@pytest.fixture(scope="module")
+def finder() -> FaceFinder:
+    return FaceFinder(FacesParams())
+
+
+def overlap(a, b) -> float:
+    """Intersection over union of two boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0, width) * max(0, height)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_finds_her_face_and_not_the_mission_patch(photo, finder):
+    (face,) = finder.find(photo, 64)
+    assert overlap(face.box, ASTRONAUT_FACE) > 0.9 and face.score > 1.0
+    assert face.chip.shape == (64, 64, 3) and face.chip.dtype == np.uint8
+    # The patch scores ~0.1: a threshold below it lets it in, so the default threshold is what excludes it.
+    loose = FaceFinder(FacesParams(min_score=-0.2)).find(photo, 64)
+    assert len(loose) >= 2 and any(overlap(f.box, ASTRONAUT_FACE) < 0.1 for f in loose)
+
+
+def test_downscaled_detection_maps_the_box_back(photo, finder):
+    (full,) = finder.find(photo, 64)
+    (small,) = FaceFinder(FacesParams(max_side=384)).find(photo, 64)
+    assert overlap(full.box, small.box) > 0.8
+    assert np.abs(full.chip.astype(int) - small.chip).mean() < 10  # landmarks run on the full-size photo
+
+
+@pytest.mark.parametrize("angle", [0, 8, 15])
+def test_a_rotated_face_in_a_larger_photo_gives_back_the_same_chip(photo, finder, angle):
+    chip, big_chip = finder.find(photo, 128)[0].chip, finder.find(photo, 200)[0].chip
+    (face,) = finder.find(paste(big_chip, angle), 128)
+    assert np.abs(face.chip.astype(int) - chip).mean() < 6
+    shifted = np.abs(np.roll(chip, 6, axis=1).astype(int) - chip).mean()
+    assert shifted > 20  # a 6-pixel misalignment would show
+
+
+def test_small_faces_and_empty_photos_give_no_face(photo, finder):
+    assert FaceFinder(FacesParams(min_size=200)).find(photo, 64) == []
+    assert finder.find(np.full((300, 400, 3), 128, np.uint8), 64) == []
+
+
+def test_faces_are_ordered_left_to_right(photo, finder):
+    pair = np.concatenate([photo, photo[:, ::-1]], axis=1)
+    faces = finder.find(pair, 64)
+    assert len(faces) == 2 and faces[0].box[0] < faces[1].box[0]
+
+
+def test_missing_landmark_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(FaceageError, match=rf"{LANDMARKS_FILE} in {tmp_path}/hub/checkpoints") as error:
+        landmarks_path()
+    assert "\n" not in str(error.value)
+
+
+def test_wrong_landmark_file_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / LANDMARKS_FILE).write_bytes(b"not a landmark model")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FaceageError, match="SHA-256 differs"):
+        landmarks_path()
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [({"upsample": -1}, "faces.upsample"), ({"max_side": 10}, "faces.max_side"), ({"min_score": float("nan")}, "min")],
+)
+def test_face_settings_are_checked(values, key):
+    with pytest.raises(FaceageError, match=key):
+        FacesParams(**values)
