@@ -39,4 +39,5 @@ def peer_predictions(images: Sequence[bytes]) -> dict:
         "ages": ages,
         "faces_detected": int(detected.sum()),
         "images_per_second": round(len(images) / seconds, 1),
+        "seconds": seconds,
     }

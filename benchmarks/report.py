@@ -63,9 +63,34 @@ def markdown_report(report: dict) -> str:
         mae = "" if row["mae"] is None else f"{row['mae']:.2f}"
         lines.append(f"| {bucket} | {row['count']} | {mae} | {'' if theirs is None else f'{theirs:.2f}'} |")
     hw = report["hardware"]
+    lines += photo_lines(report["photos"])
     lines += [
         "",
         f"Hardware: {hw['cpu']}, {hw['cpu_cores']} cores, torch {hw['torch']} with {hw['torch_threads']} "
         f"threads, GPU: {hw['gpu'] or 'none'}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def photo_lines(photos: dict) -> list[str]:
+    """The paragraph on the test faces made into photos."""
+    width, height = photos["photo_size"]
+    made = (
+        f"{photos['photos']} test faces pasted into {width}x{height} photos (turned up to {photos['max_angle']:g} "
+        f"degrees, scaled {photos['scales'][0]:g}-{photos['scales'][1]:g}x)"
+    )
+    accuracy = (
+        f"MAE on the photos {interval(photos['mae_photos'])} against {interval(photos['mae_crops_same_faces'])} on "
+        f"the same faces' crops (paired difference {interval(photos['mae_difference'])}); "
+        if "mae_photos" in photos
+        else ""
+    )
+    return [
+        "",
+        f"Photos: {made}; faces found in {photos['detected']} ({photos['detection_rate']:.1%}). {accuracy}"
+        f"all crops: {interval(photos['mae_crops_all'])}. End to end (read, decode, detect, align, predict; "
+        f"{photos['workers']} processes): {photos['photos_per_second']:.1f} photos/s against the peer's "
+        f"{photos['peer_photos_per_second']:.1f} (its own detection, 1 process) on the same photos: "
+        f"{photos['speed_ratio']:.2f}x. Peer MAE on the photos {photos['peer_mae_photos']:.2f} "
+        f"(its faces found in {photos['peer_faces_detected']}).",
+    ]

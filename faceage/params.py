@@ -57,7 +57,8 @@ class FacesParams:
     padding: float = 0.2  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
     max_side: int = 1280  # photos whose longer side exceeds this are downscaled for detection only
     min_size: int = 32  # smallest face side kept, in pixels of the photo
-    min_score: float = 0.5  # HOG detection score a face must exceed
+    min_score: float = 0.2  # HOG detection score a face must exceed (tilted faces score lower)
+    rotations: tuple[float, ...] = (-15.0, 15.0)  # photo turns (degrees) searched when the upright one has no face
 
     def __post_init__(self) -> None:
         check(0 <= self.upsample <= 3, "faces.upsample", self.upsample, "0..3")
@@ -65,6 +66,9 @@ class FacesParams:
         check(self.max_side >= 64, "faces.max_side", self.max_side, ">= 64")
         check(self.min_size >= 1, "faces.min_size", self.min_size, ">= 1")
         check(math.isfinite(self.min_score), "faces.min_score", self.min_score, "a finite number")
+        check(
+            all(-90 <= a <= 90 and a != 0 for a in self.rotations), "faces.rotations", self.rotations, "-90..90, not 0"
+        )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import pandas as pd
     import torch
 
-    from faceage.params import AugmentParams, ModelParams, TrainParams
+    from faceage.params import AugmentParams, FacesParams, ModelParams, TrainParams
     from faceage.train import train_model
 
     rng = np.random.default_rng(0)
@@ -123,5 +124,5 @@ def tiny_model(tmp_path_factory) -> Path:
         torch.device("cpu"),
     )
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save({**result.checkpoint, "faces": {"min_score": 0.5}}, path)
+    torch.save({**result.checkpoint, "faces": asdict(FacesParams())}, path)
     return path

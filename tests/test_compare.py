@@ -16,7 +16,7 @@ from faceage.compare import (
     promote_if_better,
     promotion_decision,
 )
-from faceage.params import CompareParams
+from faceage.params import CompareParams, FacesParams
 from faceage.tracking import RunTracker, champion_run
 
 
@@ -88,35 +88,36 @@ def test_promotion_rule():
         assert promote is False and verdict in reason
 
 
-def logged_run(tmp_path, name, val_errors):
-    """An MLflow run with a model artifact and validation predictions whose errors are ``val_errors``."""
+def logged_run(tmp_path, name, val_errors, model):
+    """An MLflow run with a logged model and validation predictions whose errors are ``val_errors``."""
     tracker = RunTracker("exp", run_name=name)
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "model.pt").write_bytes(b"weights")
     predictions = pd.DataFrame({"id": range(len(val_errors)), "split": "val", "error": val_errors})
     predictions.to_csv(folder / "predictions.csv", index=False)
-    tracker.log_artifact(folder / "model.pt", "model")
+    tracker.log_model(model, FacesParams(), np.zeros((32, 32, 3), np.uint8))
     tracker.log_artifact(folder / "predictions.csv", "evaluate")
     tracker.finish()
     return tracker.run_id, predictions
 
 
-def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypatch):
+def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = CompareParams(bootstrap_resamples=500, promote=True)
     errors = np.random.default_rng(0).normal(0, 6, 400)
-    first, first_predictions = logged_run(tmp_path, "first", errors)
+    first, first_predictions = logged_run(tmp_path, "first", errors, tiny_model)
     decision = promote_if_better(first, first_predictions, params)
     assert decision["promoted"] and decision["reason"] == "no champion yet"
     assert champion_run("faceage", CHAMPION) == ("1", first)
 
-    same, same_predictions = logged_run(tmp_path, "same", errors + np.random.default_rng(1).normal(0, 0.5, 400))
+    same, same_predictions = logged_run(
+        tmp_path, "same", errors + np.random.default_rng(1).normal(0, 0.5, 400), tiny_model
+    )
     decision = promote_if_better(same, same_predictions, params)
     assert not decision["promoted"] and decision["evidence"]["verdict"] != BETTER
     assert champion_run("faceage", CHAMPION) == ("1", first)
 
-    better, better_predictions = logged_run(tmp_path, "better", errors * 0.7)
+    better, better_predictions = logged_run(tmp_path, "better", errors * 0.7, tiny_model)
     decision = promote_if_better(better, better_predictions, params)
     assert decision["promoted"] and decision["evidence"]["verdict"] == BETTER
     assert decision["previous_champion_version"] == "1"

@@ -42,13 +42,21 @@ def test_downscaled_detection_maps_the_box_back(photo, finder):
     assert np.abs(full.chip.astype(int) - small.chip).mean() < 10  # landmarks run on the full-size photo
 
 
-@pytest.mark.parametrize("angle", [0, 8, 15])
+@pytest.mark.parametrize("angle", [0, 8, 10, -20, 25])
 def test_a_rotated_face_in_a_larger_photo_gives_back_the_same_chip(photo, finder, angle):
     chip, big_chip = finder.find(photo, 128)[0].chip, finder.find(photo, 200)[0].chip
     (face,) = finder.find(paste(big_chip, angle), 128)
-    assert np.abs(face.chip.astype(int) - chip).mean() < 6
+    assert np.abs(face.chip.astype(int) - chip).mean() < 7
     shifted = np.abs(np.roll(chip, 6, axis=1).astype(int) - chip).mean()
     assert shifted > 20  # a 6-pixel misalignment would show
+
+
+def test_turned_copies_find_what_the_upright_search_misses(photo, finder):
+    tilted = paste(finder.find(photo, 200)[0].chip, 10)  # HOG's own filters miss this face at 10 degrees
+    assert FaceFinder(FacesParams(rotations=())).find(tilted, 64) == []
+    (face,) = finder.find(tilted, 64)
+    left, top, right, bottom = face.box
+    assert 480 < left < right < 740 and 280 < top < bottom < 560  # the pasted chip spans 500..711, 300..511
 
 
 def test_small_faces_and_empty_photos_give_no_face(photo, finder):

@@ -4,11 +4,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SHARED, noise_jpeg, pack, write_files
+from conftest import ASTRONAUT, REPO, SHARED, encode, noise_jpeg, pack, paste, write_files
 
 from faceage.errors import FaceageError
+from faceage.faces import FaceFinder
 from faceage.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, ingest, load_images, load_manifest
-from faceage.params import DataParams
+from faceage.params import DataParams, FacesParams
 
 EXPECTED_UTKFACE_OUTCOMES = {
     "kept": 30,
@@ -174,3 +175,45 @@ def test_real_utkface_archive_is_fully_accounted_for(tmp_path):
     assert report["outcomes"]["kept"] + report["outcomes"]["duplicate"] == 23703
     assert_every_file_accounted(report, tmp_path)
     assert len(load_images(tmp_path)) == report["outcomes"]["kept"]
+
+
+@pytest.fixture(scope="module")
+def raw_photos() -> dict[str, bytes]:
+    """Seed-style ``<age>/photo.jpg`` raw photos: a face in a larger photo, two faces, no face, a broken file."""
+    from PIL import Image
+
+    astronaut = np.asarray(Image.open(ASTRONAUT))
+    chip = FaceFinder(FacesParams()).find(astronaut, 200)[0].chip
+    pair = np.full((512, 896, 3), 128, np.uint8)
+    pair[:, :512], pair[:384, 512:] = astronaut, np.asarray(Image.fromarray(astronaut).resize((384, 384)))
+    return {
+        "30/in_a_photo.jpg": encode(paste(chip, 10)),
+        "41/two_faces.jpg": encode(pair),
+        "52/wall.jpg": encode(np.full((300, 400, 3), 100, np.uint8)),
+        "63/broken.jpg": ASTRONAUT.read_bytes()[:500],
+    }
+
+
+@pytest.mark.parametrize("rule, kept", [("largest", 2), ("reject", 1)])
+def test_align_finds_the_face_of_each_raw_photo(tmp_path, raw_photos, rule, kept):
+    source = write_files(tmp_path / "src", raw_photos)
+    out = tmp_path / "out"
+    report = ingest(DataParams(source=str(source), image_size=64, align=True, multiple_faces=rule, workers=2), out)
+    assert_every_file_accounted(report, out)
+    expected = {"kept": kept, "no_face": 1, "unreadable_image": 1, "multiple_faces": 2 - kept}
+    assert {k: v for k, v in report["outcomes"].items() if v} == {k: v for k, v in expected.items() if v}
+    assert report["aligned"] and report["multiple_faces_kept_largest"] == kept - 1
+    rejected = pd.read_csv(out / REJECTED_FILE).set_index("path")
+    assert (
+        rejected.loc["52/wall.jpg", "reason"] == "no_face" and "min_score 0.2" in rejected.loc["52/wall.jpg", "detail"]
+    )
+    manifest, images = load_manifest(out), load_images(out)
+    assert images.shape == (kept, 64, 64, 3)
+    first = int(manifest.index[manifest["source_path"] == "30/in_a_photo.jpg"][0])
+    from PIL import Image
+
+    direct = FaceFinder(FacesParams()).find(np.asarray(Image.open(ASTRONAUT)), 64)[0].chip
+    assert np.abs(images[first].astype(int) - direct).mean() < 8  # the same framing as a chip of the original
+    if rule == "largest":
+        largest = images[int(manifest.index[manifest["source_path"] == "41/two_faces.jpg"][0])]
+        assert np.abs(largest.astype(int) - direct).mean() < 8  # the full-size face, not the small copy
