@@ -36,7 +36,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dic
     if not path.is_file():
         raise FaceageError(f"no model at {path}: run the train stage first")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    params = replace(from_dict(ModelParams, checkpoint["model"], str(path)), pretrained=False)
+    params = replace(from_dict(ModelParams, checkpoint["model"], str(path)), pretrained=False, head_init="random")
     model = build_model(params, tuple(checkpoint["age_range"]))
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device, memory_format=torch.channels_last).eval(), checkpoint

@@ -12,11 +12,12 @@ from torch import nn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
-from faceage.dlib_resnet import DlibAgeResNet10, onnx_state_dict
+from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 from faceage.errors import FaceageError
 from faceage.params import ModelParams
 
 HEADS = ("regression", "classification")
+ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,27 @@ def build_model(params: ModelParams, age_range: tuple[int, int], age_stats: tupl
     trunk = spec.build()
     if params.pretrained:
         trunk.load_state_dict(spec.pretrained_state_dict())
-    classifier = getattr(trunk, spec.classifier)
-    width = next(m for m in classifier.modules() if isinstance(m, nn.Linear)).in_features
+    classifier = next(m for m in getattr(trunk, spec.classifier).modules() if isinstance(m, nn.Linear))
     setattr(trunk, spec.classifier, nn.Identity())
-    return AgeNet(trunk, width, params, age_range, age_stats)
+    model = AgeNet(trunk, classifier.in_features, params, age_range, age_stats)
+    if params.head_init == "dlib":
+        init_head_from_dlib(model, classifier)
+    return model
+
+
+def init_head_from_dlib(model: AgeNet, classifier: nn.Linear) -> None:
+    """Start the age head as dlib's own age classifier: each 1-year bin takes the weights of dlib's class
+    within half a year of it (0.25 for age 0, then 1..80); bins beyond dlib's ages start with a bias of
+    :data:`ABSENT_LOGIT`, so the untrained model predicts as dlib's age model does."""
+    classes = torch.tensor(AGE_CLASSES)
+    with torch.no_grad():
+        model.age.weight.zero_()
+        model.age.bias.fill_(ABSENT_LOGIT)
+        for row, age in enumerate(model.bin_ages):
+            nearest = int((classes - age).abs().argmin())
+            if abs(float(classes[nearest] - age)) <= 0.5:
+                model.age.weight[row] = classifier.weight[nearest]
+                model.age.bias[row] = classifier.bias[nearest]
 
 
 def freeze_trunk(model: AgeNet, freeze: str, freeze_bn: bool = False) -> None:

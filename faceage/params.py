@@ -15,6 +15,7 @@ from faceage.errors import FaceageError
 
 T = TypeVar("T")
 MULTIPLE_FACES = ("largest", "reject")
+HEAD_INITS = ("random", "dlib")
 
 
 def check(condition: bool, key: str, value: Any, allowed: object) -> None:
@@ -92,10 +93,25 @@ class ModelParams:
     input_size: int = 96
     head: str = "classification"  # regression | classification (softmax expectation over 1-year bins)
     hidden: int = 256  # width of the head's hidden layer; 0 = one linear layer
+    head_init: str = "random"  # random | dlib (classification head starts as dlib's age classifier; hidden: 0)
     dropout: float = 0.2
     gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
     age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
     age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
+
+    def __post_init__(self) -> None:
+        check(self.head_init in HEAD_INITS, "model.head_init", self.head_init, HEAD_INITS)
+        dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
+            "dlib_age_resnet10",
+            True,
+            "classification",
+            0,
+        )
+        if self.head_init == "dlib" and not dlib_head:
+            raise FaceageError(
+                "model.head_init: dlib needs backbone dlib_age_resnet10, pretrained: true, head: classification "
+                "and hidden: 0"
+            )
 
 
 @dataclass(frozen=True)

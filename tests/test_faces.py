@@ -1,11 +1,19 @@
+import io
+import tarfile
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import ASTRONAUT, ASTRONAUT_FACE, paste
+import torch
+from conftest import ASTRONAUT, ASTRONAUT_FACE, SHARED, encode, paste
 from PIL import Image
 
 from faceage.errors import FaceageError
 from faceage.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
-from faceage.params import FacesParams
+from faceage.inference import make_checkpoint
+from faceage.models import build_model
+from faceage.params import FacesParams, ModelParams
+from faceage.photos import AgeEstimator, find_faces
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +101,40 @@ def test_wrong_landmark_file_is_refused(tmp_path, monkeypatch):
 def test_face_settings_are_checked(values, key):
     with pytest.raises(FaceageError, match=key):
         FacesParams(**values)
+
+
+UTKFACE = SHARED / "datasets" / "UTKFace.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def dlib_age_model(tmp_path_factory) -> Path:
+    """dlib's own age model as a checkpoint (head started from its classifier, no training)."""
+    params = ModelParams(input_size=64, hidden=0, dropout=0.0, head_init="dlib")
+    path = tmp_path_factory.mktemp("dlib") / "model.pt"
+    torch.save({**make_checkpoint(build_model(params, (1, 116)), params, (1, 116), 128), "faces": {}}, path)
+    return path
+
+
+@pytest.mark.skipif(not UTKFACE.is_file(), reason=f"UTKFace is not at {UTKFACE}")
+def test_utkface_crops_pasted_into_photos_and_turned_15_degrees_keep_their_age(dlib_age_model):
+    crops = []
+    with tarfile.open(UTKFACE, "r|gz") as archive:
+        for index, member in enumerate(archive):
+            if member.isfile() and index % 13 == 0:
+                crops.append(archive.extractfile(member).read())
+            if len(crops) == 40:
+                break
+    estimator = AgeEstimator(dlib_age_model)
+    on_crops, on_photos = [], []
+    for crop in crops:
+        on_crops.append(estimator.results([find_faces("crop", crop, 128, None)])[0]["faces"][0]["age_years"])
+        big = np.asarray(Image.open(io.BytesIO(crop)).convert("RGB"))
+        photo = encode(paste(big, 15, (1024, 768), (400, 250)))
+        faces = estimator.results([find_faces("photo", photo, 128, estimator.faces)])[0]["faces"]
+        on_photos.append(faces[0]["age_years"] if len(faces) == 1 else np.nan)
+    on_crops, on_photos = np.array(on_crops), np.array(on_photos)
+    found = ~np.isnan(on_photos)
+    differences = np.abs(on_photos[found] - on_crops[found])
+    assert found.sum() >= 36  # measured: 37 of 40
+    assert np.median(differences) <= 1.5  # measured: 0.91 years
+    assert abs(on_photos[found].mean() - on_crops[found].mean()) <= 1.0  # no drift in one direction
