@@ -17,10 +17,15 @@ from faceage.runtime import select_device
 
 
 def repro(repo: Path, log: Path) -> dict:
-    """Run ``dvc repro`` in ``repo`` (a fresh copy, so the cache is empty); its wall time and reports."""
+    """Run ``dvc repro`` in ``repo`` (a fresh copy, so the cache is empty); its wall time and reports.
+
+    The stages import the copy's own ``faceage`` package, not the one installed from the working tree,
+    which may change while the benchmark runs.
+    """
     started = time.perf_counter()
+    env = tool_env(PYTHONPATH=str(repo))
     with log.open("w") as output:
-        result = subprocess.run(["dvc", "repro"], cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT)
+        result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, stdout=output, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-20:])

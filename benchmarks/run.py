@@ -30,6 +30,7 @@ from benchmarks.pipeline import repro, single_image_latency
 from benchmarks.report import markdown_report
 from benchmarks.workspace import copy_worktree
 from faceage.evaluate import split_report
+from faceage.metrics import cs_name
 from faceage.params import Params, load_params
 from faceage.sources import open_source
 
@@ -75,7 +76,7 @@ def hardware() -> dict:
 
 def headline(report: dict, params: Params) -> dict:
     """The figures of one split's report that the benchmark compares."""
-    cs = f"cs{params.evaluate.cs_threshold:g}"
+    cs = cs_name(params.evaluate.cs_threshold)
     return {key: report[key] for key in ("count", "mae", "rmse", cs, "buckets")}
 
 

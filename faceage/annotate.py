@@ -19,7 +19,7 @@ def annotate_photo(path: Path, faces: list[dict], out: Path) -> None:
         image = ImageOps.exif_transpose(opened).convert("RGB")
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 300))
-    font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
+    font = ImageFont.load_default(size=max(14, round(max(image.size) / 28)))
     for face in faces:
         left, top = (face["box"] or (0, 0))[:2]
         if face["box"] is not None:

@@ -19,6 +19,7 @@ from faceage.tracking import (
     champion_run,
     download_artifact,
     finished_runs,
+    flatten,
     metric_key,
     register_with_alias,
 )
@@ -29,41 +30,34 @@ BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
 CHAMPION = "champion"  # registry alias of the promoted model
 
 
-def entry_from_reports(run_id: str | None, train_summary: dict, evaluation: dict) -> dict:
-    """A leaderboard entry from a run's ``train.json`` and ``evaluate.json``."""
-    test = evaluation["test"]
-    return {
-        "run_id": run_id,
-        "backbone": train_summary["backbone"],
-        "val_mae": evaluation["val"]["mae"]["value"],
-        "test_mae": test["mae"]["value"],
-        "test_mae_ci": [test["mae"]["ci_low"], test["mae"]["ci_high"]],
-        "test_rmse": test["rmse"]["value"],
-        "test_cs5": test["cs5"]["value"],
-        "test_bucket_mae": {label: row["mae"] for label, row in test["buckets"].items()},
-        "parameters": train_summary["parameters"],
-        "train_seconds": train_summary["seconds"],
-        "inference_images_per_second": evaluation.get("inference", {}).get("images_per_second"),
-    }
-
-
-def entry_from_mlflow(run_id: str, tags: dict, metrics: dict, bucket_labels: list[str]) -> dict | None:
-    """The same entry from an MLflow run's tags and metrics; ``None`` for a run that was never evaluated."""
+def leaderboard_entry(run_id: str | None, backbone: str, metrics: dict, buckets: list[str], cs_key: str) -> dict | None:
+    """A leaderboard row from flat metrics named as the run logs them to MLflow (``test.mae.value``, ...);
+    ``None`` for a run that was never evaluated. ``cs_key`` names the CS@k metric (``cs5`` for k = 5)."""
     if "val.mae.value" not in metrics or "test.mae.value" not in metrics:
         return None
+    parameters = metrics.get("parameters")
     return {
         "run_id": run_id,
-        "backbone": tags.get("backbone", "unknown"),
+        "backbone": backbone,
         "val_mae": metrics["val.mae.value"],
         "test_mae": metrics["test.mae.value"],
         "test_mae_ci": [metrics.get("test.mae.ci_low"), metrics.get("test.mae.ci_high")],
         "test_rmse": metrics.get("test.rmse.value"),
-        "test_cs5": metrics.get("test.cs5.value"),
-        "test_bucket_mae": {label: metrics.get(metric_key(f"test.buckets.{label}.mae")) for label in bucket_labels},
-        "parameters": int(metrics["parameters"]) if "parameters" in metrics else None,
+        "test_cs": metrics.get(f"test.{cs_key}.value"),
+        "test_bucket_mae": {label: metrics.get(metric_key(f"test.buckets.{label}.mae")) for label in buckets},
+        "parameters": None if parameters is None else int(parameters),
         "train_seconds": metrics.get("seconds"),
         "inference_images_per_second": metrics.get("inference.images_per_second"),
     }
+
+
+def entry_from_reports(
+    run_id: str | None, train_summary: dict, evaluation: dict, buckets: list[str], cs_key: str
+) -> dict | None:
+    """The leaderboard row of the current run, from its ``train.json`` and ``evaluate.json``, read through the
+    same names as the MLflow metrics those reports are logged as."""
+    metrics = {metric_key(key): value for key, value in flatten({**train_summary, **evaluation}).items()}
+    return leaderboard_entry(run_id, train_summary["backbone"], metrics, buckets, cs_key)
 
 
 def leaderboard(entries: list[dict]) -> list[dict]:
@@ -105,13 +99,19 @@ def paired_comparison(
     }
 
 
-def other_runs(experiment: str, fingerprint: str, current_run_id: str | None, bucket_labels: list[str]) -> list[dict]:
+def other_runs(
+    experiment: str, fingerprint: str, current_run_id: str | None, buckets: list[str], cs_key: str
+) -> list[dict]:
     """Entries of the evaluated MLflow runs on the same data, the current run left out."""
     return [
         entry
         for run in finished_runs(experiment, fingerprint)
         if run.info.run_id != current_run_id
-        and (entry := entry_from_mlflow(run.info.run_id, run.data.tags, run.data.metrics, bucket_labels))
+        and (
+            entry := leaderboard_entry(
+                run.info.run_id, run.data.tags.get("backbone", "unknown"), run.data.metrics, buckets, cs_key
+            )
+        )
     ]
 
 

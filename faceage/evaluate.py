@@ -16,6 +16,7 @@ from faceage.metrics import (
     bias,
     bucket_index,
     bucket_mae,
+    cs_name,
     cumulative_score,
     group_confusion,
     mae,
@@ -63,7 +64,7 @@ def split_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_ed
         "rmse": rmse,
         "r2": r2,
         "bias": bias,
-        f"cs{params.cs_threshold:g}": cumulative_score(params.cs_threshold),
+        cs_name(params.cs_threshold): cumulative_score(params.cs_threshold),
     }
     report: dict = {"count": len(predictions)}
     for name, metric in metrics.items():

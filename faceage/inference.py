@@ -14,6 +14,8 @@ from faceage.errors import FaceageError
 from faceage.models import AgeNet, build_model
 from faceage.params import ModelParams, from_dict
 
+CHECKPOINT_KEYS = frozenset({"state_dict", "model", "age_range", "image_size"})
+
 
 def make_checkpoint(
     model: AgeNet, params: ModelParams, age_range: tuple[int, int], image_size: int, **extra: object
@@ -35,11 +37,32 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dic
     path = Path(path)
     if not path.is_file():
         raise FaceageError(f"no model at {path}: run the train stage first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    params = replace(from_dict(ModelParams, checkpoint["model"], str(path)), pretrained=False, head_init="random")
-    model = build_model(params, tuple(checkpoint["age_range"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model_values, age_range, state = checkpoint["model"], checkpoint["age_range"], checkpoint["state_dict"]
+        checkpoint["image_size"]
+    except Exception as error:  # torch.load raises many types on damaged files; each means "not a checkpoint"
+        raise FaceageError(
+            f"{path} is not a faceage checkpoint ({describe(error)}): run the train stage again"
+        ) from None
+    params = replace(from_dict(ModelParams, model_values, str(path)), pretrained=False, head_init="random")
+    model = build_model(params, tuple(age_range))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as error:
+        mismatch = describe(error).split(". ")[0]
+        raise FaceageError(f"{path}: its weights do not fit a {params.backbone} model ({mismatch})") from None
     return model.to(device, memory_format=torch.channels_last).eval(), checkpoint
+
+
+def not_a_checkpoint(path: Path, reason: str) -> FaceageError:
+    return FaceageError(f"{path} is not a faceage checkpoint ({reason}): run the train stage again")
+
+
+def describe(error: Exception) -> str:
+    """An exception as one short line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else f"{text[:200]}..."
 
 
 @torch.no_grad()

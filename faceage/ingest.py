@@ -21,7 +21,7 @@ from faceage.faces import face_finder, largest
 from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
 from faceage.layouts import MALFORMED_LABEL, MALFORMED_NAME, NO_LABEL, Label, LabelError, detect_layout
 from faceage.params import DataParams, FacesParams
-from faceage.sources import open_source
+from faceage.sources import LISTING_OUTCOMES, open_source
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ OUTCOMES = (
     NO_FACE,
     MULTIPLE_FACES,
     DUPLICATE,
+    *LISTING_OUTCOMES,
 )
 
 IMAGES_FILE = "images.npy"
@@ -102,18 +103,25 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
     source = open_source(params.source)
     names = source.names()
     layout = detect_layout(source, names)
-    log.info("%s: %d files, layout %s", params.source, len(names), layout.name)
+    files = len(names) + len(source.skipped)
+    log.info("%s: %d entries, layout %s", params.source, files, layout.name)
 
     outcomes: dict[str, str] = {}
     rejected: list[dict] = []
     rejections: Counter[str] = Counter()
 
-    def reject(name: str, reason: str, detail: str) -> None:
-        outcomes[name] = reason
+    def record(name: str, reason: str, detail: str) -> None:
         rejected.append({"path": name, "reason": reason, "detail": detail})
         rejections[reason] += 1
         if rejections[reason] <= LOGGED_PER_REASON:
             log.warning("skipped %s: %s (%s)", name, reason, detail)
+
+    def reject(name: str, reason: str, detail: str) -> None:
+        outcomes[name] = reason
+        record(name, reason, detail)
+
+    for entry in source.skipped:  # not read: links, FIFOs, repeated names, encrypted or oversized members
+        record(entry.name, entry.reason, entry.detail)
 
     labels: dict[str, Label] = {}
     for name in names:
@@ -157,14 +165,14 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
     del images
     _truncate(images_path, len(rows))
 
-    counts = Counter(outcomes.values())
+    counts = Counter(outcomes.values()) + Counter(entry.reason for entry in source.skipped)
     for reason, count in rejections.items():
         if count > LOGGED_PER_REASON:
             log.warning(
                 "skipped %d more files as %s: see %s", count - LOGGED_PER_REASON, reason, out_dir / REJECTED_FILE
             )
-    if sum(counts.values()) != len(names):
-        raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {len(names)} files")
+    if sum(counts.values()) != files:
+        raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {files} entries")
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"gender": "Int64", "race": "Int64"}).to_csv(
         out_dir / MANIFEST_FILE, index=False
     )
@@ -173,7 +181,7 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
     report = {
         "source": str(params.source),
         "layout": layout.name,
-        "files": len(names),
+        "files": files,
         "outcomes": {outcome: counts.get(outcome, 0) for outcome in OUTCOMES},
         "label_rows_without_image": len(layout.unmatched_rows),
         "aligned": params.align,
@@ -184,7 +192,7 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
         "images_per_second": round(len(rows) / seconds, 1),
         "workers": workers,
     }
-    log.info("kept %d of %d files in %.1f s", len(rows), len(names), seconds)
+    log.info("kept %d of %d entries in %.1f s", len(rows), files, seconds)
     if not rows:
         raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
     return report

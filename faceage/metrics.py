@@ -69,6 +69,11 @@ def with_interval(
     return {"value": round(float(metric(true, predicted)), 4), "ci_low": round(low, 4), "ci_high": round(high, 4)}
 
 
+def cs_name(threshold: float) -> str:
+    """The name of the CS@k metric for ``threshold`` k: ``cs5`` for 5, ``cs2.5`` for 2.5."""
+    return f"cs{threshold:g}"
+
+
 def bucket_labels(edges: tuple[int, ...]) -> list[str]:
     """Names of the age buckets that start at ``edges``: ``1-5``, ..., ``101+`` (both ends inclusive)."""
     return [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)] + [f"{edges[-1]}+"]

@@ -35,6 +35,7 @@ from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.runtime import make_deterministic, select_device
 
 log = logging.getLogger(__name__)
+FINGERPRINT_BLOCK = 1024  # images hashed at a time
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,18 @@ def weight_average(model: AgeNet, decay: float) -> AveragedModel | None:
 
 
 def run_fingerprint(*parts: object) -> str:
-    """Hash that identifies a training run's configuration and data, to refuse resuming a different one."""
-    digest = hashlib.sha256()
+    """Hash that identifies a training run's configuration and data, to refuse resuming a different one.
+
+    Arrays are hashed by content, in blocks, so a memory-mapped image array is never read whole into memory.
+    """
+    digest = hashlib.blake2b()
     for part in parts:
-        digest.update(part.tobytes() if isinstance(part, np.ndarray) else json.dumps(part, sort_keys=True).encode())
+        if isinstance(part, np.ndarray):
+            digest.update(json.dumps([part.shape, str(part.dtype)]).encode())
+            for start in range(0, len(part), FINGERPRINT_BLOCK):
+                digest.update(np.ascontiguousarray(part[start : start + FINGERPRINT_BLOCK]).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -183,7 +192,15 @@ def train_model(
     validated = average.module if average is not None else model
 
     fingerprint = run_fingerprint(
-        asdict(model_params), asdict(params), asdict(augment_params), list(age_range), train_ids, val_ids
+        asdict(model_params),
+        asdict(params),
+        asdict(augment_params),
+        list(age_range),
+        train_ids,
+        val_ids,
+        np.asarray(ages),
+        np.asarray(genders),
+        images,
     )
     state = _load_state(state_path, fingerprint, device)
     history: list[dict] = state["history"] if state else []

@@ -9,7 +9,7 @@ import pandas as pd
 from faceage import plots
 from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs, promote_if_better
 from faceage.ingest import MANIFEST_FILE
-from faceage.metrics import bucket_labels
+from faceage.metrics import bucket_labels, cs_name
 from faceage.params import load_params
 from faceage.stage import run_stage, write_json
 from faceage.tracking import dataset_fingerprint
@@ -27,9 +27,10 @@ def main() -> None:
     params = load_params()
     train_summary = json.loads(Path(TRAIN_REPORT).read_text())
     run_id = train_summary.get("mlflow_run_id")
-    current = entry_from_reports(run_id, train_summary, json.loads(Path(EVALUATE_REPORT).read_text()))
+    buckets, cs_key = bucket_labels(params.evaluate.bucket_edges), cs_name(params.evaluate.cs_threshold)
+    current = entry_from_reports(run_id, train_summary, json.loads(Path(EVALUATE_REPORT).read_text()), buckets, cs_key)
     fingerprint = dataset_fingerprint([MANIFEST, SPLIT_FILE])
-    others = other_runs(params.mlflow.experiment, fingerprint, run_id, bucket_labels(params.evaluate.bucket_edges))
+    others = other_runs(params.mlflow.experiment, fingerprint, run_id, buckets, cs_key)
     board = leaderboard([current, *others])
     predictions = pd.read_csv(PREDICTIONS)
     significance = None
@@ -43,6 +44,7 @@ def main() -> None:
         {
             "dataset_fingerprint": fingerprint,
             "runs_considered": 1 + len(others),
+            "cs_threshold": params.evaluate.cs_threshold,
             "current_run": run_id,
             "leaderboard": board,
             "significance": significance,

@@ -53,7 +53,16 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert saved["throughput_ratio_vs_bf16_baseline"] == pytest.approx(
         ours["train_images_per_second"] / saved["baseline_bf16"]["images_per_second"], rel=0.02
     )
+    # The test faces made into photos: each one accounted for, both pipelines timed on the same photos.
+    photos = saved["photos"]
+    assert photos["photos"] == ours["test"]["count"] and 0 <= photos["detected"] <= photos["photos"]
+    assert photos["detection_rate"] == pytest.approx(photos["detected"] / photos["photos"], abs=1e-4)
+    assert photos["photos_per_second"] > 0 and photos["peer_photos_per_second"] > 0
+    assert photos["speed_ratio"] == pytest.approx(
+        photos["photos_per_second"] / photos["peer_photos_per_second"], rel=0.02
+    )
     table = (tmp_path / "reports" / "benchmark.md").read_text()
+    assert "test faces pasted into 1024x768 photos" in table
     assert (
         "under bfloat16 autocast" in table
         and "plain baseline loop" in table

@@ -123,3 +123,32 @@ def test_console_script_is_installed(tiny_model):
     command = [str(Path(sys.executable).parent / "faceage"), "predict", str(ASTRONAUT), "--model", str(tiny_model)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0 and f"face 1 at {ASTRONAUT_FACE}" in result.stdout
+
+
+def damaged_checkpoints(model: Path, folder: Path) -> list[Path]:
+    """The checkpoint cut at many points, random bytes, a key missing, and another backbone's weights."""
+    import torch
+
+    data = model.read_bytes()
+    paths = []
+    for cut in np.linspace(0, len(data) - 1, 25).astype(int):
+        paths.append(folder / f"cut-{cut}.pt")
+        paths[-1].write_bytes(data[:cut])
+    paths.append(folder / "random.pt")
+    paths[-1].write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    checkpoint = torch.load(model, weights_only=True)
+    for name, changed in {
+        "no-state": {k: v for k, v in checkpoint.items() if k != "state_dict"},
+        "other-backbone": {**checkpoint, "model": {**checkpoint["model"], "backbone": "mobilenet_v2"}},
+        "missing-weight": {**checkpoint, "state_dict": dict(list(checkpoint["state_dict"].items())[1:])},
+    }.items():
+        paths.append(folder / f"{name}.pt")
+        torch.save(changed, paths[-1])
+    return paths
+
+
+def test_a_damaged_or_mismatched_model_is_one_line(tiny_model, tmp_path, capsys):
+    for path in damaged_checkpoints(tiny_model, tmp_path):
+        assert main(["predict", str(ASTRONAUT), "--model", str(path)]) == 1, path
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {path}") and "\n" not in err, err

@@ -10,8 +10,9 @@ from faceage.compare import (
     CHAMPION,
     NO_DIFFERENCE,
     WORSE,
-    entry_from_mlflow,
+    entry_from_reports,
     leaderboard,
+    leaderboard_entry,
     paired_comparison,
     promote_if_better,
     promotion_decision,
@@ -71,11 +72,34 @@ def test_only_shared_test_images_are_paired():
 
 
 def test_mlflow_entry_needs_an_evaluation_and_reads_sanitised_bucket_names():
-    assert entry_from_mlflow("r1", {"backbone": "resnet18"}, {"best_val_mae": 5.0}, ["1-5"]) is None
+    assert leaderboard_entry("r1", "resnet18", {"best_val_mae": 5.0}, ["1-5"], "cs5") is None
     metrics = {"val.mae.value": 5.0, "test.mae.value": 6.0, "test.buckets.101_.mae": 40.0, "parameters": 10.0}
-    result = entry_from_mlflow("r1", {"backbone": "resnet18"}, metrics, ["1-5", "101+"])
+    result = leaderboard_entry("r1", "resnet18", metrics, ["1-5", "101+"], "cs5")
     assert result["test_bucket_mae"] == {"1-5": None, "101+": 40.0}
     assert (result["backbone"], result["val_mae"], result["test_mae"]) == ("resnet18", 5.0, 6.0)
+
+
+@pytest.mark.parametrize("threshold", [5.0, 3.0, 2.5])
+def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold):
+    from faceage.evaluate import evaluation_report
+    from faceage.metrics import bucket_labels, cs_name
+    from faceage.params import EvaluateParams
+    from faceage.tracking import flatten, metric_key
+
+    params = EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50)
+    rng = np.random.default_rng(0)
+    true = rng.integers(1, 100, 80)
+    predictions = pd.DataFrame(
+        {"id": range(80), "split": ["val", "test"] * 40, "true_age": true, "predicted_age": true + rng.normal(0, 4, 80)}
+    ).assign(gender=0, race=0)
+    predictions["error"] = predictions["predicted_age"] - predictions["true_age"]
+    evaluation = evaluation_report(predictions, params, (26, 51, 76))
+    summary = {"backbone": "resnet18", "parameters": 10, "seconds": 3.0}
+    buckets, key = bucket_labels(params.bucket_edges), cs_name(threshold)
+    from_reports = entry_from_reports("r1", summary, evaluation, buckets, key)
+    logged = {metric_key(k): v for k, v in flatten({**summary, **evaluation}).items() if isinstance(v, float | int)}
+    assert leaderboard_entry("r1", "resnet18", logged, buckets, key) == from_reports
+    assert from_reports["test_cs"] == evaluation["test"][key]["value"] is not None
 
 
 def test_promotion_rule():

@@ -136,6 +136,33 @@ def test_a_saved_state_of_other_parameters_is_not_resumed(data, tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda images, ages: (np.ascontiguousarray(images[:, ::-1]), ages),  # other pixels under the same ids
+        lambda images, ages: (images[:, :12, :12].copy(), ages),  # another data.image_size
+        lambda images, ages: (images, np.roll(ages, 1)),  # other labels
+    ],
+)
+def test_a_saved_state_of_other_data_is_not_resumed(data, tmp_path, change):
+    state = tmp_path / "state.pt"
+
+    def interrupt(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, state_path=state, on_epoch_end=interrupt)
+    images, ages, genders, split = data
+    rows = []
+    train((*change(images, ages), genders, split), state_path=state, on_epoch_end=rows.append)
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]  # started over, not resumed after epoch 1
+    resumed = []
+    with pytest.raises(KeyboardInterrupt):
+        train(data, state_path=state, on_epoch_end=interrupt)
+    train(data, state_path=state, on_epoch_end=resumed.append)
+    assert [row["epoch"] for row in resumed] == [2, 3, 4]  # the same data does resume
+
+
 def test_early_stopping_ends_a_stage_after_patience_epochs(data):
     params = TrainParams(head_epochs=0, epochs=8, lr=10.0, optimizer="sgd", scheduler="none", patience=2, batch_size=16)
     result = train(data, params=params)
