@@ -39,16 +39,15 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dic
         raise FaceageError(f"no model at {path}: run the train stage first")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model_values, age_range, state = checkpoint["model"], checkpoint["age_range"], checkpoint["state_dict"]
-        checkpoint["image_size"]
     except Exception as error:  # torch.load raises many types on damaged files; each means "not a checkpoint"
-        raise FaceageError(
-            f"{path} is not a faceage checkpoint ({describe(error)}): run the train stage again"
-        ) from None
-    params = replace(from_dict(ModelParams, model_values, str(path)), pretrained=False, head_init="random")
-    model = build_model(params, tuple(age_range))
+        raise not_a_checkpoint(path, describe(error)) from None
+    missing = CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise not_a_checkpoint(path, f"it has no {', '.join(sorted(missing))}")
+    params = replace(from_dict(ModelParams, checkpoint["model"], str(path)), pretrained=False, head_init="random")
+    model = build_model(params, tuple(checkpoint["age_range"]))
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError) as error:
         mismatch = describe(error).split(". ")[0]
         raise FaceageError(f"{path}: its weights do not fit a {params.backbone} model ({mismatch})") from None

@@ -19,7 +19,15 @@ from faceage.chunks import blocks
 from faceage.errors import FaceageError
 from faceage.faces import face_finder, largest
 from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
-from faceage.layouts import MALFORMED_LABEL, MALFORMED_NAME, NO_LABEL, Label, LabelError, detect_layout
+from faceage.layouts import (
+    CONFLICTING_LABELS,
+    MALFORMED_LABEL,
+    MALFORMED_NAME,
+    NO_LABEL,
+    Label,
+    LabelError,
+    detect_layout,
+)
 from faceage.params import DataParams, FacesParams
 from faceage.sources import LISTING_OUTCOMES, open_source
 
@@ -36,6 +44,7 @@ OUTCOMES = (
     LABEL_FILE,
     MALFORMED_NAME,
     MALFORMED_LABEL,
+    CONFLICTING_LABELS,
     NO_LABEL,
     AGE_OUT_OF_RANGE,
     NOT_AN_IMAGE,
@@ -49,6 +58,7 @@ OUTCOMES = (
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.csv"
 REJECTED_FILE = "rejected.csv"
+UNMATCHED_FILE = "label_rows_without_image.csv"  # label rows that name no file, or several
 MANIFEST_COLUMNS = ["id", "age", "gender", "race", "given_split", "source_path", "content_hash", "pixel_hash"]
 LOGGED_PER_REASON = 10  # rejected files logged one by one per reason; rejected.csv lists them all
 BLOCK_SIZE = 1024  # files held in memory at once while decoding; does not change results
@@ -177,6 +187,14 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
         out_dir / MANIFEST_FILE, index=False
     )
     pd.DataFrame(rejected, columns=["path", "reason", "detail"]).to_csv(out_dir / REJECTED_FILE, index=False)
+    pd.DataFrame({"label_row": layout.unmatched_rows}).to_csv(out_dir / UNMATCHED_FILE, index=False)
+    if layout.unmatched_rows:
+        log.warning(
+            "%d label rows name no single file, e.g. %s: see %s",
+            len(layout.unmatched_rows),
+            layout.unmatched_rows[0],
+            out_dir / UNMATCHED_FILE,
+        )
     seconds = time.perf_counter() - started
     report = {
         "source": str(params.source),

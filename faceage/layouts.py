@@ -5,12 +5,14 @@ Three layouts are understood:
 * ``utkface``: labels in file names, ``<age>_<gender>_<race>_<datetime>.jpg.chip.jpg``;
 * ``age_folders``: ``<root>/[train|val|test/]<age>/<image>``;
 * ``csv``: a CSV with columns ``file_name,real_age`` (optionally ``gender``, ``race``, ``split``)
-  beside a folder of images.
+  beside a folder of images. A file listed more than once keeps a label only if every row gives the same
+  one; rows that disagree reject it as ``conflicting_labels``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -33,6 +35,8 @@ UTKFACE_NAME = re.compile(
     r"^(?P<age>\d+)_(?P<gender>[01])_(?P<race>[0-4])_(?P<stamp>\d+)(?:\.jpg\.chip)?\.(?:jpe?g|png)$", re.IGNORECASE
 )
 CSV_COLUMNS = ("file_name", "real_age")
+AGE_FOLDER = re.compile(r"^[0-9]+$")  # ASCII digits only: "²".isdigit() is true, but it is no age
+CONFLICTING_LABELS = "conflicting_labels"
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class AgeFolderLayout(Layout):
 
     def label(self, path: str) -> Label:
         pure = PurePosixPath(path)
-        if not pure.parent.name.isdigit():
+        if not AGE_FOLDER.match(pure.parent.name):
             raise LabelError(NO_LABEL, f"folder {pure.parent.name!r} is not an age")
         return Label(age=int(pure.parent.name), given_split=split_folder(pure))
 
@@ -114,6 +118,7 @@ class CsvLayout(Layout):
         self.labels: dict[str, Label | LabelError] = {}
         self.unmatched_rows: list[str] = []
         images = [n for n in names if n not in tables]
+        rows: dict[str, list[Label | LabelError]] = {}
         for csv_name, table in tables.items():
             index = _index_by_file_name(images, PurePosixPath(csv_name).parent)
             for row in table.itertuples(index=False):
@@ -121,7 +126,8 @@ class CsvLayout(Layout):
                 if len(matches) != 1:
                     self.unmatched_rows.append(f"{csv_name}: {row.file_name} ({len(matches)} matching files)")
                     continue
-                self.labels[matches[0]] = _row_label(row, matches[0], csv_name)
+                rows.setdefault(matches[0], []).append(_row_label(row, matches[0], csv_name))
+        self.labels = {path: _agree(labels) for path, labels in rows.items()}
 
     def label(self, path: str) -> Label:
         label = self.labels.get(path)
@@ -153,6 +159,15 @@ def _pick(candidates: list[str], csv_stem: str) -> list[str]:
     return [c for c in candidates if PurePosixPath(c).parent.name.lower() in csv_stem.lower()]
 
 
+def _agree(labels: list[Label | LabelError]) -> Label | LabelError:
+    """The one label that every row of a file gives, or a ``conflicting_labels`` error naming what they gave."""
+    distinct = list(dict.fromkeys(label if isinstance(label, Label) else str(label) for label in labels))
+    if len(distinct) == 1:
+        return labels[0]
+    given = ", ".join(f"age {x.age}" if isinstance(x, Label) else x for x in distinct)
+    return LabelError(CONFLICTING_LABELS, f"{len(labels)} label rows disagree: {given}")
+
+
 def _row_label(row: tuple, path: str, csv_name: str) -> Label | LabelError:
     try:
         age = float(row.real_age)
@@ -160,6 +175,8 @@ def _row_label(row: tuple, path: str, csv_name: str) -> Label | LabelError:
         return LabelError(MALFORMED_LABEL, f"real_age {row.real_age!r} in {csv_name} is not a number")
     if age != age:  # NaN
         return LabelError(MALFORMED_LABEL, f"real_age is empty in {csv_name}")
+    if not math.isfinite(age):
+        return LabelError(MALFORMED_LABEL, f"real_age {row.real_age!r} in {csv_name} is not a finite number")
     given = getattr(row, "split", None)
     given = SPLIT_FOLDERS.get(str(given).lower()) if isinstance(given, str) else split_folder(PurePosixPath(path))
     return Label(
@@ -175,7 +192,7 @@ def _optional_int(value: object) -> int | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return None if number != number else int(number)
+    return int(number) if math.isfinite(number) else None
 
 
 def detect_layout(source: Source, names: list[str]) -> Layout:
@@ -192,7 +209,7 @@ def detect_layout(source: Source, names: list[str]) -> Layout:
     if tables:
         return CsvLayout(tables, names)
     images = [PurePosixPath(n) for n in names if is_image_name(n)]
-    if images and sum(p.parent.name.isdigit() for p in images) >= len(images) / 2:
+    if images and sum(bool(AGE_FOLDER.match(p.parent.name)) for p in images) >= len(images) / 2:
         return AgeFolderLayout()
     if any(re.match(r"^\d+_", p.name) for p in images):
         return UTKFaceLayout()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from faceage.errors import FaceageError
 from faceage.models import AgeNet
 from faceage.params import ModelParams, TrainParams
 
@@ -33,8 +32,6 @@ def age_loss(model: AgeNet, output: torch.Tensor, ages: torch.Tensor, params: Tr
         else:
             target = (ages - model.bin_ages[0]).round().long().clamp(0, len(model.bin_ages) - 1)
         return F.cross_entropy(output, target, label_smoothing=params.label_smoothing)
-    if params.loss not in REGRESSION_LOSSES:
-        raise FaceageError(f"unknown train.loss {params.loss!r}; choose one of {', '.join(REGRESSION_LOSSES)}")
     return REGRESSION_LOSSES[params.loss](output.squeeze(1), (ages - model.age_mean) / model.age_std)
 
 

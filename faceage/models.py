@@ -16,7 +16,6 @@ from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 from faceage.errors import FaceageError
 from faceage.params import ModelParams
 
-HEADS = ("regression", "classification")
 ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
 
 
@@ -98,8 +97,6 @@ class AgeNet(nn.Module):
         age_stats: tuple[float, float],
     ):
         super().__init__()
-        if params.head not in HEADS:
-            raise FaceageError(f"unknown model.head {params.head!r}; choose one of {', '.join(HEADS)}")
         self.classification = params.head == "classification"
         self.trunk = trunk
         self.last_conv = BACKBONES[params.backbone].last_conv

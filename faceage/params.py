@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
 from faceage.errors import FaceageError
 
 T = TypeVar("T")
-MULTIPLE_FACES = ("largest", "reject")
-HEAD_INITS = ("random", "dlib")
+Range = tuple[typing.Callable[[Any], bool], str]
+
+AT_LEAST_0: Range = (lambda v: v >= 0, ">= 0")
+AT_LEAST_1: Range = (lambda v: v >= 1, ">= 1")
+POSITIVE: Range = (lambda v: v > 0, "> 0")
+PROBABILITY: Range = (lambda v: 0 <= v <= 1, "0..1")
+FRACTION_BELOW_1: Range = (lambda v: 0 <= v < 1, "0 <= value < 1")
+OPEN_UNIT: Range = (lambda v: 0 < v < 1, "0 < value < 1")
+INCREASING: Range = (lambda v: len(v) > 0 and all(a < b for a, b in itertools.pairwise(v)), "increasing values")
 
 
 def check(condition: bool, key: str, value: Any, allowed: object) -> None:
@@ -24,9 +32,40 @@ def check(condition: bool, key: str, value: Any, allowed: object) -> None:
         raise FaceageError(f"{key}: {value!r} is not allowed; expected {allowed}")
 
 
+class Checked:
+    """Checks every field when an instance is made: choices (``Literal`` types), finite floats, and the
+    ranges in ``RANGES``; ``check_together`` adds rules that span several fields."""
+
+    SECTION: ClassVar[str] = ""
+    RANGES: ClassVar[dict[str, Range]] = {}
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            key, value, hint = f"{self.SECTION}.{item.name}", getattr(self, item.name), hints[item.name]
+            if typing.get_origin(hint) is Literal:
+                check(value in typing.get_args(hint), key, value, f"one of {', '.join(typing.get_args(hint))}")
+            numbers = value if isinstance(value, tuple) else (value,)
+            check(all(not isinstance(v, float) or math.isfinite(v) for v in numbers), key, value, "finite numbers")
+            if item.name in self.RANGES:
+                allowed, description = self.RANGES[item.name]
+                check(allowed(value), key, value, description)
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules over several fields; none by default."""
+
+
 @dataclass(frozen=True)
-class DemoParams:
+class DemoParams(Checked):
     """The synthetic demo data set."""
+
+    SECTION: ClassVar[str] = "demo"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "num_images": AT_LEAST_1,
+        "image_size": (lambda v: v >= 16, ">= 16"),
+        "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    }
 
     num_images: int = 2000
     image_size: int = 200
@@ -35,8 +74,15 @@ class DemoParams:
 
 
 @dataclass(frozen=True)
-class DataParams:
+class DataParams(Checked):
     """Where the images come from and how they are stored after ingest."""
+
+    SECTION: ClassVar[str] = "data"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "image_size": (lambda v: v >= 8, ">= 8"),
+        "min_age": AT_LEAST_0,
+        "workers": AT_LEAST_0,
+    }
 
     source: str = "data/demo/UTKFace.tar.gz"
     image_size: int = 128
@@ -44,15 +90,26 @@ class DataParams:
     max_age: int = 116
     workers: int = 0  # 0: one per CPU core; does not change results
     align: bool = False  # detect and align the face of each image (for raw photos; UTKFace crops are aligned)
-    multiple_faces: str = "largest"  # with align, an image with several faces: largest (keep it) | reject
+    multiple_faces: Literal["largest", "reject"] = (
+        "largest"  # with align, an image with several faces: largest (keep it) | reject
+    )
 
-    def __post_init__(self) -> None:
-        check(self.multiple_faces in MULTIPLE_FACES, "data.multiple_faces", self.multiple_faces, MULTIPLE_FACES)
+    def check_together(self) -> None:
+        check(self.max_age >= self.min_age, "data.max_age", self.max_age, f">= data.min_age ({self.min_age})")
 
 
 @dataclass(frozen=True)
-class FacesParams:
+class FacesParams(Checked):
     """Face detection and alignment of photos, at ingest (``data.align``) and when predicting."""
+
+    SECTION: ClassVar[str] = "faces"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "upsample": (lambda v: 0 <= v <= 3, "0..3"),
+        "padding": (lambda v: 0 <= v <= 2, "0..2"),
+        "max_side": (lambda v: v >= 64, ">= 64"),
+        "min_size": AT_LEAST_1,
+        "rotations": (lambda v: all(-90 <= a <= 90 and a != 0 for a in v), "angles in -90..90, none 0"),
+    }
 
     upsample: int = 0  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
     padding: float = 0.2  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
@@ -61,20 +118,18 @@ class FacesParams:
     min_score: float = 0.2  # HOG detection score a face must exceed (tilted faces score lower)
     rotations: tuple[float, ...] = (-15.0, 15.0)  # photo turns (degrees) searched when the upright one has no face
 
-    def __post_init__(self) -> None:
-        check(0 <= self.upsample <= 3, "faces.upsample", self.upsample, "0..3")
-        check(0 <= self.padding <= 2, "faces.padding", self.padding, "0..2")
-        check(self.max_side >= 64, "faces.max_side", self.max_side, ">= 64")
-        check(self.min_size >= 1, "faces.min_size", self.min_size, ">= 1")
-        check(math.isfinite(self.min_score), "faces.min_score", self.min_score, "a finite number")
-        check(
-            all(-90 <= a <= 90 and a != 0 for a in self.rotations), "faces.rotations", self.rotations, "-90..90, not 0"
-        )
-
 
 @dataclass(frozen=True)
-class SplitParams:
+class SplitParams(Checked):
     """Train/validation/test partition."""
+
+    SECTION: ClassVar[str] = "split"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "train": PROBABILITY,
+        "val": PROBABILITY,
+        "test": PROBABILITY,
+        "stratify_bins": AT_LEAST_1,
+    }
 
     train: float = 0.70
     val: float = 0.15
@@ -83,24 +138,41 @@ class SplitParams:
     stratify_bins: int = 10
     use_given: bool = True
 
+    def check_together(self) -> None:
+        total = self.train + self.val + self.test
+        check(math.isclose(total, 1.0, abs_tol=1e-6), "split.train + split.val + split.test", round(total, 6), 1)
+
 
 @dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Checked):
     """The network: a backbone from the registry and an age head, optionally with auxiliary heads."""
+
+    SECTION: ClassVar[str] = "model"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "input_size": (lambda v: v >= 16, ">= 16"),
+        "hidden": AT_LEAST_0,
+        "dropout": FRACTION_BELOW_1,
+        "gender_weight": AT_LEAST_0,
+        "age_group_weight": AT_LEAST_0,
+        "age_group_edges": INCREASING,
+    }
 
     backbone: str = "dlib_age_resnet10"
     pretrained: bool = True
     input_size: int = 96
-    head: str = "classification"  # regression | classification (softmax expectation over 1-year bins)
+    head: Literal["regression", "classification"] = (
+        "classification"  # regression | classification (softmax expectation over 1-year bins)
+    )
     hidden: int = 256  # width of the head's hidden layer; 0 = one linear layer
-    head_init: str = "random"  # random | dlib (classification head starts as dlib's age classifier; hidden: 0)
+    head_init: Literal["random", "dlib"] = (
+        "random"  # random | dlib (classification head starts as dlib's age classifier; hidden: 0)
+    )
     dropout: float = 0.2
     gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
     age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
     age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
 
-    def __post_init__(self) -> None:
-        check(self.head_init in HEAD_INITS, "model.head_init", self.head_init, HEAD_INITS)
+    def check_together(self) -> None:
         dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
             "dlib_age_resnet10",
             True,
@@ -115,8 +187,28 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Checked):
     """Optimisation: an optional head-only stage on a frozen backbone, then fine-tuning."""
+
+    SECTION: ClassVar[str] = "train"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "head_epochs": AT_LEAST_0,
+        "head_lr": POSITIVE,
+        "epochs": AT_LEAST_0,
+        "lr": POSITIVE,
+        "batch_size": AT_LEAST_1,
+        "momentum": FRACTION_BELOW_1,
+        "weight_decay": AT_LEAST_0,
+        "warmup_epochs": AT_LEAST_0,
+        "plateau_factor": OPEN_UNIT,
+        "plateau_patience": AT_LEAST_0,
+        "patience": AT_LEAST_0,
+        "grad_clip": AT_LEAST_0,
+        "ema_decay": FRACTION_BELOW_1,
+        "label_smoothing": FRACTION_BELOW_1,
+        "label_sigma": AT_LEAST_0,
+        "threads": AT_LEAST_0,
+    }
 
     head_epochs: int = 3
     head_lr: float = 3e-3
@@ -125,17 +217,17 @@ class TrainParams:
     freeze: str = "none"  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
     freeze_bn: bool = False
     batch_size: int = 32
-    optimizer: str = "adamw"  # adamw | adam | sgd
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     momentum: float = 0.9
     weight_decay: float = 0.05
-    scheduler: str = "cosine"  # cosine (after a linear warm-up) | plateau | none
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"  # cosine: after a linear warm-up
     warmup_epochs: float = 1.0
     plateau_factor: float = 0.5
     plateau_patience: int = 1
     patience: int = 0  # early stopping after this many epochs without a better validation MAE; 0 = off
     grad_clip: float = 5.0  # max gradient norm; 0 = off
     ema_decay: float = 0.0  # per-step exponential moving average of the weights, validated and kept; 0 = off
-    loss: str = "l1"  # regression head: l1 | mse | smooth_l1
+    loss: Literal["l1", "mse", "smooth_l1"] = "l1"  # regression head
     label_smoothing: float = 0.0  # classification head
     label_sigma: float = 2.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
     amp: bool = True  # float16 autocast with gradient scaling on CUDA
@@ -145,8 +237,22 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
-class AugmentParams:
+class AugmentParams(Checked):
     """Random changes to training images, applied per image on uint8 batches from the array."""
+
+    SECTION: ClassVar[str] = "augment"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hflip": PROBABILITY,
+        "crop_scale": (lambda v: 0 < v <= 1, "0 < value <= 1"),
+        "shift": (lambda v: 0 <= v <= 0.5, "0..0.5"),
+        "rotate": (lambda v: 0 <= v <= 180, "0..180"),
+        "brightness": AT_LEAST_0,
+        "contrast": AT_LEAST_0,
+        "saturation": AT_LEAST_0,
+        "hue": (lambda v: 0 <= v <= 0.5, "0..0.5"),
+        "grayscale": PROBABILITY,
+        "erasing": PROBABILITY,
+    }
 
     hflip: float = 0.5  # probability
     crop_scale: float = 0.85  # random resized crop: smallest share of the area kept; 1 = off
@@ -162,15 +268,29 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
-class MlflowParams:
+class MlflowParams(Checked):
     """Experiment tracking; the store is $MLFLOW_TRACKING_URI, else mlflow.db at the repository root."""
+
+    SECTION: ClassVar[str] = "mlflow"
+    RANGES: ClassVar[dict[str, Range]] = {"experiment": (lambda v: bool(v.strip()), "a name")}
 
     experiment: str = "faceage"
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Checked):
     """Metrics, their confidence intervals, and the galleries."""
+
+    SECTION: ClassVar[str] = "evaluate"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "batch_size": AT_LEAST_1,
+        "bootstrap_resamples": AT_LEAST_1,
+        "confidence": OPEN_UNIT,
+        "cs_threshold": POSITIVE,
+        "bucket_edges": INCREASING,
+        "worst_errors": AT_LEAST_0,
+        "gradcam_per_bucket": AT_LEAST_0,
+    }
 
     batch_size: int = 128
     flip_tta: bool = True  # average the predictions of each image and its mirror image
@@ -184,8 +304,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
-class CompareParams:
+class CompareParams(Checked):
     """The paired test of the current run against the best other run on the same data."""
+
+    SECTION: ClassVar[str] = "compare"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "bootstrap_resamples": AT_LEAST_1,
+        "confidence": OPEN_UNIT,
+        "model_name": (lambda v: bool(v.strip()), "a name"),
+    }
 
     bootstrap_resamples: int = 2000
     seed: int = 0
@@ -210,16 +337,20 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
 
 
-def from_dict(cls: type[T], values: dict[str, Any], where: str = "params") -> T:
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     if not isinstance(values, dict):
-        raise FaceageError(f"{where}: expected a mapping, got {values!r}")
+        raise FaceageError(f"{where or 'top level'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise FaceageError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in values.items()}
+        raise FaceageError(
+            f"{where or 'top level'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    kwargs = {
+        name: _convert(hints[name], value, f"{where}.{name}" if where else name) for name, value in values.items()
+    }
     return cls(**kwargs)
 
 
@@ -232,6 +363,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise FaceageError(f"{where}: expected a list, got {value!r}")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_convert(item, v, where) for v in value)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise FaceageError(f"{where}: {value!r} is not allowed; expected one of {', '.join(choices)}")
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -246,4 +382,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise FaceageError(f"no parameter file at {path}")
     with path.open() as f:
         values = yaml.safe_load(f) or {}
-    return from_dict(Params, values, str(path))
+    try:
+        return from_dict(Params, values)
+    except FaceageError as error:
+        raise FaceageError(f"{path}: {error}") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -9,13 +12,15 @@ import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    from mlflow import MlflowClient
 
     from faceage.params import FacesParams
 
@@ -26,6 +31,8 @@ ARTIFACTS_FOLDER = "mlartifacts"
 QUEUED_WORKSPACE = (".dvc", "tmp", "exps")
 EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model's MLflow run
 MODEL_IN_RUN = "model"  # name of the run's logged MLflow model
+PROBE_SECONDS = 5  # a tracking server must answer /health within this, else tracking is skipped
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
 def workspace_root(start: str | Path = ".") -> Path:
@@ -44,6 +51,62 @@ def workspace_root(start: str | Path = ".") -> Path:
 def tracking_uri(start: str | Path = ".") -> str:
     """``$MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` at the workspace root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root(start) / STORE_FILE}"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer."""
+
+
+@functools.cache
+def server_answers(uri: str) -> bool:
+    """Whether the store can be used: a tracking server must answer ``/health`` within :data:`PROBE_SECONDS`
+    (warned once per process when it does not); other stores always can. For a server, MLflow's own
+    retries are also cut to :data:`FAIL_FAST` unless set, so a server that stops answering later costs
+    seconds, not minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    for name, value in FAIL_FAST.items():
+        os.environ.setdefault(name, value)
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS) as response:
+            return response.status == 200
+    except (OSError, ValueError) as error:
+        log.warning("MLflow server %s does not answer (%s): runs are not tracked, the pipeline goes on", uri, error)
+        return False
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive use of a SQLite store while it is created or changed in ways that race (its tables, a new
+    experiment); other stores serialise such changes themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(f"{uri.removeprefix('sqlite:///')}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def mlflow_client(uri: str | None = None) -> MlflowClient:
+    """A client of the store at ``uri`` (default :func:`tracking_uri`), created under :func:`store_lock`.
+
+    Raises:
+        TrackingUnavailable: the tracking server does not answer.
+    """
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    if not server_answers(uri):
+        raise TrackingUnavailable(f"MLflow server {uri} does not answer")
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        client.get_experiment_by_name("Default")  # a new SQLite store creates its tables here, under the lock
+    return client
 
 
 def dataset_fingerprint(paths: Iterable[str | Path]) -> str:
@@ -81,14 +144,14 @@ def finished_runs(experiment: str, fingerprint: str, uri: str | None = None) -> 
     """Finished MLflow runs of ``experiment`` on the data with ``fingerprint``; empty, with a warning, if
     the store cannot be read."""
     try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(uri or tracking_uri())
+        client = mlflow_client(uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             return []
         query = f"tags.dataset_fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'"
         return client.search_runs([found.experiment_id], filter_string=query, max_results=10_000)
+    except TrackingUnavailable:  # already warned
+        return []
     except Exception as error:  # a broken store must not stop the pipeline
         log.warning("cannot read MLflow runs from %s: %s", uri or tracking_uri(), error)
         return []
@@ -124,9 +187,9 @@ def finished_run_ids(experiment: str, fingerprint: str, uri: str | None = None) 
 def download_artifact(run_id: str, path: str, folder: str | Path, uri: str | None = None) -> Path | None:
     """Copy one artifact of a run into ``folder``; ``None``, with a warning, if that fails."""
     try:
-        from mlflow import MlflowClient
-
-        return Path(MlflowClient(uri or tracking_uri()).download_artifacts(run_id, path, str(folder)))
+        return Path(mlflow_client(uri).download_artifacts(run_id, path, str(folder)))
+    except TrackingUnavailable:  # already warned
+        return None
     except Exception as error:  # a missing artifact must not stop the pipeline
         log.warning("cannot fetch %s of MLflow run %s: %s", path, run_id, error)
         return None
@@ -134,10 +197,9 @@ def download_artifact(run_id: str, path: str, folder: str | Path, uri: str | Non
 
 def champion_run(model_name: str, alias: str, uri: str | None = None) -> tuple[str, str] | None:
     """``(version, run_id)`` of the registered model version that carries ``alias``, if any."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(uri or tracking_uri())
+    client = mlflow_client(uri)
     try:
         version = client.get_model_version_by_alias(model_name, alias)
     except MlflowException:
@@ -149,12 +211,12 @@ def register_with_alias(run_id: str, model_name: str, alias: str, uri: str | Non
     """Register the run's MLflow model (:data:`MODEL_IN_RUN`) as a new version of ``model_name`` and point
     ``alias`` at it; return the version."""
     import mlflow
-    from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
+    client = mlflow_client(uri)
     mlflow.set_tracking_uri(uri)
     version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_IN_RUN}", model_name).version)
-    MlflowClient(uri).set_registered_model_alias(model_name, alias, version)
+    client.set_registered_model_alias(model_name, alias, version)
     return version
 
 
@@ -173,27 +235,39 @@ class RunTracker:
         self.run_id: str | None = None
         self.client = None
         self.uri = uri or tracking_uri()
+        if not server_answers(self.uri):
+            return
         try:
             self._open(experiment, run_name, tags or {}, run_id)
         except Exception as error:  # any MLflow failure must leave the pipeline's own outputs intact
             self._disable(error)
 
     def _open(self, experiment: str | None, run_name: str | None, tags: dict[str, str], run_id: str | None) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(self.uri)
+        self.client = mlflow_client(self.uri)
         if run_id:
             self.run_id = self.client.get_run(run_id).info.run_id
             return
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
+        experiment_id = self._experiment_id(experiment)
+        self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it if need be; a process that loses the race to create it uses the winner's."""
+        from mlflow.exceptions import MlflowException
+
+        with store_lock(self.uri):
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
             location = None
             if self.uri.startswith("sqlite:///"):
                 location = (Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_FOLDER).as_uri()
-            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except MlflowException:  # RESOURCE_ALREADY_EXISTS from a server, when another client was first
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                return found.experiment_id
 
     def _disable(self, error: Exception) -> None:
         log.warning("MLflow tracking at %s failed, continuing without it: %s", self.uri, error)

@@ -133,8 +133,6 @@ class Inputs:
 
 def weight_average(model: AgeNet, decay: float) -> AveragedModel | None:
     """Exponential moving average of ``model``'s weights and buffers, updated after every step; None for 0."""
-    if not 0 <= decay < 1:
-        raise FaceageError(f"train.ema_decay must be in [0, 1), got {decay}")
     if decay == 0:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -5,7 +5,7 @@ import pytest
 from conftest import image_bytes, noise_jpeg
 from PIL import Image
 
-from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image
+from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
 
 
 def test_rgb_jpeg_is_resized_to_a_square_uint8_array():
@@ -81,3 +81,44 @@ def test_text_file_is_not_an_image():
     with pytest.raises(ImageDecodeError) as error:
         decode_image(b"hello, I am a text file\n", 8)
     assert error.value.reason == NOT_AN_IMAGE
+
+
+FORMATS = ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "PPM", "TGA", "QOI", "DDS"]
+
+
+def mutants(seed: int, count: int):
+    """Images of many formats, each cut short, bytes flipped, or chunks overwritten: the class of damage."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        fmt = FORMATS[index % len(FORMATS)]
+        buffer = io.BytesIO()
+        try:
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buffer, format=fmt)
+        except (KeyError, OSError, ValueError):
+            continue  # a format this Pillow cannot write
+        data = bytearray(buffer.getvalue())
+        kind = index % 3
+        if kind == 0:
+            data = data[: rng.integers(1, len(data))]
+        elif kind == 1:
+            for position in rng.integers(0, len(data), rng.integers(1, 8)):
+                data[position] = rng.integers(0, 256)
+        else:
+            start = rng.integers(0, len(data))
+            data[start : start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        yield fmt, bytes(data)
+
+
+@pytest.mark.parametrize("decode", [lambda data: decode_image(data, 8), decode_photo])
+def test_damaged_images_of_every_format_decode_or_raise_one_error_type(decode):
+    outcomes = {"decoded": 0, "refused": 0}
+    for _fmt, data in mutants(0, 330):
+        try:
+            pixels = decode(data)
+        except ImageDecodeError as error:
+            assert error.reason in (NOT_AN_IMAGE, UNREADABLE_IMAGE) and "\n" not in error.detail
+            outcomes["refused"] += 1
+        else:
+            assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+            outcomes["decoded"] += 1
+    assert outcomes["refused"] > 50 and outcomes["decoded"] > 20  # both paths were exercised

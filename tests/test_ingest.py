@@ -8,7 +8,7 @@ from conftest import ASTRONAUT, REPO, SHARED, encode, noise_jpeg, pack, paste, w
 
 from faceage.errors import FaceageError
 from faceage.faces import FaceFinder
-from faceage.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, ingest, load_images, load_manifest
+from faceage.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest, load_images, load_manifest
 from faceage.params import DataParams, FacesParams
 
 EXPECTED_UTKFACE_OUTCOMES = {
@@ -129,6 +129,43 @@ def test_csv_layout(tmp_path):
     manifest = load_manifest(out).set_index("source_path")
     assert manifest.loc["images/a.jpg", "age"] == 25 and manifest.loc["images/b.jpg", "age"] == 32
     assert manifest.loc["images/a.jpg", "gender"] == 1
+
+
+def test_csv_conflicts_infinite_ages_and_unmatched_rows_are_reported(tmp_path):
+    files = {f"images/{name}.jpg": noise_jpeg(i) for i, name in enumerate("abcde")}
+    files["labels.csv"] = (
+        b"file_name,real_age,gender\n"
+        b"a.jpg,20,1\na.jpg,70,1\n"  # one file, two ages: neither is kept
+        b"b.jpg,33,0\nb.jpg,33,0\n"  # the same row twice: no conflict
+        b"c.jpg,inf,0\nd.jpg,-inf,1\ne.jpg,44,inf\n"
+        b"gone.jpg,50,1\nlost.jpg,51,0\n"
+    )
+    out = tmp_path / "out"
+    report = run_ingest(write_files(tmp_path / "src", files), out)
+    assert {k: v for k, v in report["outcomes"].items() if v} == {
+        "kept": 2,
+        "label_file": 1,
+        "malformed_label": 2,
+        "conflicting_labels": 1,
+    }
+    assert_every_file_accounted(report, out)
+    rejected = pd.read_csv(out / REJECTED_FILE).set_index("path")
+    assert "age 20, age 70" in rejected.loc["images/a.jpg", "detail"]
+    manifest = load_manifest(out).set_index("source_path")
+    assert manifest.loc["images/b.jpg", "age"] == 33 and pd.isna(manifest.loc["images/e.jpg", "gender"])
+    unmatched = pd.read_csv(out / UNMATCHED_FILE)["label_row"].tolist()
+    assert report["label_rows_without_image"] == 2 and [row.split(": ")[1].split()[0] for row in unmatched] == [
+        "gone.jpg",
+        "lost.jpg",
+    ]
+
+
+def test_non_ascii_digit_folders_are_not_ages(tmp_path):
+    files = {f"faces/{age}/{i}.jpg": noise_jpeg(age * 10 + i) for age in (5, 50) for i in range(2)}
+    files["faces/²/x.jpg"] = noise_jpeg(99)
+    files["faces/٣/y.jpg"] = noise_jpeg(98)  # an Arabic-Indic digit: int() would read it, but it is no folder age
+    report = run_ingest(write_files(tmp_path / "src", files), tmp_path / "out")
+    assert report["outcomes"]["kept"] == 4 and report["outcomes"]["no_label"] == 2
 
 
 def test_missing_source_is_a_clear_error(tmp_path):

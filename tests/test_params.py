@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from conftest import REPO
 
@@ -33,3 +35,75 @@ def test_wrong_type_is_rejected(tmp_path):
 def test_integer_is_accepted_for_a_float(tmp_path):
     (tmp_path / "params.yaml").write_text("split:\n  train: 1\n  val: 0\n  test: 0\n")
     assert load_params(tmp_path / "params.yaml").split.train == 1.0
+
+
+FREE_NUMBERS = {"demo.seed", "split.seed", "train.seed", "evaluate.bootstrap_seed", "compare.seed", "data.max_age"}
+
+
+def numeric_keys():
+    import dataclasses
+    import typing
+
+    for section in dataclasses.fields(Params):
+        cls = typing.get_type_hints(Params)[section.name]
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            if hints[item.name] in (int, float):
+                yield section.name, item.name, cls, hints[item.name]
+
+
+def write(tmp_path, section: str, key: str, value) -> Path:
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({section: {key: value}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("train", "lr", -0.001),
+        ("train", "batch_size", 0),
+        ("data", "image_size", 0),
+        ("model", "input_size", 0),
+        ("model", "dropout", 1.5),
+        ("split", "stratify_bins", 0),
+        ("evaluate", "confidence", 1.5),
+        ("train", "lr", float("nan")),
+        ("model", "head", "dex"),
+        ("train", "optimizer", "lamb"),
+        ("train", "scheduler", "step"),
+        ("train", "loss", "huber"),
+        ("data", "multiple_faces", "all"),
+        ("evaluate", "bucket_edges", [1, 13, 6]),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_key_the_value_and_what_is_allowed(tmp_path, section, key, value):
+    with pytest.raises(FaceageError) as error:
+        load_params(write(tmp_path, section, key, value))
+    message = str(error.value)
+    assert f"{section}.{key}: " in message and "expected" in message and "\n" not in message
+
+
+def test_every_number_has_a_range_and_refuses_nan_and_extremes(tmp_path):
+    checked = 0
+    for section, key, cls, kind in numeric_keys():
+        name = f"{section}.{key}"
+        if name in FREE_NUMBERS or key == "min_score":
+            continue
+        assert key in cls.RANGES, f"{name} has no allowed range"
+        for bad in [float("nan"), -1e9] if kind is float else [-(10**9)]:
+            with pytest.raises(FaceageError, match=rf"{section}\.{key}: "):
+                load_params(write(tmp_path, section, key, bad))
+        checked += 1
+    assert checked > 40
+
+
+def test_values_that_only_conflict_together_are_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  min_age: 50\n  max_age: 10\n")
+    with pytest.raises(FaceageError, match=r"data\.max_age: 10 is not allowed; expected >= data\.min_age \(50\)"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("split:\n  train: 0.9\n")
+    with pytest.raises(FaceageError, match=r"split\.train \+ split\.val \+ split\.test: 1\.2"):
+        load_params(tmp_path / "params.yaml")

@@ -71,8 +71,8 @@ def test_given_split_can_be_ignored():
 
 
 def test_fractions_must_sum_to_one():
-    with pytest.raises(FaceageError, match="sum to 1"):
-        split_manifest(make_manifest(50), SplitParams(train=0.8, val=0.2, test=0.2))
+    with pytest.raises(FaceageError, match=r"split.train \+ split.val \+ split.test: 1.2 is not allowed; expected 1"):
+        SplitParams(train=0.8, val=0.2, test=0.2)
 
 
 def test_report_counts_and_statistics():

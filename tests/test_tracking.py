@@ -1,4 +1,7 @@
 import logging
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -122,3 +125,63 @@ def test_finished_run_ids_of_an_unreadable_store_only_warn(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert finished_run_ids("exp", "data-a", f"sqlite:///{tmp_path / 'mlflow.db'}") == []
     assert "cannot read MLflow runs" in caplog.text
+
+
+SILENT_SERVER_CLIENT = """
+import socket, sys, threading, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(16)
+connections = []
+def accept():
+    while True:
+        connection, _ = listener.accept()
+        connections.append(connection)  # accepted, never answered
+threading.Thread(target=accept, daemon=True).start()
+import os
+os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
+from faceage.tracking import RunTracker, finished_run_ids, finished_runs
+tracker = RunTracker("exp", run_name="x")
+tracker.log_metrics({"a": 1.0})
+tracker.finish()
+print(tracker.active, finished_run_ids("exp", "f"), finished_runs("exp", "f"), len(connections))
+"""
+
+
+def test_a_server_that_does_not_answer_is_given_up_after_one_probe(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", SILENT_SERVER_CLIENT], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    active, ids, runs, connections = result.stdout.split()
+    assert (active, ids, runs) == ("False", "[]", "[]")
+    assert int(connections) == 1  # one health probe; MLflow's own retries would connect again and again
+    assert result.stderr.count("does not answer") == 1
+
+
+RACER = """
+import sys, time
+from faceage.tracking import RunTracker
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+tracker = RunTracker("new experiment", run_name=sys.argv[3], uri=sys.argv[1])
+tracker.log_metrics({"value": 1.0})
+tracker.finish()
+print(tracker.active)
+"""
+
+
+def test_runs_started_at_once_on_a_new_store_all_land(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 8  # every process imported and waiting before the first opens the store
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACER, uri, str(start), f"run{i}"], stdout=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    assert [racer.communicate(timeout=180)[0].strip() for racer in racers] == ["True"] * 4
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("new experiment")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == [f"run{i}" for i in range(4)]
+    assert {run.info.status for run in runs} == {"FINISHED"}

@@ -114,7 +114,7 @@ def test_the_weight_average_is_validated_and_kept_without_changing_training(data
 
 
 def test_an_ema_decay_outside_0_to_1_is_refused(data):
-    with pytest.raises(FaceageError, match=r"train.ema_decay must be in \[0, 1\), got 1.0"):
+    with pytest.raises(FaceageError, match=r"train.ema_decay: 1.0 is not allowed; expected 0 <= value < 1"):
         train(data, params=replace(TRAIN, ema_decay=1.0))
 
 
