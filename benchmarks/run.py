@@ -80,6 +80,15 @@ def headline(report: dict, params: Params) -> dict:
     return {key: report[key] for key in ("count", "mae", "rmse", cs, "buckets")}
 
 
+def peer_on_test(test: pd.DataFrame, files: dict[str, bytes], params: Params) -> dict:
+    """The peer's predictions on the test images, scored by the pipeline's own evaluation."""
+    peer = peer_predictions([files[name] for name in test["source_path"]])
+    predicted = test.assign(true_age=test["age"], predicted_age=peer.pop("ages"))
+    predicted["error"] = predicted["predicted_age"] - predicted["true_age"]
+    peer["test"] = headline(split_report(predicted, params.evaluate, params.model.age_group_edges), params)
+    return peer
+
+
 def benchmark(
     source: Path,
     out: Path,
@@ -123,10 +132,7 @@ def benchmark(
                 paths, train_ages, params, age_range, baseline_batches, 2, pipeline_precision=True
             )
 
-        peer = peer_predictions([files[name] for name in test["source_path"]])
-        predicted = test.assign(true_age=test["age"], predicted_age=peer.pop("ages"))
-        predicted["error"] = predicted["predicted_age"] - predicted["true_age"]
-        peer["test"] = headline(split_report(predicted, params.evaluate, params.model.age_group_edges), params)
+        peer = peer_on_test(test, files, params)
 
         crops = pd.read_csv(repo / "data" / "predictions.csv").merge(test[["id", "source_path"]], on="id")
         photos = photo_benchmark(

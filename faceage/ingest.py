@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from faceage.layouts import (
     NO_LABEL,
     Label,
     LabelError,
+    Layout,
     detect_layout,
 )
 from faceage.params import DataParams, FacesParams
-from faceage.sources import LISTING_OUTCOMES, open_source
+from faceage.sources import LISTING_OUTCOMES, Entry, Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +100,51 @@ def worker_count(requested: int) -> int:
     return requested if requested > 0 else len(os.sched_getaffinity(0))
 
 
+class Ledger:
+    """The outcome of every entry of a source; rejected entries are listed with their reason and the first
+    :data:`LOGGED_PER_REASON` of each reason are logged."""
+
+    def __init__(self, skipped: list[Entry]):
+        self.outcomes: dict[str, str] = {}
+        self.rejected: list[dict] = []
+        self.rejections: Counter[str] = Counter()
+        self.skipped = Counter(entry.reason for entry in skipped)
+        for entry in skipped:  # not read: links, FIFOs, repeated names, encrypted or oversized members
+            self._list(entry.name, entry.reason, entry.detail)
+
+    def keep(self, name: str, outcome: str = KEPT) -> None:
+        self.outcomes[name] = outcome
+
+    def reject(self, name: str, reason: str, detail: str) -> None:
+        self.outcomes[name] = reason
+        self._list(name, reason, detail)
+
+    def _list(self, name: str, reason: str, detail: str) -> None:
+        self.rejected.append({"path": name, "reason": reason, "detail": detail})
+        self.rejections[reason] += 1
+        if self.rejections[reason] <= LOGGED_PER_REASON:
+            log.warning("skipped %s: %s (%s)", name, reason, detail)
+
+    def counts(self) -> Counter[str]:
+        """Entries per outcome."""
+        return Counter(self.outcomes.values()) + self.skipped
+
+    def write(self, path: Path) -> None:
+        """Write ``rejected.csv`` and log how many of each reason were not logged one by one."""
+        for reason, count in self.rejections.items():
+            if count > LOGGED_PER_REASON:
+                log.warning("skipped %d more files as %s: see %s", count - LOGGED_PER_REASON, reason, path)
+        pd.DataFrame(self.rejected, columns=["path", "reason", "detail"]).to_csv(path, index=False)
+
+
 def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = None) -> dict:
     """Ingest ``params.source`` into ``out_dir`` (images, manifest, rejected files); return the report.
 
-    Every file of the source gets exactly one outcome from :data:`OUTCOMES`; all but ``kept`` and
+    Every entry of the source gets exactly one outcome from :data:`OUTCOMES`; all but ``kept`` and
     ``label_file`` are listed with their reason in ``rejected.csv``. With ``params.align`` each image's
     faces are found with ``faces`` settings and the aligned chip of the largest is kept (or the image is
     rejected as ``multiple_faces``, by ``params.multiple_faces``).
     """
-    faces = faces or FacesParams()
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,88 +153,23 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
     layout = detect_layout(source, names)
     files = len(names) + len(source.skipped)
     log.info("%s: %d entries, layout %s", params.source, files, layout.name)
+    ledger = Ledger(source.skipped)
+    labels = _labels(names, layout, params, ledger)
+    rows, several_faces = _decode_all(source, labels, params, faces or FacesParams(), out_dir / IMAGES_FILE, ledger)
 
-    outcomes: dict[str, str] = {}
-    rejected: list[dict] = []
-    rejections: Counter[str] = Counter()
-
-    def record(name: str, reason: str, detail: str) -> None:
-        rejected.append({"path": name, "reason": reason, "detail": detail})
-        rejections[reason] += 1
-        if rejections[reason] <= LOGGED_PER_REASON:
-            log.warning("skipped %s: %s (%s)", name, reason, detail)
-
-    def reject(name: str, reason: str, detail: str) -> None:
-        outcomes[name] = reason
-        record(name, reason, detail)
-
-    for entry in source.skipped:  # not read: links, FIFOs, repeated names, encrypted or oversized members
-        record(entry.name, entry.reason, entry.detail)
-
-    labels: dict[str, Label] = {}
-    for name in names:
-        if name in layout.label_files:
-            outcomes[name] = LABEL_FILE
-            continue
-        try:
-            label = layout.label(name)
-        except LabelError as error:
-            reject(name, error.reason, error.detail)
-            continue
-        if params.min_age <= label.age <= params.max_age:
-            labels[name] = label
-        else:
-            reject(name, AGE_OUT_OF_RANGE, f"age {label.age} outside {params.min_age}..{params.max_age}")
-
-    images_path = out_dir / IMAGES_FILE
-    shape = (params.image_size, params.image_size, 3)
-    images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(max(len(labels), 1), *shape))
-    rows: list[dict] = []
-    first_with_hash: dict[str, str] = {}
-    jobs = ((name, content, params, faces) for name, content in source.read(labels))
-    several_faces = 0
-    workers = worker_count(params.workers)
-    with multiprocessing.Pool(workers) as pool, tqdm(total=len(labels), desc="ingest", unit="img") as progress:
-        for block in blocks(jobs, BLOCK_SIZE):
-            for result in pool.imap(_decode, block, chunksize=16):
-                progress.update()
-                if result.reason is not None:
-                    reject(result.name, result.reason, result.detail)
-                elif result.content_hash in first_with_hash:
-                    first = first_with_hash[result.content_hash]
-                    reject(result.name, DUPLICATE, f"same bytes as {first} (age {labels[first].age})")
-                else:
-                    first_with_hash[result.content_hash] = result.name
-                    several_faces += result.faces > 1
-                    outcomes[result.name] = KEPT
-                    images[len(rows)] = result.pixels
-                    rows.append(_manifest_row(len(rows), result, labels[result.name]))
-    images.flush()
-    del images
-    _truncate(images_path, len(rows))
-
-    counts = Counter(outcomes.values()) + Counter(entry.reason for entry in source.skipped)
-    for reason, count in rejections.items():
-        if count > LOGGED_PER_REASON:
-            log.warning(
-                "skipped %d more files as %s: see %s", count - LOGGED_PER_REASON, reason, out_dir / REJECTED_FILE
-            )
+    counts = ledger.counts()
     if sum(counts.values()) != files:
         raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {files} entries")
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"gender": "Int64", "race": "Int64"}).to_csv(
         out_dir / MANIFEST_FILE, index=False
     )
-    pd.DataFrame(rejected, columns=["path", "reason", "detail"]).to_csv(out_dir / REJECTED_FILE, index=False)
-    pd.DataFrame({"label_row": layout.unmatched_rows}).to_csv(out_dir / UNMATCHED_FILE, index=False)
-    if layout.unmatched_rows:
-        log.warning(
-            "%d label rows name no single file, e.g. %s: see %s",
-            len(layout.unmatched_rows),
-            layout.unmatched_rows[0],
-            out_dir / UNMATCHED_FILE,
-        )
+    ledger.write(out_dir / REJECTED_FILE)
+    _write_unmatched(layout.unmatched_rows, out_dir / UNMATCHED_FILE)
     seconds = time.perf_counter() - started
-    report = {
+    log.info("kept %d of %d entries in %.1f s", len(rows), files, seconds)
+    if not rows:
+        raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
+    return {
         "source": str(params.source),
         "layout": layout.name,
         "files": files,
@@ -208,12 +181,69 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
         "array_megabytes": round((out_dir / IMAGES_FILE).stat().st_size / 2**20, 1),
         "seconds": round(seconds, 2),
         "images_per_second": round(len(rows) / seconds, 1),
-        "workers": workers,
+        "workers": worker_count(params.workers),
     }
-    log.info("kept %d of %d entries in %.1f s", len(rows), files, seconds)
-    if not rows:
-        raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
-    return report
+
+
+def _labels(names: list[str], layout: Layout, params: DataParams, ledger: Ledger) -> dict[str, Label]:
+    """The label of each file that has one within the age range; the others get their outcome."""
+    labels: dict[str, Label] = {}
+    for name in names:
+        if name in layout.label_files:
+            ledger.keep(name, LABEL_FILE)
+            continue
+        try:
+            label = layout.label(name)
+        except LabelError as error:
+            ledger.reject(name, error.reason, error.detail)
+            continue
+        if params.min_age <= label.age <= params.max_age:
+            labels[name] = label
+        else:
+            ledger.reject(name, AGE_OUT_OF_RANGE, f"age {label.age} outside {params.min_age}..{params.max_age}")
+    return labels
+
+
+def _decode_all(
+    source: Source, labels: dict[str, Label], params: DataParams, faces: FacesParams, path: Path, ledger: Ledger
+) -> tuple[list[dict], int]:
+    """Decode the labelled files in worker processes into the array at ``path``, a block at a time; return
+    the manifest rows and how many kept images had several faces."""
+    shape = (params.image_size, params.image_size, 3)
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(len(labels), 1), *shape))
+    rows: list[dict] = []
+    first_with_hash: dict[str, str] = {}
+    several_faces = 0
+    jobs = ((name, content, params, faces) for name, content in source.read(labels))
+    with (
+        multiprocessing.Pool(worker_count(params.workers)) as pool,
+        tqdm(total=len(labels), desc="ingest", unit="img") as progress,
+    ):
+        for block in blocks(jobs, BLOCK_SIZE):
+            for result in pool.imap(_decode, block, chunksize=16):
+                progress.update()
+                if result.reason is not None:
+                    ledger.reject(result.name, result.reason, result.detail)
+                elif result.content_hash in first_with_hash:
+                    first = first_with_hash[result.content_hash]
+                    ledger.reject(result.name, DUPLICATE, f"same bytes as {first} (age {labels[first].age})")
+                else:
+                    first_with_hash[result.content_hash] = result.name
+                    several_faces += result.faces > 1
+                    ledger.keep(result.name)
+                    images[len(rows)] = result.pixels
+                    rows.append(_manifest_row(len(rows), result, labels[result.name]))
+    images.flush()
+    del images
+    _truncate(path, len(rows))
+    return rows, several_faces
+
+
+def _write_unmatched(rows: Sequence[str], path: Path) -> None:
+    """Name every label row that matched no single file."""
+    pd.DataFrame({"label_row": rows}).to_csv(path, index=False)
+    if rows:
+        log.warning("%d label rows name no single file, e.g. %s: see %s", len(rows), rows[0], path)
 
 
 def _manifest_row(index: int, result: Decoded, label: Label) -> dict:
