@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 INSTALLED := $(VENV)/.installed
 SHARED_TORCH := $(abspath ../shared/torch)
 
-# Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
+# torchvision weights are read from $TORCH_HOME/hub/checkpoints, or downloaded there once when online.
 export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
 export PATH := $(BIN):$(PATH)
 

@@ -1,7 +1,8 @@
-"""Backbones by name, age heads on top, and pretrained weights loaded only from disk."""
+"""Backbones by name, age heads on top, and their pretrained weights."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,14 +36,19 @@ def weights_file(weights: WeightsEnum) -> Path:
 
 
 def imagenet_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
-    """Load ImageNet weights from the local cache; never download."""
+    """torchvision's weights as torchvision loads them: from ``$TORCH_HOME/hub/checkpoints`` when the file is
+    there, else downloaded there once with its hash checked; one line naming the file and folder when neither
+    works (offline, say)."""
     path = weights_file(weights)
-    if not path.is_file():
+    try:
+        return weights.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a hash mismatch is a RuntimeError
+        reason = " ".join(str(error).split()) or type(error).__name__
         raise FaceageError(
-            f"pretrained weights not found: place {path.name} in {path.parent} (or point TORCH_HOME at a folder "
-            "whose hub/checkpoints/ holds it), or set model.pretrained: false"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
+            f"pretrained weights {path.name} are not in {path.parent} and could not be downloaded ({reason}): "
+            "place the file there (or point TORCH_HOME at a folder whose hub/checkpoints/ holds it), "
+            "or set model.pretrained: false"
+        ) from None
 
 
 def torchvision_backbone(

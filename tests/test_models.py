@@ -83,12 +83,42 @@ def test_unknown_backbone_lists_the_choices():
         build_model(ModelParams(backbone="vgg99", pretrained=False), AGES)
 
 
-def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch):
+def test_weights_that_cannot_be_downloaded_are_one_line_naming_file_and_folder(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    def offline(url, destination, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("torch.hub.download_url_to_file", offline)
     expected = tmp_path / "hub" / "checkpoints"
-    with pytest.raises(FaceageError, match=f"place mobilenet_v2-b0353104.pth in {expected}"):
+    with pytest.raises(FaceageError) as error:
         build_model(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
-    assert not expected.exists() or not any(expected.iterdir())  # nothing was downloaded
+    message = str(error.value)
+    assert f"mobilenet_v2-b0353104.pth are not in {expected} and could not be downloaded" in message
+    assert "name resolution" in message and "model.pretrained: false" in message and "\n" not in message
+    assert not expected.exists() or not any(expected.iterdir())  # no partial file left behind
+
+
+@pytest.mark.skipif(not (SHARED / "torch").is_dir(), reason="no ../shared/torch with ImageNet weights")
+def test_weights_are_downloaded_into_torch_home_once(tmp_path, monkeypatch):
+    import shutil
+
+    downloads = []
+
+    def download(url, destination, *args, **kwargs):  # stands in for the network: the file torchvision names
+        downloads.append(url)
+        shutil.copy(SHARED / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1], destination)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("torch.hub.download_url_to_file", download)
+    first = build_model(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
+    second = build_model(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
+    assert downloads == [MobileNet_V2_Weights.IMAGENET1K_V1.url]  # the second build read the cached file
+    assert (tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").is_file()
+    assert torch.equal(
+        first.trunk.state_dict()["features.0.0.weight"], second.trunk.state_dict()["features.0.0.weight"]
+    )
 
 
 @pytest.mark.skipif(not (SHARED / "torch").is_dir(), reason="no ../shared/torch with ImageNet weights")
