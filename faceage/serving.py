@@ -58,7 +58,8 @@ class AgeModel(mlflow.pyfunc.PythonModel):
                 rows.append({"input": row, "face": -1, "error": result["error"]})
             else:
                 rows += [face_row(row, face) for face in result["faces"]] or [{"input": row, "face": -1}]
-        return pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "female_probability", "error"])
+        frame = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "female_probability", "error"])
+        return frame.astype(object).where(frame.notna(), None)  # missing values as null in JSON, not NaN
 
 
 def face_row(row: int, face: dict) -> dict:

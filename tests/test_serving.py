@@ -112,13 +112,14 @@ def test_served_champion_answers_invocations_with_an_image(champion, tiny_model,
             f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
-            (row,) = json.loads(response.read())["predictions"]
+            body = response.read().decode()
+        (row,) = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["predictions"]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
         log.close()
-    assert [row["left"], row["top"], row["right"], row["bottom"]] == list(ASTRONAUT_FACE)
+    assert [row["left"], row["top"], row["right"], row["bottom"]] == list(ASTRONAUT_FACE) and row["error"] is None
     assert row["age_years"] == pytest.approx(expected_age(tiny_model, ASTRONAUT.read_bytes(), False)[0], abs=0.01)
 
 
