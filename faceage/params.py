@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,13 +376,22 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC reads ``params.yaml`` (YAML 1.2): ``1e-4`` is a number, not the string PyYAML makes it."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; keys left out take their defaults."""
     path = Path(path)
     if not path.is_file():
         raise FaceageError(f"no parameter file at {path}")
     with path.open() as f:
-        values = yaml.safe_load(f) or {}
+        values = yaml.load(f, ParamsLoader) or {}
     try:
         return from_dict(Params, values)
     except FaceageError as error:

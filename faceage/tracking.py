@@ -31,6 +31,7 @@ ARTIFACTS_FOLDER = "mlartifacts"
 QUEUED_WORKSPACE = (".dvc", "tmp", "exps")
 EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model's MLflow run
 MODEL_IN_RUN = "model"  # name of the run's logged MLflow model
+EPOCH_METRIC = "val_mae"  # logged once per training epoch, at the epoch's step
 PROBE_SECONDS = 5  # a tracking server must answer /health within this, else tracking is skipped
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
@@ -221,8 +222,8 @@ def register_with_alias(run_id: str, model_name: str, alias: str, uri: str | Non
 
 
 class RunTracker:
-    """One MLflow run, created anew in ``experiment`` or reopened by ``run_id``; after the first MLflow
-    error it only warns once."""
+    """One MLflow run, created anew in ``experiment`` or reopened by ``run_id`` (to go on logging an
+    interrupted run); after the first MLflow error it only warns once."""
 
     def __init__(
         self,
@@ -235,6 +236,9 @@ class RunTracker:
         self.run_id: str | None = None
         self.client = None
         self.uri = uri or tracking_uri()
+        self.logged_params: dict[str, str] = {}
+        self.logged_epochs: set[int] = set()
+        self.status = "RUNNING"
         if not server_answers(self.uri):
             return
         try:
@@ -243,12 +247,31 @@ class RunTracker:
             self._disable(error)
 
     def _open(self, experiment: str | None, run_name: str | None, tags: dict[str, str], run_id: str | None) -> None:
+        from mlflow.exceptions import MlflowException
+
         self.client = mlflow_client(self.uri)
         if run_id:
-            self.run_id = self.client.get_run(run_id).info.run_id
-            return
+            try:
+                self._reopen(run_id)
+                return
+            except MlflowException as error:
+                if experiment is None:
+                    raise
+                log.warning("cannot reopen MLflow run %s (%s): logging to a new run", run_id, error)
         experiment_id = self._experiment_id(experiment)
         self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+    def _reopen(self, run_id: str) -> None:
+        """Go on logging ``run_id``, knowing which params and epochs it already holds."""
+        run = self.client.get_run(run_id)
+        if run.info.lifecycle_stage != "active":
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException(f"run {run_id} is deleted")
+        self.run_id = run.info.run_id
+        self.status = run.info.status
+        self.logged_params = dict(run.data.params)
+        self.logged_epochs = {m.step for m in self.client.get_metric_history(run_id, EPOCH_METRIC)}
 
     def _experiment_id(self, name: str) -> str:
         """The experiment's id, creating it if need be; a process that loses the race to create it uses the winner's."""
@@ -287,11 +310,24 @@ class RunTracker:
         return self.run_id is not None
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Log nested parameters as flat ``section.key`` names."""
+        """Log nested parameters as flat ``section.key`` names; a reopened run keeps the values it holds,
+        with a warning for any that differ."""
         from mlflow.entities import Param
 
-        items = [Param(key, str(value)) for key, value in flatten(params).items()]
+        flat = {key: str(value) for key, value in flatten(params).items()}
+        changed = sorted(key for key, value in flat.items() if self.logged_params.get(key, value) != value)
+        if changed and self.active:
+            log.warning("MLflow run %s keeps its logged values of %s", self.run_id, ", ".join(changed))
+        items = [Param(key, value) for key, value in flat.items() if key not in self.logged_params]
         self._call(lambda: self.client.log_batch(self.run_id, params=items))
+        self.logged_params.update((item.key, item.value) for item in items)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Log one epoch's numbers at step ``row["epoch"]``, unless the run already holds that epoch."""
+        if row["epoch"] in self.logged_epochs:
+            return
+        self.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"])
+        self.logged_epochs.add(row["epoch"])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log numeric metrics (nested dicts flattened, characters MLflow refuses replaced; others skipped)."""
@@ -325,13 +361,31 @@ class RunTracker:
 
         self._call(log)
 
+    def mark_running(self) -> None:
+        """Show a reopened run as running again (an interrupted training goes on)."""
+        if self.status != "RUNNING":
+            self._call(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run as ended."""
         self._call(lambda: self.client.set_terminated(self.run_id, status))
 
 
-def start_pipeline_run(experiment: str, backbone: str, head: str, fingerprint: str) -> RunTracker:
-    """A new run named after the backbone (and DVC experiment), tagged so runs can be grouped and compared."""
+def end_run(run_id: str, status: str, uri: str | None = None) -> None:
+    """Mark a run left behind (e.g. by an interrupted training that will not be resumed) as ended."""
+    try:
+        mlflow_client(uri).set_terminated(run_id, status)
+    except TrackingUnavailable:  # already warned
+        pass
+    except Exception as error:  # a missing run must not stop the pipeline
+        log.warning("cannot end MLflow run %s: %s", run_id, error)
+
+
+def start_pipeline_run(
+    experiment: str, backbone: str, head: str, fingerprint: str, run_id: str | None = None
+) -> RunTracker:
+    """A new run named after the backbone (and DVC experiment), tagged so runs can be grouped and compared;
+    or, with ``run_id``, that run reopened."""
     dvc_experiment = os.environ.get("DVC_EXP_NAME", "")
     tags = {
         "backbone": backbone,
@@ -341,4 +395,6 @@ def start_pipeline_run(experiment: str, backbone: str, head: str, fingerprint: s
         "dvc_experiment": dvc_experiment,
     }
     name = "-".join(part for part in (backbone, head, dvc_experiment) if part)
-    return RunTracker(experiment, run_name=name, tags=tags)
+    tracker = RunTracker(experiment, run_name=name, tags=tags, run_id=run_id)
+    tracker.mark_running()
+    return tracker

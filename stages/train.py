@@ -12,8 +12,8 @@ from faceage.losses import UNKNOWN_GENDER
 from faceage.params import load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
-from faceage.tracking import dataset_fingerprint, start_pipeline_run
-from faceage.train import split_ids, train_model
+from faceage.tracking import dataset_fingerprint, end_run, start_pipeline_run
+from faceage.train import ResumeFile, split_ids, train_model, training_fingerprint
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
@@ -26,24 +26,21 @@ CURVES = "plots/train/learning_curves.png"
 def main() -> None:
     params = load_params()
     manifest, images, split = load_manifest(INGESTED), load_images(INGESTED), pd.read_csv(SPLIT_FILE)
+    data = (images, manifest["age"].to_numpy(), manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(), split)
+    settings = (params.model, params.train, params.augment, (params.data.min_age, params.data.max_age))
+    resume = ResumeFile(STATE, training_fingerprint(*data, *settings))
+    if resume.abandoned_run_id:
+        end_run(resume.abandoned_run_id, "KILLED")
     fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
-    tracker = start_pipeline_run(params.mlflow.experiment, params.model.backbone, params.model.head, fingerprint)
+    tracker = start_pipeline_run(
+        params.mlflow.experiment, params.model.backbone, params.model.head, fingerprint, run_id=resume.run_id
+    )
+    resume.run_id = tracker.run_id
     tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
+    for row in resume.history:  # epochs logged before an interruption are kept; any the run lacks are added
+        tracker.log_epoch(row)
     try:
-        result = train_model(
-            images,
-            manifest["age"].to_numpy(),
-            manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(),
-            split,
-            params.model,
-            params.train,
-            params.augment,
-            (params.data.min_age, params.data.max_age),
-            state_path=STATE,
-            on_epoch_end=lambda row: tracker.log_metrics(
-                {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
-            ),
-        )
+        result = train_model(*data, *settings, resume=resume, on_epoch_end=tracker.log_epoch)
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -149,3 +149,21 @@ def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypat
     assert promote_if_better(better, better_predictions, params)["reason"] == "already the champion"
     tags = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(better).data.tags
     assert tags["promoted"] == "true" and "significantly better" in tags["champion_decision"]
+
+
+def test_an_interval_that_holds_0_is_no_significant_difference_whatever_the_p_value():
+    # Fifty images slightly better, one far worse: nearly every pair favours the current run, so the
+    # signed-rank test's p-value is tiny, but the mean difference is not clearly below or above 0.
+    current = errors_frame([1.0] * 50 + [25.0])
+    other = errors_frame([1.1] * 50 + [5.0])
+    result = paired_comparison(current, other, resamples=2000, seed=0, confidence=0.95)
+    assert result["wilcoxon_p_value"] < 1e-3
+    assert result["ci_low"] < 0 < result["ci_high"]
+    assert result["verdict"] == NO_DIFFERENCE
+
+
+def test_an_interval_that_ends_at_0_is_no_significant_difference():
+    # Resamples of these differences (-1, -1, 0) average 0 one time in 27, more often than the 2.5 % tail.
+    result = paired_comparison(errors_frame([1.0, 1.0, 2.0]), errors_frame([2.0, 2.0, 2.0]), 2000, 0, 0.95)
+    assert result["ci_high"] == 0 and result["ci_low"] < 0
+    assert result["verdict"] == NO_DIFFERENCE

@@ -37,6 +37,28 @@ def test_integer_is_accepted_for_a_float(tmp_path):
     assert load_params(tmp_path / "params.yaml").split.train == 1.0
 
 
+@pytest.mark.parametrize(
+    "written, value", [("1e-7", 1e-7), ("1e-07", 1e-7), ("3E-4", 3e-4), ("+2.5e-3", 2.5e-3), ("1.0e-5", 1e-5)]
+)
+def test_scientific_notation_is_a_number_as_dvc_reads_it(tmp_path, written, value):
+    # `dvc exp run -S train.lr=1e-7` writes 1e-07, a string to YAML 1.1 but a float to DVC's YAML 1.2.
+    (tmp_path / "params.yaml").write_text(f"train:\n  lr: {written}\n  epochs: 3\n")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.lr == pytest.approx(value) and params.train.epochs == 3
+
+
+def test_a_dvc_set_value_loads_as_dvc_reads_it(tmp_path):
+    import dvc.utils.serialize
+
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.1\n")
+    with dvc.utils.serialize.modify_yaml(tmp_path / "params.yaml") as data:
+        data["train"]["lr"] = 1e-7
+    assert (
+        load_params(tmp_path / "params.yaml").train.lr
+        == dvc.utils.serialize.load_yaml(tmp_path / "params.yaml")["train"]["lr"]
+    )
+
+
 FREE_NUMBERS = {"demo.seed", "split.seed", "train.seed", "evaluate.bootstrap_seed", "compare.seed", "data.max_age"}
 
 

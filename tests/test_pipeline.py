@@ -1,13 +1,23 @@
-"""End to end: the real DVC pipeline on a tiny demo data set, in a temporary copy of the repository."""
+"""End to end: the real DVC pipeline on a tiny demo data set, each test in its own copy of the repository."""
 
 import json
+import shutil
+import signal
 import subprocess
+import sys
+import time
 
+import pandas as pd
 import pytest
+import torch
+import yaml
 from conftest import REPO
 from mlflow import MlflowClient
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
+from faceage.compare import NO_DIFFERENCE
+
+pytestmark = pytest.mark.slow
 
 TINY = {
     "demo": {"num_images": 150, "image_size": 48},
@@ -15,6 +25,7 @@ TINY = {
     "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},
 }
+TIMINGS = {"seconds", "images_per_second", "head_images_per_second", "finetune_images_per_second", "inference"}
 
 
 def run(args, cwd, **extra_env):
@@ -24,8 +35,12 @@ def run(args, cwd, **extra_env):
     return result.stdout + result.stderr
 
 
+def mlflow_client(repo):
+    return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
 def mlflow_runs(repo):
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow_client(repo)
     return client.search_runs([client.get_experiment_by_name("faceage").experiment_id])
 
 
@@ -33,13 +48,33 @@ def stages_run(output):
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC copy of the working tree (files git does not ignore), with tiny parameters."""
-    return copy_worktree(REPO, tmp_path_factory.mktemp("repo"), TINY)
+def commit(repo, message):
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
 
 
-def test_repro_runs_every_stage_then_is_a_no_op(repo):
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A git + DVC copy of the working tree with tiny parameters, its data made and split, and no MLflow
+    store yet. Tests work on copies of it, never on it."""
+    repo = copy_worktree(REPO, tmp_path_factory.mktemp("prepared"), TINY)
+    run(["dvc", "repro", "split"], repo)
+    commit(repo, "data")
+    return repo
+
+
+@pytest.fixture
+def repo(prepared, tmp_path):
+    """This test's own copy of :func:`prepared`."""
+    return shutil.copytree(prepared, tmp_path / "repo", symlinks=True)
+
+
+def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
+    repo = copy_worktree(REPO, tmp_path, TINY)
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["demo", "ingest", "split", "train", "evaluate", "runs", "compare"]
     for name in ("ingest", "split", "train", "evaluate", "compare"):
@@ -48,80 +83,138 @@ def test_repro_runs_every_stage_then_is_a_no_op(repo):
         assert (repo / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     for gallery in ("worst_errors.png", "gradcam.png"):
         assert (repo / "data" / "galleries" / gallery).read_bytes().startswith(b"\x89PNG")
-    assert (repo / "models" / "model.pt").is_file()
     (mlflow_run,) = mlflow_runs(repo)
     assert mlflow_run.data.tags["backbone"] == "mobilenet_v2" and mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["model.input_size"] == "32"
     assert "test.mae.value" in mlflow_run.data.metrics  # evaluate logged into the model's run
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    logged = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "evaluate")}
+    logged = {a.path for a in mlflow_client(repo).list_artifacts(mlflow_run.info.run_id, "evaluate")}
     assert {"evaluate/evaluate.json", "evaluate/gradcam.png", "evaluate/bucket_mae.csv"} <= logged
 
-    compare = json.loads((repo / "metrics" / "compare.json").read_text())
+    compare = read_json(repo / "metrics" / "compare.json")
     assert compare["runs_considered"] == 1 and compare["significance"] is None
     assert compare["leaderboard"][0]["run_id"] == mlflow_run.info.run_id
-
-    assert json.loads((repo / "data" / "mlflow_runs.json").read_text())["finished_runs"] == [mlflow_run.info.run_id]
+    assert read_json(repo / "data" / "mlflow_runs.json")["finished_runs"] == [mlflow_run.info.run_id]
 
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["runs"]  # always checks the MLflow store; nothing changed, so no compare
     assert "Stage 'compare' didn't change" in output
 
-
-def test_plots_render_offline(repo):
     run(["dvc", "plots", "show", "-o", "rendered"], repo)
     page = (repo / "rendered" / "index.html").read_text()
     assert "vegaEmbed(" in page and "https://cdn" not in page and "<script src" not in page
-    assert "Test MAE per age bucket" in page
-    assert "Test MAE of each backbone" in page
+    assert "Test MAE per age bucket" in page and "Test MAE of each backbone" in page
     assert page.count('<img src="static/') == 8
 
 
-def commit(repo, message):
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+def reproducible_results(repo):
+    """What a forced re-run must reproduce exactly: the data outputs' hashes, the model's weights, and the
+    metrics less timings and MLflow run ids."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = [out for stage in ("demo", "ingest", "split", "evaluate") for out in lock[stage]["outs"]]
+    hashes = {out["path"]: out["md5"] for out in outs if not out["path"].startswith("metrics/")}
+    weights = torch.load(repo / "models" / "model.pt", weights_only=True)["state_dict"]
+    metrics = {}
+    for name in ("ingest", "split", "train", "evaluate"):
+        report = read_json(repo / "metrics" / f"{name}.json")
+        metrics[name] = {k: v for k, v in report.items() if k not in TIMINGS and k != "mlflow_run_id"}
+    return hashes, weights, metrics
 
 
-def test_an_experiment_with_another_backbone_is_compared(repo):
-    commit(repo, "baseline results")
-    run(["dvc", "exp", "run", "-S", "model.backbone=resnet18"], repo)
-    diff = run(["dvc", "metrics", "diff", "--md"], repo)
-    assert "test.mae.value" in diff and "best_val_mae" in diff
+def test_a_forced_repro_reproduces_every_result(repo):
+    run(["dvc", "repro"], repo)
+    hashes, weights, metrics = reproducible_results(repo)
+    run(["dvc", "repro", "-f"], repo)
+    hashes_again, weights_again, metrics_again = reproducible_results(repo)
+    assert {"data/ingested", "data/split.csv", "data/predictions.csv"} <= hashes.keys()
+    assert hashes_again == hashes
+    assert weights_again.keys() == weights.keys()
+    for key, value in weights.items():
+        assert torch.equal(value, weights_again[key]), key
+    assert metrics_again == metrics
+
+
+def test_the_verdict_is_against_the_best_other_run_on_validation(repo):
+    run(["dvc", "repro"], repo)
+    first = read_json(repo / "metrics" / "train.json")["mlflow_run_id"]
+    commit(repo, "baseline")
+    # The second run barely trains, so the third run's rival must be the first, not the latest, run.
+    run(["dvc", "exp", "run", "-S", "model.backbone=resnet18", "-S", "train.head_lr=1e-7", "-S", "train.lr=1e-7"], repo)
+    run(["dvc", "exp", "run", "-S", "model.backbone=mobilenet_v3_small"], repo)
+    runs = {r.info.run_id: r for r in mlflow_runs(repo)}
+    compare = read_json(repo / "metrics" / "compare.json")
+    current = compare["current_run"]
+    assert runs[current].data.tags["backbone"] == "mobilenet_v3_small" and compare["runs_considered"] == 3
+    val_mae = {run_id: r.data.metrics["best_val_mae"] for run_id, r in runs.items() if run_id != current}
+    assert min(val_mae, key=val_mae.get) == first and len(val_mae) == 2
+    significance = compare["significance"]
+    assert significance["against_run"] == first and significance["against_backbone"] == "mobilenet_v2"
+
+    rival_file = mlflow_client(repo).download_artifacts(first, "evaluate/predictions.csv", str(repo / "rival"))
+    mine, theirs = pd.read_csv(repo / "data" / "predictions.csv"), pd.read_csv(rival_file)
+    test_ids = mine.loc[mine["split"] == "test", "id"].to_numpy()
+    differences = mine.set_index("id")["error"].abs()[test_ids] - theirs.set_index("id")["error"].abs()[test_ids]
+    assert significance["images"] == len(test_ids) > 0
+    assert significance["mae_difference"] == pytest.approx(differences.mean(), abs=1e-4)
+    assert significance["ci_low"] <= significance["mae_difference"] <= significance["ci_high"]
+    low, high = significance["ci_low"], significance["ci_high"]
+    assert significance["verdict"] == ("better" if high < 0 else "worse" if low > 0 else NO_DIFFERENCE)
+
+
+def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
+    set_params(repo, {"train": {"head_epochs": 2, "epochs": 3}})
+    state = repo / "models" / "resume" / "train_state.pt"
+    training = subprocess.Popen(
+        [sys.executable, "stages/train.py"],
+        cwd=repo,
+        env=tool_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while training.poll() is None and not state.exists():
+        time.sleep(0.01)
+    training.send_signal(signal.SIGKILL)
+    assert training.wait() == -signal.SIGKILL
+    (killed,) = mlflow_runs(repo)
+    assert killed.info.status == "RUNNING"
+
+    output = run(["dvc", "repro", "train"], repo)
+    assert "resuming from models/resume/train_state.pt" in output
+    (resumed,) = mlflow_runs(repo)
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    history = mlflow_client(repo).get_metric_history(resumed.info.run_id, "val_mae")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert read_json(repo / "metrics" / "train.json")["mlflow_run_id"] == resumed.info.run_id
+
+
+def test_two_queued_experiments_started_at_once_on_no_store_both_land(repo):
+    assert not (repo / "mlflow.db").exists()
+    for backbone in ("resnet18", "mobilenet_v3_small"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"model.backbone={backbone}"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
     runs = mlflow_runs(repo)
-    assert sorted(r.data.tags["backbone"] for r in runs) == ["mobilenet_v2", "resnet18"]
-    assert len({r.data.tags["dataset_fingerprint"] for r in runs}) == 1
-    compare = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert compare["runs_considered"] == 2
-    assert {row["backbone"] for row in compare["leaderboard"]} == {"mobilenet_v2", "resnet18"}
-    assert compare["significance"]["against_backbone"] == "mobilenet_v2"
-    assert compare["significance"]["verdict"] in ("better", "worse", "no significant difference")
-
-
-def test_a_queued_experiment_logs_into_the_workspace_store(repo):
-    run(["dvc", "exp", "run", "--queue", "-S", "model.backbone=mobilenet_v3_small"], repo)
-    run(["dvc", "exp", "run", "--run-all"], repo)
-    backbones = sorted(r.data.tags["backbone"] for r in mlflow_runs(repo))
-    assert backbones == ["mobilenet_v2", "mobilenet_v3_small", "resnet18"]
-    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
-    # The workspace's compare has not seen the queued run yet; the next repro notices the store changed.
-    assert json.loads((repo / "metrics" / "compare.json").read_text())["runs_considered"] == 2
-    assert stages_run(run(["dvc", "repro"], repo)) == ["runs", "compare"]
-    assert json.loads((repo / "metrics" / "compare.json").read_text())["runs_considered"] == 3
+    assert sorted(r.data.tags["backbone"] for r in runs) == ["mobilenet_v3_small", "resnet18"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
-    runs_before = len(mlflow_runs(repo))
+    run(["dvc", "repro"], repo)
     set_params(repo, {"split": {"seed": 7}})
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["split", "train", "evaluate", "runs", "compare"]
     assert "metrics/split.json" in run(["dvc", "metrics", "diff"], repo)
-    assert len(mlflow_runs(repo)) == runs_before + 1
+    assert len(mlflow_runs(repo)) == 2
 
 
 def test_an_unreachable_mlflow_store_still_trains_the_model(repo, tmp_path):
-    set_params(repo, {"split": {"seed": 8}})
     (tmp_path / "file").write_text("")
     output = run(["dvc", "repro", "train"], repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'file' / 'x.db'}")
     assert "continuing without it" in output
-    assert stages_run(output) == ["split", "train"]
+    assert stages_run(output) == ["train"]
     assert (repo / "models" / "model.pt").is_file()

@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 
 from faceage.tracking import (
     RunTracker,
+    end_run,
     finished_run_ids,
     finished_runs,
     flatten,
@@ -69,6 +70,54 @@ def test_a_run_logs_params_metrics_tags_and_artifacts(tmp_path):
     assert run.data.metrics["test_mae"] == 6.0
     assert [a.path for a in client.list_artifacts(run.info.run_id, "metrics")] == ["metrics/train.json"]
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_an_interrupted_run_is_reopened_without_logging_anything_twice(tmp_path, caplog, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    first = RunTracker("exp", uri=uri)
+    first.log_params({"train": {"lr": 0.1, "epochs": 3}})
+    for epoch in (1, 2):
+        first.log_epoch({"epoch": epoch, "phase": "head", "val_mae": 10.0 - epoch})
+    first.finish("FAILED")  # interrupted
+
+    again = start_pipeline_run("exp", "resnet18", "classification", "data-a", run_id=first.run_id)
+    assert again.run_id == first.run_id
+    client = MlflowClient(uri)
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    with caplog.at_level(logging.WARNING):
+        again.log_params({"train": {"lr": 0.2, "epochs": 3, "seed": 1}})
+    assert "keeps its logged values of train.lr" in caplog.text
+    for epoch in (2, 3):  # epoch 2 was logged before the interruption
+        again.log_epoch({"epoch": epoch, "phase": "finetune", "val_mae": 10.0 - epoch})
+    again.finish()
+
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"train.lr": "0.1", "train.epochs": "3", "train.seed": "1"}
+    history = client.get_metric_history(first.run_id, "val_mae")
+    assert [(m.step, m.value) for m in history] == [(1, 9.0), (2, 8.0), (3, 7.0)]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_run_that_cannot_be_reopened_gives_way_to_a_new_one(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gone = RunTracker("exp", uri=uri)
+    MlflowClient(uri).delete_run(gone.run_id)
+    with caplog.at_level(logging.WARNING):
+        tracker = RunTracker("exp", run_id=gone.run_id, uri=uri)
+    assert tracker.active and tracker.run_id != gone.run_id
+    assert f"cannot reopen MLflow run {gone.run_id}" in caplog.text
+
+
+def test_a_run_left_behind_is_ended(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    abandoned = RunTracker("exp", uri=uri)
+    end_run(abandoned.run_id, "KILLED", uri)
+    assert MlflowClient(uri).get_run(abandoned.run_id).info.status == "KILLED"
+    with caplog.at_level(logging.WARNING):
+        end_run("0" * 32, "KILLED", uri)
+    assert "cannot end MLflow run" in caplog.text
 
 
 def test_queued_experiment_runs_land_in_the_workspace_store(repo, monkeypatch):

@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -9,7 +10,7 @@ from faceage.errors import FaceageError
 from faceage.inference import load_checkpoint, predict
 from faceage.models import build_model
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.train import Inputs, autocast, plan_phases, split_ids, train_model
+from faceage.train import Inputs, ResumeFile, autocast, plan_phases, split_ids, train_model, training_fingerprint
 
 MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16)
 TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
@@ -28,8 +29,11 @@ def data():
     return images, ages, genders, split
 
 
-def train(data, model=MODEL, params=TRAIN, augment=AUGMENT, **kwargs):
-    return train_model(*data, model, params, augment, AGES, CPU, **kwargs)
+def train(data, model=MODEL, params=TRAIN, augment=AUGMENT, state=None, **kwargs):
+    """Train on ``data``; with ``state`` (a path), save and resume the training state there."""
+    settings = (model, params, augment, AGES)
+    resume = ResumeFile(state, training_fingerprint(*data, *settings)) if state else None
+    return train_model(*data, *settings, CPU, resume=resume, **kwargs)
 
 
 def test_two_stages_report_every_epoch_and_keep_the_best(data):
@@ -86,10 +90,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, interrup
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(data, params=params, state_path=state, on_epoch_end=interrupt)
+        train(data, params=params, state=state, on_epoch_end=interrupt)
     assert state.is_file()
     resumed_rows = []
-    resumed = train(data, params=params, state_path=state, on_epoch_end=resumed_rows.append)
+    resumed = train(data, params=params, state=state, on_epoch_end=resumed_rows.append)
     assert [row["epoch"] for row in resumed_rows] == list(range(interrupt_after + 1, 5))
     assert resumed.history == uninterrupted.history
     for key, value in uninterrupted.checkpoint["state_dict"].items():
@@ -108,8 +112,7 @@ def test_the_weight_average_is_validated_and_kept_without_changing_training(data
     model.load_state_dict(averaged.checkpoint["state_dict"])
     images, ages, _, split = data
     val_ids = split_ids(split, "val")
-    with autocast(CPU, TRAIN):
-        predicted = predict(model, images, val_ids, MODEL.input_size, TRAIN.batch_size, CPU)["age"]
+    predicted = predict(model, images, val_ids, MODEL.input_size, TRAIN.batch_size, CPU, autocast(CPU, TRAIN))["age"]
     assert np.abs(predicted - ages[val_ids]).mean() == pytest.approx(averaged.checkpoint["val_mae"], rel=1e-3)
 
 
@@ -125,12 +128,12 @@ def test_a_saved_state_of_other_parameters_is_not_resumed(data, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(data, state_path=state, on_epoch_end=interrupt)
+        train(data, state=state, on_epoch_end=interrupt)
     rows = []
     train(
         data,
         params=TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=6),
-        state_path=state,
+        state=state,
         on_epoch_end=rows.append,
     )
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -151,15 +154,15 @@ def test_a_saved_state_of_other_data_is_not_resumed(data, tmp_path, change):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(data, state_path=state, on_epoch_end=interrupt)
+        train(data, state=state, on_epoch_end=interrupt)
     images, ages, genders, split = data
     rows = []
-    train((*change(images, ages), genders, split), state_path=state, on_epoch_end=rows.append)
+    train((*change(images, ages), genders, split), state=state, on_epoch_end=rows.append)
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4]  # started over, not resumed after epoch 1
     resumed = []
     with pytest.raises(KeyboardInterrupt):
-        train(data, state_path=state, on_epoch_end=interrupt)
-    train(data, state_path=state, on_epoch_end=resumed.append)
+        train(data, state=state, on_epoch_end=interrupt)
+    train(data, state=state, on_epoch_end=resumed.append)
     assert [row["epoch"] for row in resumed] == [2, 3, 4]  # the same data does resume
 
 
@@ -171,25 +174,61 @@ def test_early_stopping_ends_a_stage_after_patience_epochs(data):
     assert len(maes) == best + 3 < 8
 
 
+def mean_predictor_mae(data):
+    """Validation MAE of always predicting the mean training age: what a model that learnt nothing scores."""
+    _, ages, _, split = data
+    return np.abs(ages[split_ids(split, "val")] - ages[split_ids(split, "train")].mean()).mean()
+
+
 @pytest.mark.parametrize(
     "model, params",
     [
-        (
-            ModelParams(backbone="resnet18", pretrained=False, input_size=32, head="regression"),
-            TrainParams(loss="smooth_l1"),
+        pytest.param(
+            replace(MODEL, head="regression"),
+            TrainParams(loss="smooth_l1", head_lr=0.01, scheduler="none"),
+            id="regression",
         ),
-        (MODEL, TrainParams(label_sigma=2.0, label_smoothing=0.1, optimizer="sgd", scheduler="plateau")),
-        (
-            ModelParams(backbone="resnet18", pretrained=False, input_size=32, gender_weight=0.5, age_group_weight=0.5),
-            TrainParams(optimizer="adam"),
+        pytest.param(
+            MODEL,
+            TrainParams(
+                label_sigma=2.0,
+                label_smoothing=0.1,
+                optimizer="sgd",
+                head_lr=0.5,
+                scheduler="plateau",
+                plateau_patience=0,
+            ),
+            id="label-smoothing-sgd-plateau",
         ),
-        (MODEL, TrainParams(cpu_bf16=False)),  # float32 on the CPU, cached features included
+        pytest.param(
+            replace(MODEL, gender_weight=0.5, age_group_weight=0.5),
+            TrainParams(optimizer="adam", head_lr=0.01, scheduler="none"),
+            id="auxiliary-heads-adam",
+        ),
+        pytest.param(MODEL, TrainParams(cpu_bf16=False, head_lr=0.01, scheduler="none"), id="float32"),
     ],
 )
-def test_heads_losses_and_optimisers_train(data, model, params):
-    params = TrainParams(**{**params.__dict__, "head_epochs": 1, "epochs": 1, "batch_size": 16})
-    result = train(data, model=model, params=params)
-    assert np.isfinite([row["train_loss"] for row in result.history]).all()
+def test_heads_losses_and_optimisers_learn(data, model, params):
+    params = replace(params, head_epochs=12, epochs=0, batch_size=16, seed=5, threads=1)
+    history = train(data, model=model, params=params).history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert min(row["val_mae"] for row in history) < mean_predictor_mae(data) / 2
+
+
+def test_the_plateau_schedule_lowers_the_lr_after_each_epoch_without_progress(data):
+    params = TrainParams(
+        head_epochs=12, epochs=0, optimizer="sgd", head_lr=0.5, scheduler="plateau", plateau_patience=0, batch_size=16
+    )
+    history = train(data, params=params).history
+    lr, best, expected = params.head_lr, math.inf, []
+    for row in history:  # ReduceLROnPlateau's rule: progress is a relative improvement of more than 1e-4
+        if row["val_mae"] < best * (1 - 1e-4):
+            best = row["val_mae"]
+        else:
+            lr *= params.plateau_factor
+        expected.append(lr)
+    assert [row["lr"] for row in history] == pytest.approx(expected)
+    assert expected[-1] < params.head_lr  # the data does make it lower the lr
 
 
 def test_augmentation_only_in_the_fine_tuning_stage_by_default():
@@ -205,17 +244,23 @@ def test_training_needs_a_validation_split(data):
 
 
 def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
-    result = train(data, params=TrainParams(head_epochs=1, epochs=0, batch_size=16))
+    params = TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=5, threads=1)
+    result = train(data, params=params)
     torch.save(result.checkpoint, tmp_path / "model.pt")
     model, checkpoint = load_checkpoint(tmp_path / "model.pt", CPU)
-    indices = np.array([50, 7, 3])
-    expected = predict(model, data[0], indices, 16, 8, CPU)["age"]
-    assert checkpoint["epoch"] == 1 and checkpoint["image_size"] == 16 and expected.shape == (3,)
-    backward = predict(model, data[0], indices[::-1], 16, 2, CPU)["age"]
-    np.testing.assert_allclose(expected, backward[::-1], rtol=1e-5)
+    assert checkpoint["epoch"] == result.summary["best_epoch"] and checkpoint["image_size"] == 16
+    # The loaded model predicts what the trained one did when it was validated.
+    images, ages, _, split = data
+    val_ids = split_ids(split, "val")
+    loaded = predict(model, images, val_ids, MODEL.input_size, 4, CPU, autocast(CPU, params))["age"]
+    assert np.abs(loaded - ages[val_ids]).mean() == pytest.approx(result.summary["best_val_mae"], abs=1e-3)
+    # Predictions do not depend on the order or batching of the ids.
+    backward = predict(model, images, val_ids[::-1], MODEL.input_size, 3, CPU)["age"]
+    forward = predict(model, images, val_ids, MODEL.input_size, 8, CPU)["age"]
+    np.testing.assert_allclose(forward, backward[::-1], rtol=1e-5)
 
 
 def test_a_non_finite_loss_stops_training_with_advice(data, monkeypatch):
     monkeypatch.setattr("faceage.train.total_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(FaceageError, match=r"training loss is nan in epoch 1: lower train\.lr"):
+    with pytest.raises(FaceageError, match=r"training loss is nan in epoch 1 \(head 1/2\): lower train\.lr"):
         train(data)
