@@ -30,8 +30,8 @@ def repro(repo: Path, log: Path) -> dict:
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-20:])
         raise RuntimeError(f"dvc repro failed in {repo} (log: {log}):\n{tail}")
-    train = json.loads((repo / "metrics" / "train.json").read_text())
-    evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    train = json.loads((repo / "reports" / "train.json").read_text())
+    evaluation = json.loads((repo / "reports" / "evaluate.json").read_text())
     return {
         "dvc_repro_seconds": round(seconds, 1),
         "best_val_mae": train["best_val_mae"],

@@ -5,16 +5,19 @@ other one."""
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
 from faceage.metrics import bootstrap_interval
-from faceage.params import CompareParams
+from faceage.params import CompareParams, Params
 from faceage.tracking import (
     EVALUATE_ARTIFACTS,
+    FLIP_TTA_TAG,
     RunTracker,
     champion_run,
     download_artifact,
@@ -30,34 +33,54 @@ BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
 CHAMPION = "champion"  # registry alias of the promoted model
 
 
-def leaderboard_entry(run_id: str | None, backbone: str, metrics: dict, buckets: list[str], cs_key: str) -> dict | None:
-    """A leaderboard row from flat metrics named as the run logs them to MLflow (``test.mae.value``, ...);
-    ``None`` for a run that was never evaluated. ``cs_key`` names the CS@k metric (``cs5`` for k = 5)."""
-    if "val.mae.value" not in metrics or "test.mae.value" not in metrics:
+def leaderboard_entry(
+    run_id: str | None, metrics: dict, params: dict[str, str], tags: dict[str, str], buckets: list[str], cs_key: str
+) -> dict | None:
+    """A leaderboard row from a run's headline metrics, flat as MLflow holds them (``test.mae``, ...), its
+    parameters as logged (strings, ``model.backbone``, ...) and tags; ``None`` for a run never evaluated.
+    ``cs_key`` names the CS@k metric (``cs5`` for k = 5).
+
+    Besides the figures, a row shows what makes runs comparable: epochs, pretrained weights, input size,
+    experiments, and which validation MAE it is: ``val_mae`` as evaluated (with flip TTA when ``flip_tta``),
+    ``val_mae_in_training`` as training selected the epoch by (no TTA, ``metrics/train.json``'s)."""
+    if "val.mae" not in metrics or "test.mae" not in metrics:
         return None
     parameters = metrics.get("parameters")
     return {
         "run_id": run_id,
-        "backbone": backbone,
-        "val_mae": metrics["val.mae.value"],
-        "test_mae": metrics["test.mae.value"],
-        "test_mae_ci": [metrics.get("test.mae.ci_low"), metrics.get("test.mae.ci_high")],
-        "test_rmse": metrics.get("test.rmse.value"),
-        "test_cs": metrics.get(f"test.{cs_key}.value"),
-        "test_bucket_mae": {label: metrics.get(metric_key(f"test.buckets.{label}.mae")) for label in buckets},
-        "parameters": None if parameters is None else int(parameters),
-        "train_seconds": metrics.get("seconds"),
-        "inference_images_per_second": metrics.get("inference.images_per_second"),
+        "backbone": params.get("model.backbone", "unknown"),
+        "pretrained": params.get("model.pretrained") == "True",
+        "input_size": _integer(params.get("model.input_size")),
+        "epochs": f"{params.get('train.head_epochs', '?')}+{params.get('train.epochs', '?')}",
+        "experiment": params.get("mlflow.experiment"),
+        "dvc_experiment": tags.get("dvc_experiment") or None,
+        "val_mae": metrics["val.mae"],
+        "flip_tta": tags.get(FLIP_TTA_TAG) == "True",
+        "val_mae_in_training": metrics.get("best_val_mae"),
+        "test_mae": metrics["test.mae"],
+        "test_mae_ci": [metrics.get("test.mae_low"), metrics.get("test.mae_high")],
+        "test_rmse": metrics.get("test.rmse"),
+        "test_cs": metrics.get(f"test.{cs_key}"),
+        "test_bucket_mae": {label: metrics.get(metric_key(f"test_bucket_mae.{label}")) for label in buckets},
+        "parameters": _integer(parameters),
+        "train_seconds": metrics.get("train_seconds"),
+        "inference_images_per_second": metrics.get("inference_images_per_second"),
     }
 
 
+def _integer(value: object) -> int | None:
+    return None if value is None else int(float(value))
+
+
 def entry_from_reports(
-    run_id: str | None, train_summary: dict, evaluation: dict, buckets: list[str], cs_key: str
+    run_id: str | None, metrics: list[dict], params: Params, buckets: list[str], cs_key: str
 ) -> dict | None:
-    """The leaderboard row of the current run, from its ``train.json`` and ``evaluate.json``, read through the
-    same names as the MLflow metrics those reports are logged as."""
-    metrics = {metric_key(key): value for key, value in flatten({**train_summary, **evaluation}).items()}
-    return leaderboard_entry(run_id, train_summary["backbone"], metrics, buckets, cs_key)
+    """The leaderboard row of the current run, from its metric files and parameters, read through the same
+    names as MLflow holds them."""
+    flat = {metric_key(key): value for report in metrics for key, value in flatten(report).items()}
+    logged = {key: str(value) for key, value in flatten(asdict(params)).items()}
+    tags = {"dvc_experiment": os.environ.get("DVC_EXP_NAME", ""), FLIP_TTA_TAG: str(params.evaluate.flip_tta)}
+    return leaderboard_entry(run_id, flat, logged, tags, buckets, cs_key)
 
 
 def leaderboard(entries: list[dict]) -> list[dict]:
@@ -109,17 +132,23 @@ def other_runs(
         if run.info.run_id != current_run_id
         and (
             entry := leaderboard_entry(
-                run.info.run_id, run.data.tags.get("backbone", "unknown"), run.data.metrics, buckets, cs_key
+                run.info.run_id, run.data.metrics, run.data.params, run.data.tags, buckets, cs_key
             )
         )
     ]
 
 
+def run_predictions(run_id: str) -> pd.DataFrame | None:
+    """The predictions that the evaluation of MLflow run ``run_id`` logged; ``None``, with a warning, if
+    they cannot be read."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = download_artifact(run_id, f"{EVALUATE_ARTIFACTS}/predictions.csv", folder)
+        return pd.read_csv(path) if path is not None else None
+
+
 def compare_with(rival_run_id: str, predictions: pd.DataFrame, split: str, params: CompareParams) -> dict | None:
     """Paired test of ``predictions`` against those that the MLflow run ``rival_run_id`` logged, on ``split``."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = download_artifact(rival_run_id, f"{EVALUATE_ARTIFACTS}/predictions.csv", folder)
-        rival_predictions = pd.read_csv(path) if path is not None else None
+    rival_predictions = run_predictions(rival_run_id)
     if rival_predictions is None:
         return None
     result = paired_comparison(
@@ -170,3 +199,16 @@ def promote_if_better(run_id: str, predictions: pd.DataFrame, params: ComparePar
     }
     RunTracker(run_id=run_id).set_tags({"champion_decision": reason, "promoted": str(promote).lower()})
     return decision
+
+
+def promote_leaderboard_best(
+    board: list[dict], current_run_id: str, predictions: pd.DataFrame, params: CompareParams
+) -> dict | None:
+    """:func:`promote_if_better` for the leaderboard's first run (validation decides), which need not be the
+    current one; ``None`` when its predictions cannot be read."""
+    best = board[0]["run_id"]
+    if best != current_run_id:
+        predictions = run_predictions(best)
+        if predictions is None:
+            return None
+    return {"candidate_run": best, **promote_if_better(best, predictions, params)}

@@ -169,7 +169,7 @@ def write_demo_archive(path: str | Path, params: DemoParams) -> None:
         folder = tarfile.TarInfo(ARCHIVE_FOLDER)
         folder.type, folder.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(folder)
-        for index in tqdm(range(params.num_images), desc="demo faces", unit="img"):
+        for index in tqdm(range(params.num_images), desc="demo faces", unit="img", disable=None):
             rng = np.random.default_rng([params.seed, index])
             person = sample_person(rng)
             buffer = io.BytesIO()

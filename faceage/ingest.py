@@ -217,7 +217,7 @@ def _decode_all(
     jobs = ((name, content, params, faces) for name, content in source.read(labels))
     with (
         multiprocessing.Pool(worker_count(params.workers)) as pool,
-        tqdm(total=len(labels), desc="ingest", unit="img") as progress,
+        tqdm(total=len(labels), desc="ingest", unit="img", disable=None) as progress,
     ):
         for block in blocks(jobs, BLOCK_SIZE):
             for result in pool.imap(_decode, block, chunksize=16):

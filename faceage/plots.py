@@ -48,8 +48,8 @@ def bucket_mae(buckets_by_split: dict[str, dict], path: str | Path) -> None:
     save(figure, path)
 
 
-def learning_curves(history: list[dict], path: str | Path) -> None:
-    """Training loss and train/validation MAE per epoch."""
+def learning_curves(history: list[dict], best_epoch: int, path: str | Path) -> None:
+    """Training loss and train/validation MAE per epoch, with where fine-tuning starts and the kept epoch."""
     epochs = [row["epoch"] for row in history]
     figure, (loss_axis, mae_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o")
@@ -57,17 +57,25 @@ def learning_curves(history: list[dict], path: str | Path) -> None:
     for key in ("train_mae", "val_mae"):
         mae_axis.plot(epochs, [row[key] for row in history], marker="o", label=key.replace("_mae", ""))
     mae_axis.set(xlabel="epoch", ylabel="MAE (years)", title="MAE")
+    finetune = [row["epoch"] for row in history if row["phase"] == "finetune"]
+    for axis in (loss_axis, mae_axis):
+        if finetune and finetune[0] > epochs[0]:
+            axis.axvline(finetune[0] - 0.5, color="gray", linestyle=":", label="fine-tuning starts")
+        axis.axvline(best_epoch, color="green", linestyle="--", label="best epoch")
     mae_axis.legend()
     save(figure, path)
 
 
-def predicted_vs_true(true: np.ndarray, predicted: np.ndarray, title: str, path: str | Path) -> None:
-    """Scatter of predicted against true age, with the identity line."""
+def predicted_vs_true(
+    true: np.ndarray, predicted: np.ndarray, age_range: tuple[int, int], title: str, path: str | Path
+) -> None:
+    """Scatter of predicted against true age, with the identity line, on axes spanning ``age_range`` so
+    that plots of different runs share one scale."""
     figure, axis = plt.subplots(figsize=(5, 5))
     axis.scatter(true, predicted, s=6, alpha=0.4)
-    top = float(max(np.max(true), np.max(predicted))) + 2
-    axis.plot([0, top], [0, top], color="black", linewidth=1, label="perfect prediction")
-    axis.set(xlim=(0, top), ylim=(0, top), xlabel="true age (years)", ylabel="predicted age (years)", title=title)
+    low, high = age_range[0] - 1, age_range[1] + 1
+    axis.plot([low, high], [low, high], color="black", linewidth=1, label="perfect prediction")
+    axis.set(xlim=(low, high), ylim=(low, high), xlabel="true age (years)", ylabel="predicted age (years)", title=title)
     axis.legend(loc="upper left")
     save(figure, path)
 

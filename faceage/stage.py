@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,10 @@ def write_json(data: dict, path: str | Path) -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``: log to stderr and turn a :class:`FaceageError` into a one-line exit."""
+    """Run a stage's ``main``: log to stderr and turn a :class:`FaceageError` into a one-line exit. Progress
+    bars (ours and MLflow's) show only on terminals; a log gets a line per epoch instead."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         main()

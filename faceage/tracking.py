@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     from mlflow import MlflowClient
 
-    from faceage.params import FacesParams
+    from faceage.params import FacesParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,11 @@ ARTIFACTS_FOLDER = "mlartifacts"
 QUEUED_WORKSPACE = (".dvc", "tmp", "exps")
 EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model's MLflow run
 MODEL_IN_RUN = "model"  # name of the run's logged MLflow model
+FLIP_TTA_TAG = "evaluated_with_flip_tta"  # whether the run's evaluation averaged mirror-image predictions
 EPOCH_METRIC = "val_mae"  # logged once per training epoch, at the epoch's step
 PROBE_SECONDS = 5  # a tracking server must answer /health within this, else tracking is skipped
+# Their INFO lines narrate creating and migrating a store and validating a logged model's input example.
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc")
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
@@ -104,6 +108,8 @@ def mlflow_client(uri: str | None = None) -> MlflowClient:
     uri = uri or tracking_uri()
     if not server_answers(uri):
         raise TrackingUnavailable(f"MLflow server {uri} does not answer")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     with store_lock(uri):
         client = MlflowClient(uri)
         client.get_experiment_by_name("Default")  # a new SQLite store creates its tables here, under the lock
@@ -347,6 +353,20 @@ class RunTracker:
 
         self._call(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
+    def log_dataset(self, name: str, digest: str, source: str, rows: int, context: str = "training") -> None:
+        """Record the data the run learns from as an MLflow dataset input."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps({"num_rows": rows}),
+        )
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        self._call(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
         self._call(lambda: self.client.log_artifact(self.run_id, str(path), folder))
@@ -381,20 +401,29 @@ def end_run(run_id: str, status: str, uri: str | None = None) -> None:
         log.warning("cannot end MLflow run %s: %s", run_id, error)
 
 
-def start_pipeline_run(
-    experiment: str, backbone: str, head: str, fingerprint: str, run_id: str | None = None
-) -> RunTracker:
-    """A new run named after the backbone (and DVC experiment), tagged so runs can be grouped and compared;
-    or, with ``run_id``, that run reopened."""
+def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: str | None = None) -> RunTracker:
+    """A new run of ``params.mlflow.experiment`` named after the backbone (and DVC experiment), with MLflow's
+    standard source tags (``source``: the script that trains) and a description, and tagged so runs can be
+    grouped and compared; or, with ``run_id``, that run reopened."""
+    model, train = params.model, params.train
     dvc_experiment = os.environ.get("DVC_EXP_NAME", "")
+    weights = "pretrained" if model.pretrained else "from scratch"
+    description = (
+        f"{model.backbone} with a {model.head} head, {weights}, {model.input_size} px, "
+        f"{train.head_epochs} head + {train.epochs} fine-tuning epochs, on data {fingerprint}"
+        + (f"; DVC experiment {dvc_experiment}" if dvc_experiment else "")
+    )
     tags = {
-        "backbone": backbone,
-        "head": head,
+        "mlflow.source.name": source,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.note.content": description,
+        "backbone": model.backbone,
+        "head": model.head,
         "dataset_fingerprint": fingerprint,
-        "git_commit": git_commit(),
         "dvc_experiment": dvc_experiment,
     }
-    name = "-".join(part for part in (backbone, head, dvc_experiment) if part)
-    tracker = RunTracker(experiment, run_name=name, tags=tags, run_id=run_id)
+    name = "-".join(part for part in (model.backbone, model.head, dvc_experiment) if part)
+    tracker = RunTracker(params.mlflow.experiment, run_name=name, tags=tags, run_id=run_id)
     tracker.mark_running()
     return tracker

@@ -52,7 +52,7 @@ class Phase:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The best checkpoint, one row per epoch, and a summary for ``metrics/train.json``."""
+    """The best checkpoint, one row per epoch, and a summary for ``reports/train.json``."""
 
     checkpoint: dict
     history: list[dict]
@@ -104,7 +104,9 @@ class Inputs:
         self.model.trunk.eval()
         ids = np.sort(ids)
         parts = []
-        for batch in tqdm(list(index_batches(ids, self.batch_size)), desc="backbone features", unit="batch"):
+        for batch in tqdm(
+            list(index_batches(ids, self.batch_size)), desc="backbone features", unit="batch", disable=None
+        ):
             with amp:
                 parts.append(self.model.trunk(to_input(self.images[batch], self.input_size, self.device)).float())
         self.features = torch.cat(parts)
@@ -294,7 +296,7 @@ def train_one_epoch(
     """One pass over ``batches``; mean training loss and MAE (in years) and the images seen."""
     set_train_mode(model)
     loss_sum, error_sum, seen = 0.0, 0.0, 0
-    progress = tqdm(batches, desc=desc, unit="batch")
+    progress = tqdm(batches, desc=desc, unit="batch", disable=None)  # bars on terminals only
     for batch in progress:
         batch_t = torch.from_numpy(batch).to(inputs.device)
         with amp:
@@ -422,6 +424,30 @@ def train_model(
         },
     }
     return TrainResult(checkpoint, progress.history, summary)
+
+
+def headline_metrics(summary: dict) -> dict:
+    """The training figures DVC tracks and MLflow charts; the rest of ``summary`` is details. The speed is
+    fine-tuning's, or the head stage's when there is no fine-tuning."""
+    phase = "finetune" if "finetune_images_per_second" in summary else "head"
+    return {
+        "best_val_mae": summary["best_val_mae"],
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": summary["epochs_run"],
+        "parameters": summary["parameters"],
+        "train_seconds": summary["seconds"],
+        "train_images_per_second": summary.get(f"{phase}_images_per_second", 0.0),
+    }
+
+
+def history_table(history: list[dict], best_epoch: int) -> pd.DataFrame:
+    """One row per epoch, with a ``marker`` naming the epoch where fine-tuning starts and the kept one."""
+    table = pd.DataFrame(history)
+    starts = (table["phase"] == "finetune") & (table["phase"].shift() == "head")
+    best = table["epoch"] == best_epoch
+    names = (("fine-tuning starts", starts), ("best epoch", best))
+    table["marker"] = [", ".join(name for name, rows in names if rows[row]) for row in table.index]
+    return table
 
 
 def _record_epoch(progress: Progress, row: dict, validated: AgeNet, patience: int) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from faceage import plots
-from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs, promote_if_better
+from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs, promote_leaderboard_best
 from faceage.ingest import MANIFEST_FILE
 from faceage.metrics import bucket_labels, cs_name
 from faceage.params import load_params
@@ -16,19 +16,19 @@ from faceage.tracking import dataset_fingerprint
 
 MANIFEST = Path("data/ingested") / MANIFEST_FILE
 SPLIT_FILE = "data/split.csv"
-TRAIN_REPORT = "metrics/train.json"
-EVALUATE_REPORT = "metrics/evaluate.json"
+TRAIN_REPORT = "reports/train.json"
+METRICS = ("metrics/train.json", "metrics/evaluate.json")
 PREDICTIONS = "data/predictions.csv"
-REPORT = "metrics/compare.json"
+REPORT = "reports/compare.json"
 PLOTS = Path("plots/compare")
 
 
 def main() -> None:
     params = load_params()
-    train_summary = json.loads(Path(TRAIN_REPORT).read_text())
-    run_id = train_summary.get("mlflow_run_id")
+    run_id = json.loads(Path(TRAIN_REPORT).read_text()).get("mlflow_run_id")
     buckets, cs_key = bucket_labels(params.evaluate.bucket_edges), cs_name(params.evaluate.cs_threshold)
-    current = entry_from_reports(run_id, train_summary, json.loads(Path(EVALUATE_REPORT).read_text()), buckets, cs_key)
+    metrics = [json.loads(Path(path).read_text()) for path in METRICS]
+    current = entry_from_reports(run_id, metrics, params, buckets, cs_key)
     fingerprint = dataset_fingerprint([MANIFEST, SPLIT_FILE])
     others = other_runs(params.mlflow.experiment, fingerprint, run_id, buckets, cs_key)
     board = leaderboard([current, *others])
@@ -39,7 +39,9 @@ def main() -> None:
         significance = compare_with(rival["run_id"], predictions, "test", params.compare)
         if significance is not None:
             significance["against_backbone"] = rival["backbone"]
-    promotion = promote_if_better(run_id, predictions, params.compare) if params.compare.promote and run_id else None
+    promotion = None
+    if params.compare.promote and run_id:
+        promotion = promote_leaderboard_best(board, run_id, predictions, params.compare)
     write_json(
         {
             "dataset_fingerprint": fingerprint,
@@ -53,7 +55,8 @@ def main() -> None:
         REPORT,
     )
     PLOTS.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(board)[["rank", "backbone", "val_mae", "test_mae"]].to_csv(PLOTS / "leaderboard.csv", index=False)
+    columns = ["rank", "backbone", "epochs", "pretrained", "input_size", "val_mae", "test_mae", "run_id"]
+    pd.DataFrame(board)[columns].to_csv(PLOTS / "leaderboard.csv", index=False)
     plots.mae_by_backbone(board, PLOTS / "test_mae.png")
     plots.bucket_mae_by_backbone(board, PLOTS / "bucket_mae.png")
 

@@ -9,16 +9,18 @@ import pandas as pd
 from faceage import evaluate, plots
 from faceage.inference import load_checkpoint
 from faceage.ingest import load_images, load_manifest
+from faceage.metrics import cs_name
 from faceage.params import load_params
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_json
-from faceage.tracking import EVALUATE_ARTIFACTS, RunTracker
+from faceage.tracking import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
 MODEL = "models/model.pt"
 PREDICTIONS = "data/predictions.csv"
-REPORT = "metrics/evaluate.json"
+METRICS = "metrics/evaluate.json"  # headline figures, tracked by DVC and charted by MLflow
+REPORT = "reports/evaluate.json"  # every figure
 PLOTS = Path("plots/evaluate")
 GALLERIES = Path("data/galleries")  # face images: DVC-cached, never committed
 
@@ -32,16 +34,21 @@ def main() -> None:
     predictions = evaluate.predict_splits(
         model, checkpoint, images, load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), params.evaluate, device
     )
-    speed = {"images_per_second": round(len(predictions) / (time.perf_counter() - started), 1)}
+    speed = round(len(predictions) / (time.perf_counter() - started), 1)
     predictions.to_csv(PREDICTIONS, index=False)
     report = evaluate.evaluation_report(predictions, params.evaluate, tuple(checkpoint["model"]["age_group_edges"]))
-    write_json({**report, "inference": {**speed, "flip_tta": params.evaluate.flip_tta}}, REPORT)
+    write_json({**report, "inference": {"images_per_second": speed, "flip_tta": params.evaluate.flip_tta}}, REPORT)
+    headline = evaluate.headline_metrics(report, cs_name(params.evaluate.cs_threshold), speed)
+    write_json(headline, METRICS)
 
     PLOTS.mkdir(parents=True, exist_ok=True)
     evaluate.bucket_table(report["test"]).to_csv(PLOTS / "bucket_mae.csv", index=False)
     plots.bucket_mae({name: summary["buckets"] for name, summary in report.items()}, PLOTS / "bucket_mae.png")
     test = predictions[predictions["split"] == "test"]
-    plots.predicted_vs_true(test["true_age"], test["predicted_age"], "Test split", PLOTS / "predicted_vs_true.png")
+    ages = (params.data.min_age, params.data.max_age)
+    plots.predicted_vs_true(
+        test["true_age"], test["predicted_age"], ages, "Test split", PLOTS / "predicted_vs_true.png"
+    )
     plots.error_histogram(test["error"].to_numpy(), "Test split errors", PLOTS / "error_histogram.png")
     plots.confusion(report["test"]["age_groups"]["confusion"], "Test split age groups", PLOTS / "age_groups.png")
 
@@ -57,8 +64,15 @@ def main() -> None:
     run_id = checkpoint.get("mlflow_run_id")
     if run_id:
         tracker = RunTracker(run_id=run_id)
-        tracker.log_metrics({**report, "inference": speed})
-        for path in (REPORT, PREDICTIONS, *sorted(PLOTS.iterdir()), *sorted(GALLERIES.iterdir())):
+        tracker.log_metrics(headline)
+        tracker.set_tags({FLIP_TTA_TAG: str(params.evaluate.flip_tta)})
+        for path in (
+            METRICS,
+            REPORT,
+            PREDICTIONS,
+            *sorted(PLOTS.iterdir()),
+            *sorted(GALLERIES.iterdir()),
+        ):
             tracker.log_artifact(path, EVALUATE_ARTIFACTS)
 
 

@@ -5,7 +5,7 @@ from faceage.params import load_params
 from faceage.stage import run_stage, write_json
 
 OUT_DIR = "data/ingested"
-REPORT = "metrics/ingest.json"
+REPORT = "reports/ingest.json"
 
 
 def main() -> None:

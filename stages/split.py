@@ -8,7 +8,7 @@ from faceage.stage import run_stage, write_json
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
-REPORT = "metrics/split.json"
+REPORT = "reports/split.json"
 PLOT = "plots/split/age_histogram.png"
 
 

@@ -13,13 +13,22 @@ from faceage.params import load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
 from faceage.tracking import dataset_fingerprint, end_run, start_pipeline_run
-from faceage.train import ResumeFile, split_ids, train_model, training_fingerprint
+from faceage.train import (
+    ResumeFile,
+    headline_metrics,
+    history_table,
+    split_ids,
+    train_model,
+    training_fingerprint,
+)
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
 MODEL = "models/model.pt"
 STATE = "models/resume/train_state.pt"
-REPORT = "metrics/train.json"
+METRICS = "metrics/train.json"  # headline figures, tracked by DVC and charted by MLflow
+REPORT = "reports/train.json"  # every figure, and the MLflow run
+HISTORY = "plots/train/history.csv"
 CURVES = "plots/train/learning_curves.png"
 
 
@@ -32,9 +41,8 @@ def main() -> None:
     if resume.abandoned_run_id:
         end_run(resume.abandoned_run_id, "KILLED")
     fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
-    tracker = start_pipeline_run(
-        params.mlflow.experiment, params.model.backbone, params.model.head, fingerprint, run_id=resume.run_id
-    )
+    tracker = start_pipeline_run(params, fingerprint, "stages/train.py", run_id=resume.run_id)
+    tracker.log_dataset(Path(params.data.source).name, fingerprint, params.data.source, len(manifest))
     resume.run_id = tracker.run_id
     tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
     for row in resume.history:  # epochs logged before an interruption are kept; any the run lacks are added
@@ -47,9 +55,12 @@ def main() -> None:
     Path(MODEL).parent.mkdir(parents=True, exist_ok=True)
     torch.save({**result.checkpoint, "faces": asdict(params.faces), "mlflow_run_id": tracker.run_id}, MODEL)
     write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
-    learning_curves(result.history, CURVES)
-    tracker.log_metrics(result.summary)
-    for path, folder in ((REPORT, "metrics"), (CURVES, "plots")):
+    headline = headline_metrics(result.summary)
+    write_json(headline, METRICS)
+    history_table(result.history, result.summary["best_epoch"]).to_csv(HISTORY, index=False)
+    learning_curves(result.history, result.summary["best_epoch"], CURVES)
+    tracker.log_metrics(headline)
+    for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
         tracker.log_artifact(path, folder)
     tracker.log_model(MODEL, params.faces, images[split_ids(split, "val")[0]])
     tracker.finish()

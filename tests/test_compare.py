@@ -15,6 +15,7 @@ from faceage.compare import (
     leaderboard_entry,
     paired_comparison,
     promote_if_better,
+    promote_leaderboard_best,
     promotion_decision,
 )
 from faceage.params import CompareParams, FacesParams
@@ -71,35 +72,65 @@ def test_only_shared_test_images_are_paired():
     assert paired_comparison(errors_frame([1.0], ids=[1]), errors_frame([1.0], ids=[2]), 100, 0, 0.95) is None
 
 
-def test_mlflow_entry_needs_an_evaluation_and_reads_sanitised_bucket_names():
-    assert leaderboard_entry("r1", "resnet18", {"best_val_mae": 5.0}, ["1-5"], "cs5") is None
-    metrics = {"val.mae.value": 5.0, "test.mae.value": 6.0, "test.buckets.101_.mae": 40.0, "parameters": 10.0}
-    result = leaderboard_entry("r1", "resnet18", metrics, ["1-5", "101+"], "cs5")
+LOGGED_PARAMS = {
+    "model.backbone": "resnet18",
+    "model.pretrained": "False",
+    "model.input_size": "64",
+    "train.head_epochs": "3",
+    "train.epochs": "16",
+    "mlflow.experiment": "faceage",
+}
+
+
+def test_mlflow_entry_needs_an_evaluation_and_shows_what_makes_runs_comparable():
+    assert leaderboard_entry("r1", {"best_val_mae": 5.0}, LOGGED_PARAMS, {}, ["1-5"], "cs5") is None
+    metrics = {"val.mae": 5.0, "test.mae": 6.0, "test_bucket_mae.101_": 40.0, "parameters": 10.0, "best_val_mae": 5.2}
+    tags = {"dvc_experiment": "tidy-kiln", "evaluated_with_flip_tta": "True"}
+    result = leaderboard_entry("r1", metrics, LOGGED_PARAMS, tags, ["1-5", "101+"], "cs5")
     assert result["test_bucket_mae"] == {"1-5": None, "101+": 40.0}
-    assert (result["backbone"], result["val_mae"], result["test_mae"]) == ("resnet18", 5.0, 6.0)
+    assert (result["backbone"], result["val_mae"], result["test_mae"], result["parameters"]) == (
+        "resnet18",
+        5.0,
+        6.0,
+        10,
+    )
+    assert (result["epochs"], result["pretrained"], result["input_size"]) == ("3+16", False, 64)
+    assert (result["experiment"], result["dvc_experiment"], result["run_id"]) == ("faceage", "tidy-kiln", "r1")
+    assert result["flip_tta"] is True and result["val_mae_in_training"] == 5.2
 
 
 @pytest.mark.parametrize("threshold", [5.0, 3.0, 2.5])
-def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold):
-    from faceage.evaluate import evaluation_report
+def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, monkeypatch):
+    from dataclasses import asdict
+
+    from faceage.evaluate import evaluation_report, headline_metrics
     from faceage.metrics import bucket_labels, cs_name
-    from faceage.params import EvaluateParams
+    from faceage.params import EvaluateParams, Params
     from faceage.tracking import flatten, metric_key
 
-    params = EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50)
+    monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
+    params = Params(evaluate=EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50))
     rng = np.random.default_rng(0)
     true = rng.integers(1, 100, 80)
     predictions = pd.DataFrame(
         {"id": range(80), "split": ["val", "test"] * 40, "true_age": true, "predicted_age": true + rng.normal(0, 4, 80)}
     ).assign(gender=0, race=0)
     predictions["error"] = predictions["predicted_age"] - predictions["true_age"]
-    evaluation = evaluation_report(predictions, params, (26, 51, 76))
-    summary = {"backbone": "resnet18", "parameters": 10, "seconds": 3.0}
-    buckets, key = bucket_labels(params.bucket_edges), cs_name(threshold)
-    from_reports = entry_from_reports("r1", summary, evaluation, buckets, key)
-    logged = {metric_key(k): v for k, v in flatten({**summary, **evaluation}).items() if isinstance(v, float | int)}
-    assert leaderboard_entry("r1", "resnet18", logged, buckets, key) == from_reports
-    assert from_reports["test_cs"] == evaluation["test"][key]["value"] is not None
+    report = evaluation_report(predictions, params.evaluate, (26, 51, 76))
+    buckets, key = bucket_labels(params.evaluate.bucket_edges), cs_name(threshold)
+    metric_files = [
+        {"best_val_mae": 4.0, "parameters": 10},
+        headline_metrics(report, key, 99.0),
+    ]
+    from_reports = entry_from_reports("r1", metric_files, params, buckets, key)
+    # What the train and evaluate stages log to MLflow: the same files' figures, params as strings, tags.
+    logged = {metric_key(k): v for files in metric_files for k, v in flatten(files).items()}
+    logged_params = {k: str(v) for k, v in flatten(asdict(params)).items()}
+    tags = {"dvc_experiment": "tidy-kiln", "evaluated_with_flip_tta": str(params.evaluate.flip_tta)}
+    assert leaderboard_entry("r1", logged, logged_params, tags, buckets, key) == from_reports
+    assert from_reports["test_cs"] == report["test"][key]["value"] is not None
+    assert from_reports["test_mae"] == report["test"]["mae"]["value"]
+    assert from_reports["val_mae"] == report["val"]["mae"]["value"]
 
 
 def test_promotion_rule():
@@ -149,6 +180,29 @@ def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypat
     assert promote_if_better(better, better_predictions, params)["reason"] == "already the champion"
     tags = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(better).data.tags
     assert tags["promoted"] == "true" and "significantly better" in tags["champion_decision"]
+
+
+def test_promotion_picks_the_leaderboards_best_run_not_the_current_one(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = CompareParams(bootstrap_resamples=200, promote=True)
+    errors = np.random.default_rng(0).normal(0, 6, 200)
+    strong, _ = logged_run(tmp_path, "strong", errors * 0.5, tiny_model)
+    current, current_predictions = logged_run(tmp_path, "current", errors, tiny_model)
+    board = leaderboard([entry("resnet18", 3.55, 3.6, strong), entry("mobilenet_v2", 6.01, 6.1, current)])
+    decision = promote_leaderboard_best(board, current, current_predictions, params)
+    assert decision["candidate_run"] == strong and decision["promoted"] and decision["reason"] == "no champion yet"
+    assert champion_run("faceage", CHAMPION) == ("1", strong)
+    # The registered version is the run's loadable MLflow model.
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_model_version("faceage", "1").run_id == strong
+    import mlflow.pyfunc
+
+    assert mlflow.pyfunc.load_model("models:/faceage@champion").metadata.run_id == strong
+    # Now the current run is the leaderboard's best, but not significantly better than the champion.
+    board = leaderboard([entry("mobilenet_v2", 3.0, 3.1, current), entry("resnet18", 3.55, 3.6, strong)])
+    decision = promote_leaderboard_best(board, current, current_predictions, params)
+    assert decision["candidate_run"] == current and not decision["promoted"]
+    assert decision["evidence"]["verdict"] == WORSE
+    assert champion_run("faceage", CHAMPION) == ("1", strong)
 
 
 def test_an_interval_that_holds_0_is_no_significant_difference_whatever_the_p_value():

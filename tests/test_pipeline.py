@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.compare import NO_DIFFERENCE
+from faceage.tracking import flatten
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,50 @@ TINY = {
     "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},
 }
-TIMINGS = {"seconds", "images_per_second", "head_images_per_second", "finetune_images_per_second", "inference"}
+TIMINGS = {  # figures that vary from run to run: how long things took
+    "seconds",
+    "images_per_second",
+    "head_images_per_second",
+    "finetune_images_per_second",
+    "inference",
+    "train_seconds",
+    "train_images_per_second",
+    "inference_images_per_second",
+}
+HEADLINE = {
+    "metrics/train.json": [
+        "best_epoch",
+        "best_val_mae",
+        "epochs_run",
+        "parameters",
+        "train_images_per_second",
+        "train_seconds",
+    ],
+    "metrics/evaluate.json": [
+        "inference_images_per_second",
+        "test.bias",
+        "test.cs5",
+        "test.mae",
+        "test.mae_high",
+        "test.mae_low",
+        "test.rmse",
+        "test_bucket_mae",  # one per bucket with test images: headline_keys() lists them
+        "val.mae",
+        "val.mae_high",
+        "val.mae_low",
+    ],
+}
+
+
+def headline_keys(repo):
+    """:data:`HEADLINE`, the buckets named (DVC leaves out a bucket without test images: its MAE is null)."""
+    buckets = read_json(repo / "metrics" / "evaluate.json")["test_bucket_mae"]
+    named = [f"test_bucket_mae.{label}" for label, mae in buckets.items() if mae is not None]
+    assert len(named) >= 6
+    return {
+        path: sorted(k for key in keys for k in (named if key == "test_bucket_mae" else [key]))
+        for path, keys in HEADLINE.items()
+    }
 
 
 def run(args, cwd, **extra_env):
@@ -78,7 +122,21 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["demo", "ingest", "split", "train", "evaluate", "runs", "compare"]
     for name in ("ingest", "split", "train", "evaluate", "compare"):
-        assert (repo / "metrics" / f"{name}.json").is_file()
+        assert (repo / "reports" / f"{name}.json").is_file()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo))
+    (workspace,) = shown.values()
+    tracked = {path: sorted(flatten(values["data"])) for path, values in workspace["data"].items()}
+    assert tracked == headline_keys(repo)  # the headline figures only; the details are in reports/
+    history = pd.read_csv(repo / "plots" / "train" / "history.csv")
+    train = read_json(repo / "metrics" / "train.json")
+    assert list(history.columns) == ["epoch", "phase", "train_loss", "train_mae", "val_mae", "lr", "marker"]
+    assert history["epoch"].tolist() == list(range(1, train["epochs_run"] + 1))
+    assert history["val_mae"].min() == pytest.approx(train["best_val_mae"], abs=1e-4)
+    marked = history.dropna(subset=["marker"]).set_index("epoch")["marker"].to_dict()
+    first_finetune = int(history.loc[history["phase"] == "finetune", "epoch"].min())
+    expected = {first_finetune: ["fine-tuning starts"]}
+    expected.setdefault(train["best_epoch"], []).append("best epoch")
+    assert marked == {epoch: ", ".join(names) for epoch, names in expected.items()}
     for plot in ("split/age_histogram.png", "train/learning_curves.png", "evaluate/bucket_mae.png"):
         assert (repo / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     for gallery in ("worst_errors.png", "gradcam.png"):
@@ -86,11 +144,13 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     (mlflow_run,) = mlflow_runs(repo)
     assert mlflow_run.data.tags["backbone"] == "mobilenet_v2" and mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["model.input_size"] == "32"
-    assert "test.mae.value" in mlflow_run.data.metrics  # evaluate logged into the model's run
+    charted = mlflow_run.data.metrics  # the headline figures and the per-epoch ones, no details
+    headline = {key.replace("+", "_") for keys in headline_keys(repo).values() for key in keys}
+    assert headline | {"train_loss", "train_mae", "val_mae", "lr"} == charted.keys()
     logged = {a.path for a in mlflow_client(repo).list_artifacts(mlflow_run.info.run_id, "evaluate")}
     assert {"evaluate/evaluate.json", "evaluate/gradcam.png", "evaluate/bucket_mae.csv"} <= logged
 
-    compare = read_json(repo / "metrics" / "compare.json")
+    compare = read_json(repo / "reports" / "compare.json")
     assert compare["runs_considered"] == 1 and compare["significance"] is None
     assert compare["leaderboard"][0]["run_id"] == mlflow_run.info.run_id
     assert read_json(repo / "data" / "mlflow_runs.json")["finished_runs"] == [mlflow_run.info.run_id]
@@ -103,7 +163,10 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     page = (repo / "rendered" / "index.html").read_text()
     assert "vegaEmbed(" in page and "https://cdn" not in page and "<script src" not in page
     assert "Test MAE per age bucket" in page and "Test MAE of each backbone" in page
-    assert page.count('<img src="static/') == 8
+    assert "Validation MAE per epoch" in page
+    # Pictures only where their scales do not follow the run's data; the others are vega plots.
+    pictures = ("split_age_histogram", "evaluate_predicted_vs_true", "evaluate_age_groups")
+    assert page.count('<img src="static/') == 3 and all(f"plots_{name}.png" in page for name in pictures)
 
 
 def reproducible_results(repo):
@@ -111,12 +174,12 @@ def reproducible_results(repo):
     metrics less timings and MLflow run ids."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     outs = [out for stage in ("demo", "ingest", "split", "evaluate") for out in lock[stage]["outs"]]
-    hashes = {out["path"]: out["md5"] for out in outs if not out["path"].startswith("metrics/")}
+    hashes = {out["path"]: out["md5"] for out in outs if not out["path"].startswith(("metrics/", "reports/"))}
     weights = torch.load(repo / "models" / "model.pt", weights_only=True)["state_dict"]
     metrics = {}
-    for name in ("ingest", "split", "train", "evaluate"):
-        report = read_json(repo / "metrics" / f"{name}.json")
-        metrics[name] = {k: v for k, v in report.items() if k not in TIMINGS and k != "mlflow_run_id"}
+    for path in [*HEADLINE, *(f"reports/{name}.json" for name in ("ingest", "split", "train", "evaluate"))]:
+        report = read_json(repo / path)
+        metrics[path] = {k: v for k, v in report.items() if k not in TIMINGS and k != "mlflow_run_id"}
     return hashes, weights, metrics
 
 
@@ -135,16 +198,21 @@ def test_a_forced_repro_reproduces_every_result(repo):
 
 def test_the_verdict_is_against_the_best_other_run_on_validation(repo):
     run(["dvc", "repro"], repo)
-    first = read_json(repo / "metrics" / "train.json")["mlflow_run_id"]
+    first = read_json(repo / "reports" / "train.json")["mlflow_run_id"]
     commit(repo, "baseline")
     # The second run barely trains, so the third run's rival must be the first, not the latest, run.
     run(["dvc", "exp", "run", "-S", "model.backbone=resnet18", "-S", "train.head_lr=1e-7", "-S", "train.lr=1e-7"], repo)
+    diff = run(["dvc", "metrics", "diff", "--md"], repo).strip().splitlines()
+    rows = [line.split("|")[2].strip() for line in diff[2:]]  # | Path | Metric | HEAD | workspace | Change |
+    # One screen, the test MAE in its first rows: 4th in metrics/evaluate.json, which DVC lists before or
+    # after metrics/train.json's 6 rows.
+    assert len(diff) <= 30 and "test.mae" in rows[:10], diff
     run(["dvc", "exp", "run", "-S", "model.backbone=mobilenet_v3_small"], repo)
     runs = {r.info.run_id: r for r in mlflow_runs(repo)}
-    compare = read_json(repo / "metrics" / "compare.json")
+    compare = read_json(repo / "reports" / "compare.json")
     current = compare["current_run"]
     assert runs[current].data.tags["backbone"] == "mobilenet_v3_small" and compare["runs_considered"] == 3
-    val_mae = {run_id: r.data.metrics["best_val_mae"] for run_id, r in runs.items() if run_id != current}
+    val_mae = {run_id: r.data.metrics["val.mae"] for run_id, r in runs.items() if run_id != current}
     assert min(val_mae, key=val_mae.get) == first and len(val_mae) == 2
     significance = compare["significance"]
     assert significance["against_run"] == first and significance["against_backbone"] == "mobilenet_v2"
@@ -183,7 +251,7 @@ def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     history = mlflow_client(repo).get_metric_history(resumed.info.run_id, "val_mae")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
-    assert read_json(repo / "metrics" / "train.json")["mlflow_run_id"] == resumed.info.run_id
+    assert read_json(repo / "reports" / "train.json")["mlflow_run_id"] == resumed.info.run_id
 
 
 def test_two_queued_experiments_started_at_once_on_no_store_both_land(repo):
@@ -208,7 +276,7 @@ def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
     set_params(repo, {"split": {"seed": 7}})
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["split", "train", "evaluate", "runs", "compare"]
-    assert "metrics/split.json" in run(["dvc", "metrics", "diff"], repo)
+    assert "test.mae" in run(["dvc", "metrics", "diff"], repo)
     assert len(mlflow_runs(repo)) == 2
 
 

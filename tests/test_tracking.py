@@ -6,12 +6,14 @@ import time
 import pytest
 from mlflow import MlflowClient
 
+from faceage.params import MlflowParams, ModelParams, Params
 from faceage.tracking import (
     RunTracker,
     end_run,
     finished_run_ids,
     finished_runs,
     flatten,
+    git_commit,
     start_pipeline_run,
     tracking_uri,
     workspace_root,
@@ -81,7 +83,8 @@ def test_an_interrupted_run_is_reopened_without_logging_anything_twice(tmp_path,
         first.log_epoch({"epoch": epoch, "phase": "head", "val_mae": 10.0 - epoch})
     first.finish("FAILED")  # interrupted
 
-    again = start_pipeline_run("exp", "resnet18", "classification", "data-a", run_id=first.run_id)
+    params = Params(mlflow=MlflowParams(experiment="exp"))
+    again = start_pipeline_run(params, "data-a", "stages/train.py", run_id=first.run_id)
     assert again.run_id == first.run_id
     client = MlflowClient(uri)
     assert client.get_run(first.run_id).info.status == "RUNNING"
@@ -125,12 +128,26 @@ def test_queued_experiment_runs_land_in_the_workspace_store(repo, monkeypatch):
     (queued / ".dvc").mkdir(parents=True)
     monkeypatch.chdir(queued)
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
-    tracker = start_pipeline_run("faceage", "efficientnet_b0", "classification", "abc123")
+    params = Params(model=ModelParams(backbone="efficientnet_b0", pretrained=False, input_size=64))
+    tracker = start_pipeline_run(params, "abc123", "stages/train.py")
+    tracker.log_dataset("UTKFace.tar.gz", "abc123", "data/UTKFace.tar.gz", 120)
     tracker.finish()
     assert (repo / "mlflow.db").is_file() and not (queued / "mlflow.db").exists()
     run = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(tracker.run_id)
     assert run.info.run_name == "efficientnet_b0-classification-tidy-kiln"
-    assert run.data.tags["dataset_fingerprint"] == "abc123" and run.data.tags["dvc_experiment"] == "tidy-kiln"
+    tags = run.data.tags
+    assert tags["dataset_fingerprint"] == "abc123" and tags["dvc_experiment"] == "tidy-kiln"
+    assert tags["mlflow.source.name"] == "stages/train.py" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == git_commit()
+    assert tags["mlflow.note.content"].startswith("efficientnet_b0 with a classification head, from scratch, 64 px")
+    assert tags["mlflow.note.content"].endswith("on data abc123; DVC experiment tidy-kiln")
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest, used.dataset.source) == (
+        "UTKFace.tar.gz",
+        "abc123",
+        '{"uri": "data/UTKFace.tar.gz"}',
+    )
+    assert [(tag.key, tag.value) for tag in used.tags] == [("mlflow.data.context", "training")]
 
 
 def test_an_unreachable_store_only_warns(tmp_path, caplog):
