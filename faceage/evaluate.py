@@ -94,7 +94,8 @@ def evaluation_report(predictions: pd.DataFrame, params: EvaluateParams, age_gro
 def headline_metrics(report: dict, cs_key: str, images_per_second: float) -> dict:
     """The figures DVC tracks and MLflow charts: test and validation MAE with their interval, test RMSE,
     bias and CS@k (``cs_key``), test MAE per age bucket, and inference speed. The rest of ``report`` is
-    details. The names sort with the test MAE near the top, as ``dvc metrics diff`` lists them."""
+    details. The test MAE comes first in ``dvc exp show`` (file order) and near the top of
+    ``dvc metrics diff`` (sorted names)."""
 
     def mae(split: str) -> dict:
         metric = report[split]["mae"]
@@ -103,10 +104,10 @@ def headline_metrics(report: dict, cs_key: str, images_per_second: float) -> dic
     test = {**mae("test"), **{name: report["test"][name]["value"] for name in ("rmse", "bias", cs_key)}}
     buckets = {label: row["mae"] for label, row in report["test"]["buckets"].items()}
     return {
-        "inference_images_per_second": images_per_second,
         "test": test,
-        "test_bucket_mae": buckets,
         "val": mae("val"),
+        "test_bucket_mae": buckets,
+        "inference_images_per_second": images_per_second,
     }
 
 

@@ -365,7 +365,18 @@ class RunTracker:
             profile=json.dumps({"num_rows": rows}),
         )
         inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
-        self._call(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+        def log() -> None:
+            from mlflow.exceptions import MlflowException
+
+            # Runs of one experiment share a dataset record: two runs creating it at once race.
+            with store_lock(self.uri):
+                try:
+                    self.client.log_inputs(self.run_id, datasets=inputs)
+                except MlflowException:  # a server's other client created it first; now it exists
+                    self.client.log_inputs(self.run_id, datasets=inputs)
+
+        self._call(log)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Copy a file into the run's artifacts."""

@@ -427,14 +427,13 @@ def train_model(
 
 
 def headline_metrics(summary: dict) -> dict:
-    """The training figures DVC tracks and MLflow charts; the rest of ``summary`` is details. The speed is
-    fine-tuning's, or the head stage's when there is no fine-tuning."""
+    """The training figures DVC tracks; the rest of ``summary`` is details. Few and short, so that
+    ``dvc exp show`` fits the test figures beside them on one screen. The speed is fine-tuning's, or the
+    head stage's when there is no fine-tuning."""
     phase = "finetune" if "finetune_images_per_second" in summary else "head"
     return {
         "best_val_mae": summary["best_val_mae"],
         "best_epoch": summary["best_epoch"],
-        "epochs_run": summary["epochs_run"],
-        "parameters": summary["parameters"],
         "train_seconds": summary["seconds"],
         "train_images_per_second": summary.get(f"{phase}_images_per_second", 0.0),
     }

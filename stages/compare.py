@@ -25,9 +25,11 @@ PLOTS = Path("plots/compare")
 
 def main() -> None:
     params = load_params()
-    run_id = json.loads(Path(TRAIN_REPORT).read_text()).get("mlflow_run_id")
+    train_report = json.loads(Path(TRAIN_REPORT).read_text())
+    run_id = train_report.get("mlflow_run_id")
     buckets, cs_key = bucket_labels(params.evaluate.bucket_edges), cs_name(params.evaluate.cs_threshold)
-    metrics = [json.loads(Path(path).read_text()) for path in METRICS]
+    # The figures the run logs to MLflow: the headline metrics and the model's size.
+    metrics = [{"parameters": train_report["parameters"]}, *(json.loads(Path(path).read_text()) for path in METRICS)]
     current = entry_from_reports(run_id, metrics, params, buckets, cs_key)
     fingerprint = dataset_fingerprint([MANIFEST, SPLIT_FILE])
     others = other_runs(params.mlflow.experiment, fingerprint, run_id, buckets, cs_key)

@@ -59,7 +59,7 @@ def main() -> None:
     write_json(headline, METRICS)
     history_table(result.history, result.summary["best_epoch"]).to_csv(HISTORY, index=False)
     learning_curves(result.history, result.summary["best_epoch"], CURVES)
-    tracker.log_metrics(headline)
+    tracker.log_metrics({**headline, "parameters": result.summary["parameters"], "epochs_run": len(result.history)})
     for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
         tracker.log_artifact(path, folder)
     tracker.log_model(MODEL, params.faces, images[split_ids(split, "val")[0]])

@@ -232,6 +232,9 @@ start = float(sys.argv[2])
 while time.time() < start:
     pass
 tracker = RunTracker("new experiment", run_name=sys.argv[3], uri=sys.argv[1])
+while time.time() < start + 12:  # then every run logs the same data set at once
+    pass
+tracker.log_dataset("demo.tar.gz", "abc123", "data/demo.tar.gz", 10)
 tracker.log_metrics({"value": 1.0})
 tracker.finish()
 print(tracker.active)
@@ -251,3 +254,4 @@ def test_runs_started_at_once_on_a_new_store_all_land(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == [f"run{i}" for i in range(4)]
     assert {run.info.status for run in runs} == {"FINISHED"}
+    assert [[i.dataset.digest for i in run.inputs.dataset_inputs] for run in runs] == [["abc123"]] * 4
