@@ -40,14 +40,20 @@ class BatchAugmenter:
     def __init__(self, params: AugmentParams, generator: torch.Generator):
         self.params = params
         self.generator = generator
+        self._rows, self._drawn = slice(None), 0
 
-    def _uniform(self, low: float, high: float, count: int, device: torch.device) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(count, generator=self.generator)).to(device)
+    def _uniform(self, low: float, high: float, device: torch.device) -> torch.Tensor:
+        draws = low + (high - low) * torch.rand(self._drawn, generator=self.generator)
+        return draws[self._rows].to(device)
 
-    def _chance(self, probability: float, count: int, device: torch.device) -> torch.Tensor:
-        return self._uniform(0, 1, count, device) < probability
+    def _chance(self, probability: float, device: torch.device) -> torch.Tensor:
+        return self._uniform(0, 1, device) < probability
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, share: tuple[slice, int] | None = None) -> torch.Tensor:
+        """Augment ``x``. With ``share`` = (rows, batch size), ``x`` holds those rows of a larger batch: the
+        parameters are drawn for the whole batch and these rows take theirs, so a batch split across
+        processes is augmented as it would be whole."""
+        self._rows, self._drawn = share if share is not None else (slice(None), x.shape[0])
         x = self.geometry(x)
         x = self.colour(x)
         if self.params.erasing > 0:
@@ -56,13 +62,13 @@ class BatchAugmenter:
 
     def geometry(self, x: torch.Tensor) -> torch.Tensor:
         """Flip, random resized crop, shift and rotation as one affine resampling."""
-        p, n, device = self.params, x.shape[0], x.device
+        p, device = self.params, x.device
         if not (p.hflip > 0 or p.crop_scale < 1 or p.shift > 0 or p.rotate > 0):
             return x
-        scale = self._uniform(p.crop_scale, 1.0, n, device).sqrt()
-        angle = self._uniform(-p.rotate, p.rotate, n, device) * math.pi / 180
-        shift = torch.stack([self._uniform(-p.shift, p.shift, n, device) * 2 for _ in range(2)], dim=1)
-        flip = torch.where(self._chance(p.hflip, n, device), -1.0, 1.0)
+        scale = self._uniform(p.crop_scale, 1.0, device).sqrt()
+        angle = self._uniform(-p.rotate, p.rotate, device) * math.pi / 180
+        shift = torch.stack([self._uniform(-p.shift, p.shift, device) * 2 for _ in range(2)], dim=1)
+        flip = torch.where(self._chance(p.hflip, device), -1.0, 1.0)
         cos, sin = angle.cos() * scale, angle.sin() * scale
         theta = torch.stack(
             [torch.stack([cos * flip, -sin, shift[:, 0]], dim=1), torch.stack([sin * flip, cos, shift[:, 1]], dim=1)],
@@ -76,21 +82,21 @@ class BatchAugmenter:
         p, n, device = self.params, x.shape[0], x.device
         weights = torch.tensor(GRAY_WEIGHTS, device=device).view(1, 3, 1, 1)
         if p.brightness > 0:
-            x = x * self._uniform(1 - p.brightness, 1 + p.brightness, n, device).view(n, 1, 1, 1)
+            x = x * self._uniform(1 - p.brightness, 1 + p.brightness, device).view(n, 1, 1, 1)
         if p.contrast > 0:
             mean = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-            factor = self._uniform(1 - p.contrast, 1 + p.contrast, n, device).view(n, 1, 1, 1)
+            factor = self._uniform(1 - p.contrast, 1 + p.contrast, device).view(n, 1, 1, 1)
             x = (x - mean) * factor + mean
         if p.saturation > 0:
             gray = (x * weights).sum(1, keepdim=True)
-            factor = self._uniform(1 - p.saturation, 1 + p.saturation, n, device).view(n, 1, 1, 1)
+            factor = self._uniform(1 - p.saturation, 1 + p.saturation, device).view(n, 1, 1, 1)
             x = (x - gray) * factor + gray
         if p.hue > 0:
-            x = self._rotate_hue(x, self._uniform(-p.hue, p.hue, n, device) * 2 * math.pi)
+            x = self._rotate_hue(x, self._uniform(-p.hue, p.hue, device) * 2 * math.pi)
         x = x.clamp(0, 1)
         if p.grayscale > 0:
             gray = (x * weights).sum(1, keepdim=True).expand_as(x)
-            x = torch.where(self._chance(p.grayscale, n, device).view(n, 1, 1, 1), gray, x)
+            x = torch.where(self._chance(p.grayscale, device).view(n, 1, 1, 1), gray, x)
         return x
 
     @staticmethod
@@ -107,12 +113,12 @@ class BatchAugmenter:
         """Fill a random rectangle of some images with the mean colour."""
         n, _, height, width = x.shape
         device = x.device
-        area = self._uniform(*ERASE_AREA, n, device) * height * width
-        aspect = torch.exp(self._uniform(math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]), n, device))
+        area = self._uniform(*ERASE_AREA, device) * height * width
+        aspect = torch.exp(self._uniform(math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]), device))
         box_h = (area * aspect).sqrt().clamp(max=height)
         box_w = (area / aspect).sqrt().clamp(max=width)
-        top = self._uniform(0, 1, n, device) * (height - box_h)
-        left = self._uniform(0, 1, n, device) * (width - box_w)
+        top = self._uniform(0, 1, device) * (height - box_h)
+        left = self._uniform(0, 1, device) * (width - box_w)
         rows = torch.arange(height, device=device).view(1, height, 1)
         cols = torch.arange(width, device=device).view(1, 1, width)
         inside = (
@@ -121,6 +127,6 @@ class BatchAugmenter:
             & (cols >= left.view(n, 1, 1))
             & (cols < (left + box_w).view(n, 1, 1))
         )
-        mask = (inside & self._chance(self.params.erasing, n, device).view(n, 1, 1)).unsqueeze(1)
+        mask = (inside & self._chance(self.params.erasing, device).view(n, 1, 1)).unsqueeze(1)
         fill = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         return torch.where(mask, fill, x)

@@ -46,10 +46,11 @@ def total_loss(
     """Age loss plus the weighted auxiliary losses; genders equal to ``UNKNOWN_GENDER`` are left out."""
     loss = age_loss(model, outputs["age"], ages, params)
     if "gender" in outputs:
-        known = genders != UNKNOWN_GENDER
-        if known.any():
-            gender_loss = F.binary_cross_entropy_with_logits(outputs["gender"][known].float(), genders[known].float())
-            loss = loss + model_params.gender_weight * gender_loss
+        known = (genders != UNKNOWN_GENDER).float()  # a weight, not a selection: the head takes part in every step
+        gender_loss = F.binary_cross_entropy_with_logits(
+            outputs["gender"].float(), genders.clamp(min=0).float(), weight=known, reduction="sum"
+        )
+        loss = loss + model_params.gender_weight * gender_loss / known.sum().clamp(min=1)
     if "age_group" in outputs:
         groups = age_groups(ages, model_params.age_group_edges)
         loss = loss + model_params.age_group_weight * F.cross_entropy(outputs["age_group"].float(), groups)

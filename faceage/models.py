@@ -129,8 +129,9 @@ class AgeNet(nn.Module):
             outputs["age_group"] = self.age_group(hidden)
         return outputs
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.trunk(x))
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> dict[str, torch.Tensor]:
+        """Outputs from images, or from pooled backbone features with ``pooled``."""
+        return self.head(x if pooled else self.trunk(x))
 
     def years(self, age_output: torch.Tensor) -> torch.Tensor:
         """Predicted age in years from the age output."""

@@ -209,6 +209,8 @@ class TrainParams(Checked):
         "label_smoothing": FRACTION_BELOW_1,
         "label_sigma": AT_LEAST_0,
         "threads": AT_LEAST_0,
+        "nproc": AT_LEAST_1,
+        "max_restarts": AT_LEAST_0,
     }
 
     head_epochs: int = 3
@@ -235,6 +237,9 @@ class TrainParams(Checked):
     cpu_bf16: bool = True  # bfloat16 autocast on the CPU
     seed: int = 42
     threads: int = 0  # CPU threads; 0 = torch's default
+    nproc: int = 1  # training processes on this machine (torchrun, DDP): one per GPU, or share the CPU cores
+    max_restarts: int = 0  # times torchrun restarts all processes when one fails (they resume the last epoch)
+    sync_bn: bool = False  # with several GPU processes: BatchNorm statistics over the whole batch
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 The epoch with the best validation MAE is kept; with ``train.ema_decay``, an exponential moving average
 of the weights is what is validated and kept. After every epoch the full training state is saved, so an
-interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
+interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one. With several
+processes (``faceage.distributed``), each takes its share of every batch and DistributedDataParallel averages
+their gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -21,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from faceage.augment import BatchAugmenter, is_active
 from faceage.batches import index_batches, to_input
+from faceage.distributed import SINGLE, Workers
 from faceage.errors import FaceageError
 from faceage.inference import make_checkpoint, predict
 from faceage.losses import total_loss
@@ -112,11 +117,20 @@ class Inputs:
         self.features = torch.cat(parts)
         self.rows = {int(i): row for row, i in enumerate(ids)}
 
-    def outputs(self, batch: np.ndarray, augment: BatchAugmenter | None = None) -> dict[str, torch.Tensor]:
+    def outputs(
+        self,
+        network: nn.Module,
+        ids: np.ndarray,
+        augmenter: BatchAugmenter | None = None,
+        share: tuple[slice, int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """What ``network`` (the model, or the model under DDP) outputs for ``ids``; ``share`` as for
+        :class:`BatchAugmenter` when ``ids`` are this process's rows of a batch."""
         if self.features is not None:
-            rows = torch.tensor([self.rows[int(i)] for i in batch], device=self.device)
-            return self.model.head(self.features[rows])
-        return self.model(to_input(self.images[batch], self.input_size, self.device, augment))
+            rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
+            return network(self.features[rows], pooled=True)
+        augment = functools.partial(augmenter, share=share) if augmenter is not None else None
+        return network(to_input(self.images[ids], self.input_size, self.device, augment))
 
     @torch.no_grad()
     def predict(self, model: AgeNet, ids: np.ndarray, amp: contextlib.AbstractContextManager) -> np.ndarray:
@@ -140,28 +154,40 @@ def weight_average(model: AgeNet, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def training_fingerprint(
-    images: np.ndarray,
-    ages: np.ndarray,
-    genders: np.ndarray,
-    split: pd.DataFrame,
-    model_params: ModelParams,
-    params: TrainParams,
-    augment_params: AugmentParams,
-    age_range: tuple[int, int],
-) -> str:
-    """Hash of everything that decides a training run (its arguments, as for :func:`train_model`), so a saved
-    state is resumed only by the same run. Arrays are hashed by content in blocks, so a memory-mapped image
-    array is never read whole into memory."""
-    digest = hashlib.blake2b()
-    settings = [asdict(model_params), asdict(params), asdict(augment_params), list(age_range)]
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    arrays = (split_ids(split, "train"), split_ids(split, "val"), np.asarray(ages), np.asarray(genders), images)
-    for array in arrays:
-        digest.update(json.dumps([array.shape, str(array.dtype)]).encode())
-        for start in range(0, len(array), FINGERPRINT_BLOCK):
-            digest.update(np.ascontiguousarray(array[start : start + FINGERPRINT_BLOCK]).tobytes())
-    return digest.hexdigest()
+@dataclass(frozen=True, eq=False)
+class TrainingSetup:
+    """What decides a training run: the data (image rows are manifest ids, genders 0/1 or
+    ``UNKNOWN_GENDER``, the split's ``train`` and ``val`` rows) and the settings."""
+
+    images: np.ndarray
+    ages: np.ndarray
+    genders: np.ndarray
+    split: pd.DataFrame
+    model_params: ModelParams
+    params: TrainParams
+    augment_params: AugmentParams
+    age_range: tuple[int, int]
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return split_ids(self.split, "train")
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return split_ids(self.split, "val")
+
+    def fingerprint(self) -> str:
+        """Hash of the whole setup, so a saved state is resumed only by the same run. Arrays are hashed by
+        content in blocks, so a memory-mapped image array is never read whole into memory."""
+        digest = hashlib.blake2b()
+        settings = [asdict(self.model_params), asdict(self.params), asdict(self.augment_params), list(self.age_range)]
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        arrays = (self.train_ids, self.val_ids, np.asarray(self.ages), np.asarray(self.genders), self.images)
+        for array in arrays:
+            digest.update(json.dumps([array.shape, str(array.dtype)]).encode())
+            for start in range(0, len(array), FINGERPRINT_BLOCK):
+                digest.update(np.ascontiguousarray(array[start : start + FINGERPRINT_BLOCK]).tobytes())
+        return digest.hexdigest()
 
 
 class ResumeFile:
@@ -269,6 +295,59 @@ class Stepper:
         self.scaler.load_state_dict(state["scaler"])
 
 
+class TrainingState:
+    """What changes as training goes: the model and its weight average, the random generators and the
+    progress. A :meth:`state_dict` taken after an epoch and loaded into a fresh state goes on as if
+    training had not stopped."""
+
+    def __init__(self, model: AgeNet, ema_decay: float, seed: int):
+        self.model = model
+        self.average = weight_average(model, ema_decay)
+        self.shuffle_rng = np.random.default_rng(seed)
+        self.augment_rng = torch.Generator().manual_seed(seed)
+        self.progress = Progress()
+        self.stepper_state: dict | None = None  # the optimiser state of a phase resumed part-way
+
+    @property
+    def validated(self) -> AgeNet:
+        """The weights that are validated and kept: the average's when there is one."""
+        return self.average.module if self.average is not None else self.model
+
+    def record(self, row: dict, patience: int) -> bool:
+        """Add an epoch's ``row`` to the history and keep the weights if they are the best so far; whether
+        ``patience`` epochs have passed without improvement."""
+        progress = self.progress
+        progress.history.append(row)
+        if progress.best is None or row["val_mae"] < progress.best["val_mae"]:
+            weights = _cpu_copy(self.validated.state_dict())
+            progress.best = {"epoch": row["epoch"], "val_mae": row["val_mae"], "model": weights}
+            progress.stale = 0
+        else:
+            progress.stale += 1
+        return patience > 0 and progress.stale >= patience
+
+    def state_dict(self, stepper: Stepper) -> dict:
+        return {
+            **asdict(self.progress),
+            "model": _cpu_copy(self.model.state_dict()),
+            "average": self.average.state_dict() if self.average is not None else None,
+            "stepper": stepper.state_dict(),
+            "shuffle_rng": self.shuffle_rng.bit_generator.state,
+            "augment_rng": self.augment_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
+        self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
+        self.augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.progress = Progress(**{name: state[name] for name in ("history", "best", "stale", "phase", "epoch")})
+        self.stepper_state = state["stepper"] if self.progress.epoch > 0 else None
+
+
 @dataclass(frozen=True)
 class Targets:
     """The labels of every manifest id, on the training device, and how the loss weighs them."""
@@ -282,148 +361,204 @@ class Targets:
         return total_loss(model, outputs, self.ages[batch], self.genders[batch], self.model_params, self.params)
 
 
-def train_one_epoch(
-    model: AgeNet,
-    inputs: Inputs,
-    batches: list[np.ndarray],
-    targets: Targets,
-    stepper: Stepper,
-    amp: contextlib.AbstractContextManager,
-    augmenter: BatchAugmenter | None,
-    average: AveragedModel | None,
-    desc: str,
-) -> dict[str, float]:
-    """One pass over ``batches``; mean training loss and MAE (in years) and the images seen."""
-    set_train_mode(model)
-    loss_sum, error_sum, seen = 0.0, 0.0, 0
-    progress = tqdm(batches, desc=desc, unit="batch", disable=None)  # bars on terminals only
-    for batch in progress:
-        batch_t = torch.from_numpy(batch).to(inputs.device)
-        with amp:
-            outputs = inputs.outputs(batch, augmenter)
-            loss = targets.loss(model, outputs, batch_t)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FaceageError(
-                f"training loss is {loss_value} in {desc}: lower train.lr, "
-                "or train in float32 (train.cpu_bf16: false, train.amp: false)"
-            )
-        stepper.step(loss)
-        if average is not None:
-            average.update_parameters(model)
-        loss_sum += loss_value * len(batch)
-        error_sum += (model.years(outputs["age"].detach()) - targets.ages[batch_t]).abs().sum().item()
-        seen += len(batch)
-        progress.set_postfix(loss=f"{loss_sum / seen:.3f}", mae=f"{error_sum / seen:.2f}")
-    return {"train_loss": loss_sum / seen, "train_mae": error_sum / seen, "images": seen}
+class Trainer:
+    """One training run of a :class:`TrainingSetup`, in this process alone or as one of ``workers``: each
+    process takes its share of every batch, DDP averages the gradients, and only the main process logs,
+    shows progress and saves the state."""
 
+    def __init__(
+        self,
+        setup: TrainingSetup,
+        device: torch.device,
+        workers: Workers,
+        resume: ResumeFile | None,
+        on_epoch_end: Callable[[dict], None] | None,
+    ):
+        self.setup, self.device, self.workers = setup, device, workers
+        self.resume, self.on_epoch_end = resume, on_epoch_end
+        params = setup.params
+        make_deterministic(params.seed, params.threads)
+        self.amp = autocast(device, params)
+        train_ages = setup.ages[setup.train_ids]
+        age_stats = (float(train_ages.mean()), float(train_ages.std() or 1.0))
+        model = build_model(setup.model_params, setup.age_range, age_stats)
+        if params.sync_bn and workers.size > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.state = TrainingState(self.model, params.ema_decay, params.seed)
+        self.targets = Targets(
+            torch.from_numpy(np.asarray(setup.ages, dtype=np.float32)).to(device),
+            torch.from_numpy(np.asarray(setup.genders, dtype=np.int64)).to(device),
+            setup.model_params,
+            params,
+        )
+        self.inputs = Inputs(self.model, setup.images, setup.model_params.input_size, params.batch_size, device)
+        self.seconds = dict.fromkeys(("head", "finetune"), 0.0)
+        self.images_seen = dict.fromkeys(("head", "finetune"), 0)
 
-def train_model(
-    images: np.ndarray,
-    ages: np.ndarray,
-    genders: np.ndarray,
-    split: pd.DataFrame,
-    model_params: ModelParams,
-    params: TrainParams,
-    augment_params: AugmentParams,
-    age_range: tuple[int, int],
-    device: torch.device | None = None,
-    resume: ResumeFile | None = None,
-    on_epoch_end: Callable[[dict], None] | None = None,
-) -> TrainResult:
-    """Train on the ``train`` split of ``images`` (rows are manifest ids) and select the epoch on ``val``.
+    def fit(self) -> TrainResult:
+        phases = plan_phases(self.setup.params, self.setup.augment_params)
+        if self.resume is not None and self.resume.saved:
+            self.state.load_state_dict(self.resume.saved)
+            log.info("resuming from %s after epoch %d", self.resume.path, len(self.state.progress.history))
+        started = time.perf_counter()
+        for index in range(self.state.progress.phase, len(phases)):
+            self.run_phase(index, phases[index])
+        if self.resume is not None and self.workers.is_main:
+            self.resume.remove()
+        return self.result(time.perf_counter() - started)
 
-    ``genders`` holds 0/1 or ``UNKNOWN_GENDER``. With ``resume``, the state after each epoch is saved
-    there and its saved state is resumed; it is removed when training completes.
-    """
-    train_ids, val_ids = split_ids(split, "train"), split_ids(split, "val")
-    if len(train_ids) == 0 or len(val_ids) == 0:
-        raise FaceageError(f"training needs train and val images, got {len(train_ids)} and {len(val_ids)}")
-    device = device or select_device()
-    make_deterministic(params.seed, params.threads)
-    amp = autocast(device, params)
-    phases = plan_phases(params, augment_params)
-    age_stats = (float(ages[train_ids].mean()), float(ages[train_ids].std() or 1.0))
-    model = build_model(model_params, age_range, age_stats).to(device, memory_format=torch.channels_last)
-    targets = Targets(
-        torch.from_numpy(np.asarray(ages, dtype=np.float32)).to(device),
-        torch.from_numpy(np.asarray(genders, dtype=np.int64)).to(device),
-        model_params,
-        params,
-    )
-    shuffle_rng = np.random.default_rng(params.seed)
-    augment_rng = torch.Generator().manual_seed(params.seed)
-    inputs = Inputs(model, images, model_params.input_size, params.batch_size, device)
-    average = weight_average(model, params.ema_decay)
-    validated = average.module if average is not None else model
-    rngs = (shuffle_rng, augment_rng)
-
-    saved = resume.saved if resume is not None else None
-    progress = _restore(saved, model, average, rngs) if saved else Progress()
-    if saved:
-        log.info("resuming from %s after epoch %d", resume.path, len(progress.history))
-    seconds = dict.fromkeys(("head", "finetune"), 0.0)
-    images_seen = dict.fromkeys(("head", "finetune"), 0)
-    started = time.perf_counter()
-    for phase_index in range(progress.phase, len(phases)):
-        phase = phases[phase_index]
-        freeze_trunk(model, phase.freeze, phase.freeze_bn)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        stepper = Stepper(trainable, phase, params, math.ceil(len(train_ids) / params.batch_size), device)
-        augmenter = BatchAugmenter(augment_params, augment_rng) if phase.augment else None
-        inputs.features = None
-        if trunk_is_frozen(model) and augmenter is None:
-            inputs.cache_features(np.concatenate([train_ids, val_ids]), amp)
-        if saved and progress.epoch > 0:
-            stepper.load_state_dict(saved["stepper"])
-        saved = None
-
+    def run_phase(self, index: int, phase: Phase) -> None:
+        """The epochs of ``phase`` still to run; the model is wrapped anew, as DDP averages the gradients only
+        of the parameters trainable when it is built."""
+        setup, progress = self.setup, self.state.progress
+        freeze_trunk(self.model, phase.freeze, phase.freeze_bn)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        steps = math.ceil(len(setup.train_ids) / setup.params.batch_size)
+        stepper = Stepper(trainable, phase, setup.params, steps, self.device)
+        if self.state.stepper_state is not None:
+            stepper.load_state_dict(self.state.stepper_state)
+            self.state.stepper_state = None
+        augmenter = BatchAugmenter(setup.augment_params, self.state.augment_rng) if phase.augment else None
+        self.inputs.features = None
+        if trunk_is_frozen(self.model) and augmenter is None:
+            self.inputs.cache_features(np.concatenate([setup.train_ids, setup.val_ids]), self.amp)
+        network = self.workers.wrap(self.model)
         for epoch in range(progress.epoch, phase.epochs):
-            epoch_started = time.perf_counter()
-            batches = list(index_batches(train_ids, params.batch_size, shuffle_rng))
+            started = time.perf_counter()
+            batches = list(index_batches(setup.train_ids, setup.params.batch_size, self.state.shuffle_rng))
             desc = f"epoch {len(progress.history) + 1} ({phase.name} {epoch + 1}/{phase.epochs})"
-            stats = train_one_epoch(model, inputs, batches, targets, stepper, amp, augmenter, average, desc)
-            seconds[phase.name] += time.perf_counter() - epoch_started
-            images_seen[phase.name] += stats["images"]
-            val_mae = float(np.abs(inputs.predict(validated, val_ids, amp) - ages[val_ids]).mean())
+            stats = self.train_one_epoch(network, batches, stepper, augmenter, desc)
+            self.seconds[phase.name] += time.perf_counter() - started
+            self.images_seen[phase.name] += stats["images"]
+            val_mae = self.validate()
             stepper.schedule.after_epoch(val_mae)
             row = {"epoch": len(progress.history) + 1, "phase": phase.name, "train_loss": stats["train_loss"]}
             row |= {"train_mae": stats["train_mae"], "val_mae": val_mae, "lr": stepper.lr}
-            stop = _record_epoch(progress, row, validated, params.patience)
+            stop = self.state.record(row, setup.params.patience)
             done = stop or epoch + 1 == phase.epochs
-            progress.phase, progress.epoch = (phase_index + 1, 0) if done else (phase_index, epoch + 1)
-            if resume is not None:
-                resume.save(_snapshot(progress, model, average, stepper, rngs))
-            if on_epoch_end is not None:
-                on_epoch_end(row)
+            progress.phase, progress.epoch = (index + 1, 0) if done else (index, epoch + 1)
+            self.end_epoch(row, stepper)
             if stop:
-                log.info("early stop: validation MAE has not improved for %d epochs", progress.stale)
                 break
         progress.epoch = 0
 
-    best = progress.best
-    model.load_state_dict(best["model"])
-    if resume is not None:
-        resume.remove()
-    checkpoint = make_checkpoint(
-        model, model_params, age_range, image_size=images.shape[1], epoch=best["epoch"], val_mae=best["val_mae"]
-    )
-    summary = {
-        "backbone": model_params.backbone,
-        "head": model_params.head,
-        "best_epoch": best["epoch"],
-        "best_val_mae": round(best["val_mae"], 4),
-        "epochs_run": len(progress.history),
-        "parameters": count_parameters(model),
-        "device": device.type,
-        "seconds": round(time.perf_counter() - started, 1),
-        **{
-            f"{name}_images_per_second": round(images_seen[name] / seconds[name], 1)
-            for name in seconds
-            if seconds[name] > 0
-        },
-    }
-    return TrainResult(checkpoint, progress.history, summary)
+    def train_one_epoch(
+        self,
+        network: nn.Module,
+        batches: list[np.ndarray],
+        stepper: Stepper,
+        augmenter: BatchAugmenter | None,
+        desc: str,
+    ) -> dict[str, float]:
+        """One pass over ``batches``, this process taking its share of each; the mean training loss and MAE
+        (in years) over all processes, and the images they saw."""
+        set_train_mode(self.model)
+        workers, average = self.workers, self.state.average
+        loss_sum, error_sum, seen = 0.0, 0.0, 0
+        progress = tqdm(batches, desc=desc, unit="batch", disable=None if workers.is_main else True)
+        for batch in progress:
+            rows, weight = workers.share(len(batch))
+            ids = torch.from_numpy(batch[rows]).to(self.device)
+            with self.amp:
+                outputs = self.inputs.outputs(network, batch[rows], augmenter, (rows, len(batch)))
+                loss = self.targets.loss(self.model, outputs, ids)
+            errors = (self.model.years(outputs["age"].detach()) - self.targets.ages[ids]).abs().sum().item()
+            counted = len(ids) if weight > 0 else 0
+            batch_loss, batch_errors, batch_seen = workers.sum(
+                [loss.item() * counted if counted else 0.0, errors if counted else 0.0, counted]
+            )
+            if not math.isfinite(batch_loss):
+                raise FaceageError(
+                    f"training loss is {batch_loss / batch_seen} in {desc}: lower train.lr, "
+                    "or train in float32 (train.cpu_bf16: false, train.amp: false)"
+                )
+            stepper.step(loss * weight)
+            if average is not None:
+                average.update_parameters(self.model)
+            loss_sum, error_sum, seen = loss_sum + batch_loss, error_sum + batch_errors, seen + int(batch_seen)
+            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", mae=f"{error_sum / seen:.2f}")
+        workers.average_buffers(self.model)
+        if average is not None:
+            workers.average_buffers(average.module)
+        return {"train_loss": loss_sum / seen, "train_mae": error_sum / seen, "images": seen}
+
+    def validate(self) -> float:
+        """Validation MAE of the validated weights, each process predicting its share of the images."""
+        val_ids = self.setup.val_ids
+        rows, weight = self.workers.share(len(val_ids))
+        errors, count = 0.0, 0
+        if weight > 0:
+            predicted = self.inputs.predict(self.state.validated, val_ids[rows], self.amp)
+            errors, count = float(np.abs(predicted - self.setup.ages[val_ids[rows]]).sum()), len(predicted)
+        total, count = self.workers.sum([errors, count])
+        return total / count
+
+    def end_epoch(self, row: dict, stepper: Stepper) -> None:
+        """Save the state, report the epoch and hand it to ``on_epoch_end``."""
+        if self.workers.is_main:
+            if self.resume is not None:
+                self.resume.save(self.state.state_dict(stepper))
+            log.info(
+                "epoch %d (%s): train MAE %.2f, val MAE %.2f",
+                row["epoch"],
+                row["phase"],
+                row["train_mae"],
+                row["val_mae"],
+            )
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(row)
+
+    def result(self, seconds: float) -> TrainResult:
+        """The best epoch's weights as a checkpoint, the history and the summary."""
+        best, setup = self.state.progress.best, self.setup
+        self.model.load_state_dict(best["model"])
+        checkpoint = make_checkpoint(
+            self.model,
+            setup.model_params,
+            setup.age_range,
+            image_size=setup.images.shape[1],
+            epoch=best["epoch"],
+            val_mae=best["val_mae"],
+        )
+        speeds = {
+            f"{name}_images_per_second": round(self.images_seen[name] / self.seconds[name], 1)
+            for name in self.seconds
+            if self.seconds[name] > 0
+        }
+        summary = {
+            "backbone": setup.model_params.backbone,
+            "head": setup.model_params.head,
+            "best_epoch": best["epoch"],
+            "best_val_mae": round(best["val_mae"], 4),
+            "epochs_run": len(self.state.progress.history),
+            "parameters": count_parameters(self.model),
+            "device": self.device.type,
+            "processes": self.workers.size,
+            "seconds": round(seconds, 1),
+            **speeds,
+        }
+        return TrainResult(checkpoint, self.state.progress.history, summary)
+
+
+def train_model(
+    setup: TrainingSetup,
+    device: torch.device | None = None,
+    resume: ResumeFile | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    workers: Workers = SINGLE,
+) -> TrainResult:
+    """Train on the ``train`` split and keep the epoch with the best validation MAE.
+
+    With ``resume``, the state after each epoch is saved there and its saved state is resumed; it is removed
+    when training completes. With several ``workers``, every process calls this with the same setup.
+    """
+    if len(setup.train_ids) == 0 or len(setup.val_ids) == 0:
+        raise FaceageError(f"training needs train and val images, got {len(setup.train_ids)} and {len(setup.val_ids)}")
+    if setup.params.sync_bn and workers.size > 1 and not torch.cuda.is_available():
+        raise FaceageError("train.sync_bn needs CUDA: SyncBatchNorm runs only on GPUs")
+    device = device or (workers.device() if workers.size > 1 else select_device())
+    return Trainer(setup, device, workers, resume, on_epoch_end).fit()
 
 
 def headline_metrics(summary: dict) -> dict:
@@ -447,52 +582,6 @@ def history_table(history: list[dict], best_epoch: int) -> pd.DataFrame:
     names = (("fine-tuning starts", starts), ("best epoch", best))
     table["marker"] = [", ".join(name for name, rows in names if rows[row]) for row in table.index]
     return table
-
-
-def _record_epoch(progress: Progress, row: dict, validated: AgeNet, patience: int) -> bool:
-    """Add ``row`` to the history, keep the weights if they are the best so far; whether to stop early."""
-    progress.history.append(row)
-    log.info(
-        "epoch %d (%s): train MAE %.2f, val MAE %.2f", row["epoch"], row["phase"], row["train_mae"], row["val_mae"]
-    )
-    if progress.best is None or row["val_mae"] < progress.best["val_mae"]:
-        progress.best = {"epoch": row["epoch"], "val_mae": row["val_mae"], "model": _cpu_copy(validated.state_dict())}
-        progress.stale = 0
-    else:
-        progress.stale += 1
-    return patience > 0 and progress.stale >= patience
-
-
-def _snapshot(
-    progress: Progress,
-    model: AgeNet,
-    average: AveragedModel | None,
-    stepper: Stepper,
-    rngs: tuple[np.random.Generator, torch.Generator],
-) -> dict:
-    """Everything needed to go on after this epoch as if training had not stopped."""
-    return {
-        **asdict(progress),
-        "model": _cpu_copy(model.state_dict()),
-        "average": average.state_dict() if average is not None else None,
-        "stepper": stepper.state_dict(),
-        "shuffle_rng": rngs[0].bit_generator.state,
-        "augment_rng": rngs[1].get_state(),
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-def _restore(
-    state: dict, model: AgeNet, average: AveragedModel | None, rngs: tuple[np.random.Generator, torch.Generator]
-) -> Progress:
-    """Load a :func:`_snapshot` into the model, its average and the random generators."""
-    model.load_state_dict(state["model"])
-    if average is not None:
-        average.load_state_dict(state["average"])
-    rngs[0].bit_generator.state = state["shuffle_rng"]
-    rngs[1].set_state(state["augment_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return Progress(**{name: state[name] for name in ("history", "best", "stale", "phase", "epoch")})
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,26 +1,23 @@
 """Stage train: fit the model on the train split, keep the best epoch, and log the run and the model
-(as a servable MLflow model, see faceage.serving) to MLflow."""
+(as a servable MLflow model, see faceage.serving) to MLflow. With ``train.nproc`` > 1 the stage starts
+itself that many times under torchrun; started by torchrun (or a scheduler's torchrun across nodes), it is
+one of the training processes, and only the first of them logs and writes outputs."""
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from faceage.distributed import Workers, joined, launch, launched_by_torchrun
 from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.losses import UNKNOWN_GENDER
-from faceage.params import load_params
+from faceage.params import Params, load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
-from faceage.tracking import dataset_fingerprint, end_run, start_pipeline_run
-from faceage.train import (
-    ResumeFile,
-    headline_metrics,
-    history_table,
-    split_ids,
-    train_model,
-    training_fingerprint,
-)
+from faceage.tracking import RunTracker, dataset_fingerprint, end_run, start_pipeline_run
+from faceage.train import ResumeFile, TrainingSetup, TrainResult, headline_metrics, history_table, train_model
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
@@ -34,24 +31,56 @@ CURVES = "plots/train/learning_curves.png"
 
 def main() -> None:
     params = load_params()
-    manifest, images, split = load_manifest(INGESTED), load_images(INGESTED), pd.read_csv(SPLIT_FILE)
-    data = (images, manifest["age"].to_numpy(), manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(), split)
-    settings = (params.model, params.train, params.augment, (params.data.min_age, params.data.max_age))
-    resume = ResumeFile(STATE, training_fingerprint(*data, *settings))
+    if params.train.nproc > 1 and not launched_by_torchrun():
+        launch(params.train.nproc, params.train.max_restarts, sys.argv[0])
+        return
+    with joined() as workers:
+        train(params, workers)
+
+
+def train(params: Params, workers: Workers) -> None:
+    manifest, split = load_manifest(INGESTED), pd.read_csv(SPLIT_FILE)
+    setup = TrainingSetup(
+        load_images(INGESTED),
+        manifest["age"].to_numpy(),
+        manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(),
+        split,
+        params.model,
+        params.train,
+        params.augment,
+        (params.data.min_age, params.data.max_age),
+    )
+    resume = ResumeFile(STATE, setup.fingerprint())
+    if not workers.is_main:
+        train_model(setup, resume=resume, workers=workers)
+        return
+    tracker = open_run(params, resume, len(manifest))
+    try:
+        result = train_model(setup, resume=resume, on_epoch_end=tracker.log_epoch, workers=workers)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    write_outputs(result, tracker, params)
+    tracker.log_model(MODEL, params.faces, setup.images[setup.val_ids[0]])
+    tracker.finish()
+
+
+def open_run(params: Params, resume: ResumeFile, rows: int) -> RunTracker:
+    """The MLflow run of this training: the one an interrupted training started, else a new one."""
     if resume.abandoned_run_id:
         end_run(resume.abandoned_run_id, "KILLED")
     fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
     tracker = start_pipeline_run(params, fingerprint, "stages/train.py", run_id=resume.run_id)
-    tracker.log_dataset(Path(params.data.source).name, fingerprint, params.data.source, len(manifest))
+    tracker.log_dataset(Path(params.data.source).name, fingerprint, params.data.source, rows)
     resume.run_id = tracker.run_id
     tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
     for row in resume.history:  # epochs logged before an interruption are kept; any the run lacks are added
         tracker.log_epoch(row)
-    try:
-        result = train_model(*data, *settings, resume=resume, on_epoch_end=tracker.log_epoch)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
+    return tracker
+
+
+def write_outputs(result: TrainResult, tracker: RunTracker, params: Params) -> None:
+    """The checkpoint, metrics, report and plots, each also logged to the run."""
     Path(MODEL).parent.mkdir(parents=True, exist_ok=True)
     torch.save({**result.checkpoint, "faces": asdict(params.faces), "mlflow_run_id": tracker.run_id}, MODEL)
     write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
@@ -62,8 +91,6 @@ def main() -> None:
     tracker.log_metrics({**headline, "parameters": result.summary["parameters"], "epochs_run": len(result.history)})
     for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
         tracker.log_artifact(path, folder)
-    tracker.log_model(MODEL, params.faces, images[split_ids(split, "val")[0]])
-    tracker.finish()
 
 
 if __name__ == "__main__":

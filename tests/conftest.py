@@ -107,12 +107,12 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
 
     from faceage.params import AugmentParams, FacesParams, ModelParams, TrainParams
-    from faceage.train import train_model
+    from faceage.train import TrainingSetup, train_model
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     split = pd.DataFrame({"id": range(40), "split": ["train"] * 30 + ["val"] * 10})
-    result = train_model(
+    setup = TrainingSetup(
         images,
         rng.integers(1, 90, 40),
         rng.integers(0, 2, 40),
@@ -121,8 +121,8 @@ def tiny_model(tmp_path_factory) -> Path:
         TrainParams(head_epochs=1, epochs=0, batch_size=16),
         AugmentParams(),
         (1, 100),
-        torch.device("cpu"),
     )
+    result = train_model(setup, torch.device("cpu"))
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save({**result.checkpoint, "faces": asdict(FacesParams())}, path)
     return path

@@ -56,3 +56,10 @@ def test_erasing_fills_a_rectangle_with_the_mean_colour():
     y = augmenter(erasing=1.0)(x)
     erased = (y[:, 0] == IMAGENET_MEAN[0]).flatten(1).sum(1)
     assert (erased > 0).all() and (erased < 16 * 16).all()
+
+
+def test_a_batch_split_in_shares_is_augmented_as_it_would_be_whole():
+    x = batch()
+    whole = augmenter(**AugmentParams().__dict__)(x)
+    parts = [augmenter(**AugmentParams().__dict__)(x[rows], (rows, len(x))) for rows in (slice(0, 2), slice(2, 6))]
+    torch.testing.assert_close(torch.cat(parts), whole)

@@ -247,6 +247,18 @@ def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
     assert read_json(repo / "reports" / "train.json")["mlflow_run_id"] == resumed.info.run_id
 
 
+def test_an_experiment_in_two_processes_logs_one_run(repo):
+    run(["dvc", "exp", "run", "-S", "train.nproc=2"], repo)
+    report = read_json(repo / "reports" / "train.json")
+    assert report["processes"] == 2
+    (logged,) = mlflow_runs(repo)
+    assert logged.info.status == "FINISHED" and logged.info.run_id == report["mlflow_run_id"]
+    assert logged.data.params["train.nproc"] == "2"
+    history = mlflow_client(repo).get_metric_history(logged.info.run_id, "val_mae")
+    assert sorted(m.step for m in history) == list(range(1, report["epochs_run"] + 1))
+    assert (repo / "models" / "model.pt").is_file() and not list((repo / "models" / "resume").glob("*.pt"))
+
+
 def test_two_queued_experiments_started_at_once_on_no_store_both_land(repo):
     assert not (repo / "mlflow.db").exists()
     for backbone in ("resnet18", "mobilenet_v3_small"):

@@ -10,7 +10,7 @@ from faceage.errors import FaceageError
 from faceage.inference import load_checkpoint, predict
 from faceage.models import build_model
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.train import Inputs, ResumeFile, autocast, plan_phases, split_ids, train_model, training_fingerprint
+from faceage.train import Inputs, ResumeFile, TrainingSetup, autocast, plan_phases, split_ids, train_model
 
 MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16)
 TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
@@ -31,9 +31,9 @@ def data():
 
 def train(data, model=MODEL, params=TRAIN, augment=AUGMENT, state=None, **kwargs):
     """Train on ``data``; with ``state`` (a path), save and resume the training state there."""
-    settings = (model, params, augment, AGES)
-    resume = ResumeFile(state, training_fingerprint(*data, *settings)) if state else None
-    return train_model(*data, *settings, CPU, resume=resume, **kwargs)
+    setup = TrainingSetup(*data, model, params, augment, AGES)
+    resume = ResumeFile(state, setup.fingerprint()) if state else None
+    return train_model(setup, CPU, resume=resume, **kwargs)
 
 
 def test_two_stages_report_every_epoch_and_keep_the_best(data):

@@ -1,0 +1,56 @@
+"""Started by torchrun from test_distributed.py: one of the processes that train the tiny setup of
+:func:`tiny_setup`; each saves the weights, history and summary it ends with as ``rank<N>.pt``.
+
+Usage: distributed_training.py OUT {exact,default} [CRASH_AFTER_EPOCH]. ``exact`` turns off what makes
+processes differ from one process (augmentation, dropout, batch statistics, bfloat16); with a crash epoch,
+process 1 exits after that epoch in the first attempt, so torchrun must restart both.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from faceage.distributed import joined
+from faceage.params import AugmentParams, ModelParams, TrainParams
+from faceage.train import ResumeFile, TrainingSetup, train_model
+
+NO_AUGMENTATION = AugmentParams(
+    hflip=0, crop_scale=1, shift=0, rotate=0, brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, erasing=0
+)
+
+
+def tiny_setup(exact: bool) -> TrainingSetup:
+    """60 16-pixel images whose brightness follows the age; 40 to train on (batches of 16, the last of 8)."""
+    rng = np.random.default_rng(0)
+    ages = rng.integers(1, 90, 60)
+    images = np.clip(ages[:, None, None, None] * 2.5 + rng.normal(0, 20, (60, 16, 16, 3)), 0, 255).astype(np.uint8)
+    split = pd.DataFrame({"id": range(60), "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
+    model = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, dropout=0.0 if exact else 0.2)
+    params = TrainParams(head_epochs=1, epochs=3, batch_size=16, seed=5, freeze_bn=exact, cpu_bf16=not exact)
+    return TrainingSetup(
+        images, ages, np.zeros(60), split, model, params, NO_AUGMENTATION if exact else AugmentParams(), (1, 100)
+    )
+
+
+def main(out: Path, mode: str, crash_after: int | None) -> None:
+    with joined() as workers:
+        setup = tiny_setup(exact=mode == "exact")
+
+        def crash(row: dict) -> None:
+            first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+            if workers.rank == 1 and row["epoch"] == crash_after and first_attempt:
+                (out / "crashed").touch()
+                os._exit(3)
+
+        resume = ResumeFile(out / "state.pt", setup.fingerprint())
+        result = train_model(setup, resume=resume, on_epoch_end=crash, workers=workers)
+        saved = {"state_dict": result.checkpoint["state_dict"], "history": result.history, "summary": result.summary}
+        torch.save(saved, out / f"rank{workers.rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
