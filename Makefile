@@ -9,7 +9,7 @@ SHARED_TORCH := $(abspath ../shared/torch)
 export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro sweep benchmark test lint format mlflow-ui clean
+.PHONY: setup repro sweep benchmark test services lint format mlflow-ui clean
 
 setup: $(INSTALLED)
 
@@ -35,8 +35,16 @@ sweep: setup
 benchmark: setup
 	python -m benchmarks.run $(BENCHMARK_ARGS)
 
-test: setup lint
+test: setup services lint
 	python -m pytest
+
+# PostgreSQL for the team tests (tests/test_team.py), from Debian's packages where it is missing and we may
+# install it; otherwise those tests are skipped and say why.
+services:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "PostgreSQL is not installed: the team tests will be skipped"
 
 lint: setup
 	ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import getpass
 import hashlib
 import json
 import logging
@@ -414,7 +415,8 @@ def end_run(run_id: str, status: str, uri: str | None = None) -> None:
 
 def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: str | None = None) -> RunTracker:
     """A new run of ``params.mlflow.experiment`` named after the backbone (and DVC experiment), with MLflow's
-    standard source tags (``source``: the script that trains) and a description, and tagged so runs can be
+    standard user and source tags (the server's user name when one is set; ``source``: the script that
+    trains) and a description, and tagged so runs can be
     grouped and compared; or, with ``run_id``, that run reopened."""
     model, train = params.model, params.train
     dvc_experiment = os.environ.get("DVC_EXP_NAME", "")
@@ -425,6 +427,7 @@ def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: st
         + (f"; DVC experiment {dvc_experiment}" if dvc_experiment else "")
     )
     tags = {
+        "mlflow.user": os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser(),
         "mlflow.source.name": source,
         "mlflow.source.type": "LOCAL",
         "mlflow.source.git.commit": git_commit(),

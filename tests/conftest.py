@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 import zipfile
 from dataclasses import asdict
@@ -12,8 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.workspace import copy_worktree, tool_env
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+TINY = {
+    "demo": {"num_images": 150, "image_size": 48},
+    "data": {"image_size": 32},
+    "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
+    "train": {"epochs": 1, "batch_size": 16},
+}
 
 
 def image_bytes(
@@ -126,3 +135,25 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save({**result.checkpoint, "faces": asdict(FacesParams())}, path)
     return path
+
+
+def run(args, cwd, **extra_env):
+    """Run a command with this environment's tools first on PATH and MLflow's default store."""
+    result = subprocess.run(args, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def commit(repo, message):
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """A git + DVC copy of the working tree with tiny parameters, its data made and split, and no MLflow
+    store yet. Tests work on copies of it, never on it."""
+    repo = copy_worktree(REPO, tmp_path_factory.mktemp("prepared"), TINY)
+    run(["dvc", "repro", "split"], repo)
+    commit(repo, "data")
+    return repo

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, TINY, commit, run
 from mlflow import MlflowClient
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
@@ -20,12 +20,6 @@ from faceage.tracking import flatten
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "demo": {"num_images": 150, "image_size": 48},
-    "data": {"image_size": 32},
-    "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
-    "train": {"epochs": 1, "batch_size": 16},
-}
 TIMINGS = {  # figures that vary from run to run: how long things took
     "seconds",
     "images_per_second",
@@ -65,13 +59,6 @@ def headline_keys(repo):
     }
 
 
-def run(args, cwd, **extra_env):
-    """Run a command with this environment's tools first on PATH and MLflow's default store."""
-    result = subprocess.run(args, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 def mlflow_client(repo):
     return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
 
@@ -85,23 +72,8 @@ def stages_run(output):
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def commit(repo, message):
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
-
-
 def read_json(path):
     return json.loads(path.read_text())
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    """A git + DVC copy of the working tree with tiny parameters, its data made and split, and no MLflow
-    store yet. Tests work on copies of it, never on it."""
-    repo = copy_worktree(REPO, tmp_path_factory.mktemp("prepared"), TINY)
-    run(["dvc", "repro", "split"], repo)
-    commit(repo, "data")
-    return repo
 
 
 @pytest.fixture
