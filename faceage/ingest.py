@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -64,6 +66,7 @@ UNMATCHED_FILE = "label_rows_without_image.csv"  # label rows that name no file,
 MANIFEST_COLUMNS = ["id", "age", "gender", "race", "given_split", "source_path", "content_hash", "pixel_hash"]
 LOGGED_PER_REASON = 10  # rejected files logged one by one per reason; rejected.csv lists them all
 BLOCK_SIZE = 1024  # files held in memory at once while decoding; does not change results
+COPY_BYTES = 16 * 2**20  # read and written at a time when the rows become the .npy
 
 
 @dataclass(frozen=True)
@@ -155,19 +158,16 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
     log.info("%s: %d entries, layout %s", params.source, files, layout.name)
     ledger = Ledger(source.skipped)
     labels = _labels(names, layout, params, ledger)
-    rows, several_faces = _decode_all(source, labels, params, faces or FacesParams(), out_dir / IMAGES_FILE, ledger)
+    kept, several_faces = _decode_all(source, labels, params, faces or FacesParams(), out_dir, ledger)
 
     counts = ledger.counts()
     if sum(counts.values()) != files:
         raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {files} entries")
-    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"gender": "Int64", "race": "Int64"}).to_csv(
-        out_dir / MANIFEST_FILE, index=False
-    )
     ledger.write(out_dir / REJECTED_FILE)
     _write_unmatched(layout.unmatched_rows, out_dir / UNMATCHED_FILE)
     seconds = time.perf_counter() - started
-    log.info("kept %d of %d entries in %.1f s", len(rows), files, seconds)
-    if not rows:
+    log.info("kept %d of %d entries in %.1f s", kept, files, seconds)
+    if not kept:
         raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
     return {
         "source": str(params.source),
@@ -180,7 +180,7 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
         "image_size": params.image_size,
         "array_megabytes": round((out_dir / IMAGES_FILE).stat().st_size / 2**20, 1),
         "seconds": round(seconds, 2),
-        "images_per_second": round(len(rows) / seconds, 1),
+        "images_per_second": round(kept / seconds, 1),
         "workers": worker_count(params.workers),
     }
 
@@ -205,20 +205,22 @@ def _labels(names: list[str], layout: Layout, params: DataParams, ledger: Ledger
 
 
 def _decode_all(
-    source: Source, labels: dict[str, Label], params: DataParams, faces: FacesParams, path: Path, ledger: Ledger
-) -> tuple[list[dict], int]:
-    """Decode the labelled files in worker processes into the array at ``path``, a block at a time; return
-    the manifest rows and how many kept images had several faces."""
-    shape = (params.image_size, params.image_size, 3)
-    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(len(labels), 1), *shape))
-    rows: list[dict] = []
+    source: Source, labels: dict[str, Label], params: DataParams, faces: FacesParams, out_dir: Path, ledger: Ledger
+) -> tuple[int, int]:
+    """Decode the labelled files in worker processes, a block at a time, into the image array and the
+    manifest in ``out_dir``, both written as they come; return how many images were kept and how many of
+    them had several faces."""
+    kept, several_faces = 0, 0
     first_with_hash: dict[str, str] = {}
-    several_faces = 0
     jobs = ((name, content, params, faces) for name, content in source.read(labels))
     with (
+        ArrayWriter(out_dir / IMAGES_FILE, (params.image_size, params.image_size, 3)) as images,
+        (out_dir / MANIFEST_FILE).open("w", newline="") as manifest_file,
         multiprocessing.Pool(worker_count(params.workers)) as pool,
         tqdm(total=len(labels), desc="ingest", unit="img", disable=None) as progress,
     ):
+        manifest = csv.writer(manifest_file, lineterminator="\n")
+        manifest.writerow(MANIFEST_COLUMNS)
         for block in blocks(jobs, BLOCK_SIZE):
             for result in pool.imap(_decode, block, chunksize=16):
                 progress.update()
@@ -231,12 +233,41 @@ def _decode_all(
                     first_with_hash[result.content_hash] = result.name
                     several_faces += result.faces > 1
                     ledger.keep(result.name)
-                    images[len(rows)] = result.pixels
-                    rows.append(_manifest_row(len(rows), result, labels[result.name]))
-    images.flush()
-    del images
-    _truncate(path, len(rows))
-    return rows, several_faces
+                    images.append(result.pixels)
+                    manifest.writerow(_manifest_row(kept, result, labels[result.name]))
+                    kept += 1
+    return kept, several_faces
+
+
+class ArrayWriter:
+    """Writes a ``.npy`` array of uint8 rows of ``shape`` one row at a time, with plain sequential writes:
+    the rows go to a raw file beside ``path`` and become the ``.npy`` (header, then the rows copied across)
+    when the block ends. Unlike a memory map, written rows never stay resident in this process, so its
+    memory does not grow with the number of images."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path = path
+        self.shape = shape
+        self.raw = path.with_suffix(".raw")
+        self.count = 0
+
+    def __enter__(self) -> ArrayWriter:
+        self.path.unlink(missing_ok=True)  # a failed ingest leaves no array of earlier data behind
+        self.file = self.raw.open("wb")
+        return self
+
+    def append(self, row: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+        self.count += 1
+
+    def __exit__(self, *exc_info) -> None:
+        self.file.close()
+        if exc_info[0] is None:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (self.count, *self.shape)}
+            with self.path.open("wb") as out, self.raw.open("rb") as rows:
+                np.lib.format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(rows, out, COPY_BYTES)
+        self.raw.unlink()
 
 
 def _write_unmatched(rows: Sequence[str], path: Path) -> None:
@@ -246,32 +277,11 @@ def _write_unmatched(rows: Sequence[str], path: Path) -> None:
         log.warning("%d label rows name no single file, e.g. %s: see %s", len(rows), rows[0], path)
 
 
-def _manifest_row(index: int, result: Decoded, label: Label) -> dict:
-    return {
-        "id": index,
-        "age": label.age,
-        "gender": label.gender,
-        "race": label.race,
-        "given_split": label.given_split,
-        "source_path": result.name,
-        "content_hash": result.content_hash,
-        "pixel_hash": hashlib.sha256(result.pixels.tobytes()).hexdigest(),
-    }
-
-
-def _truncate(path: Path, count: int) -> None:
-    """Rewrite the ``.npy`` at ``path`` keeping its first ``count`` rows (rows were reserved for every candidate)."""
-    images = np.load(path, mmap_mode="r")
-    if len(images) == count:
-        return
-    kept = path.with_suffix(".tmp.npy")
-    out = np.lib.format.open_memmap(kept, mode="w+", dtype=np.uint8, shape=(count, *images.shape[1:]))
-    for start in range(0, count, BLOCK_SIZE):
-        stop = min(start + BLOCK_SIZE, count)
-        out[start:stop] = images[start:stop]
-    out.flush()
-    del out, images
-    kept.replace(path)
+def _manifest_row(index: int, result: Decoded, label: Label) -> list:
+    """One manifest line, in :data:`MANIFEST_COLUMNS` order; unknown values are empty."""
+    optional = ["" if value is None else value for value in (label.gender, label.race, label.given_split)]
+    pixel_hash = hashlib.sha256(result.pixels.tobytes()).hexdigest()
+    return [index, label.age, *optional, result.name, result.content_hash, pixel_hash]
 
 
 def load_images(in_dir: str | Path) -> np.ndarray:

@@ -126,6 +126,7 @@ class TarSource(Source):
         try:
             with tarfile.open(self.path, "r:*") as tar:
                 for member in tar:
+                    tar.members = []  # tarfile keeps every member it has seen: memory would grow with the archive
                     where = f"after member {member.name!r}"
                     if not member.isdir():
                         yield member.name, self._problem(member)
@@ -164,6 +165,7 @@ class TarSource(Source):
         try:
             with tarfile.open(self.path, "r|*") as tar:
                 for member in tar:
+                    tar.members = []
                     if member.name in wanted and member.isfile():
                         wanted.discard(member.name)
                         yield member.name, tar.extractfile(member).read()

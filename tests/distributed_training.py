@@ -1,8 +1,9 @@
 """Started by torchrun from test_distributed.py: one of the processes that train the tiny setup of
 :func:`tiny_setup`; each saves the weights, history and summary it ends with as ``rank<N>.pt``.
 
-Usage: distributed_training.py OUT {exact,default} [CRASH_AFTER_EPOCH]. ``exact`` turns off what makes
-processes differ from one process (augmentation, dropout, batch statistics, bfloat16); with a crash epoch,
+Usage: distributed_training.py OUT {exact,default,sync_bn} [CRASH_AFTER_EPOCH]. ``exact`` turns off what
+makes processes differ from one process (augmentation, dropout, batch statistics, bfloat16); ``sync_bn``
+is the default with BatchNorm statistics over the whole batch (CUDA only); with a crash epoch,
 process 1 exits after that epoch in the first attempt, so torchrun must restart both.
 """
 
@@ -23,14 +24,16 @@ NO_AUGMENTATION = AugmentParams(
 )
 
 
-def tiny_setup(exact: bool) -> TrainingSetup:
+def tiny_setup(exact: bool, sync_bn: bool = False) -> TrainingSetup:
     """60 16-pixel images whose brightness follows the age; 40 to train on (batches of 16, the last of 8)."""
     rng = np.random.default_rng(0)
     ages = rng.integers(1, 90, 60)
     images = np.clip(ages[:, None, None, None] * 2.5 + rng.normal(0, 20, (60, 16, 16, 3)), 0, 255).astype(np.uint8)
     split = pd.DataFrame({"id": range(60), "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
     model = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, dropout=0.0 if exact else 0.2)
-    params = TrainParams(head_epochs=1, epochs=3, batch_size=16, seed=5, freeze_bn=exact, cpu_bf16=not exact)
+    params = TrainParams(
+        head_epochs=1, epochs=3, batch_size=16, seed=5, freeze_bn=exact, cpu_bf16=not exact, sync_bn=sync_bn
+    )
     return TrainingSetup(
         images, ages, np.zeros(60), split, model, params, NO_AUGMENTATION if exact else AugmentParams(), (1, 100)
     )
@@ -38,7 +41,7 @@ def tiny_setup(exact: bool) -> TrainingSetup:
 
 def main(out: Path, mode: str, crash_after: int | None) -> None:
     with joined() as workers:
-        setup = tiny_setup(exact=mode == "exact")
+        setup = tiny_setup(exact=mode == "exact", sync_bn=mode == "sync_bn")
 
         def crash(row: dict) -> None:
             first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

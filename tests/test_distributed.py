@@ -11,6 +11,7 @@ import torch
 from distributed_training import tiny_setup
 
 from faceage.distributed import Workers
+from faceage.errors import FaceageError
 from faceage.train import train_model
 
 SCRIPT = Path(__file__).with_name("distributed_training.py")
@@ -72,3 +73,16 @@ def test_a_crashed_process_is_restarted_and_training_resumes_to_the_same_weights
     assert (tmp_path / "crashed" / "crashed").exists()
     assert_identical(crashed[0], uninterrupted[0])
     assert_identical(crashed[1], uninterrupted[0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_sync_bn_without_cuda_stops_with_one_line():
+    with pytest.raises(FaceageError, match=r"train\.sync_bn needs CUDA"):
+        train_model(tiny_setup(exact=False, sync_bn=True), workers=Workers(0, 2))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (nccl, one process each)")
+@pytest.mark.parametrize("mode", ["default", "sync_bn"])
+def test_two_gpu_processes_end_identical(tmp_path, mode):
+    assert_identical(*torchrun(tmp_path / "run", mode))

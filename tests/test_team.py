@@ -26,6 +26,7 @@ from team_services import (
 )
 
 from benchmarks.workspace import tool_env
+from faceage.tracking import RunTracker
 
 pytestmark = pytest.mark.slow
 MISSING = [name for name in ("moto_server", "initdb", "postgres", "mlflow") if tool(name) is None]
@@ -115,12 +116,14 @@ def api(server, path: str, payload: dict | None = None, user: tuple[str, str] | 
         return error.code
 
 
-def test_a_shared_tracking_server_refuses_strangers_and_records_three_runs_at_once(prepared, server, tmp_path):
+def test_a_shared_tracking_server_refuses_strangers_and_records_three_runs_at_once(prepared, server, tmp_path, caplog):
     alice = ("alice", "alice-password")
     assert api(server, "users/create", {"username": alice[0], "password": alice[1]}, ("admin", ADMIN_PASSWORD)) == 200
     assert api(server, "experiments/search?max_results=1") == 401
     assert api(server, "experiments/search?max_results=1", user=("alice", "wrong")) == 401
     assert api(server, "experiments/search?max_results=1", user=alice) == 200
+    stranger = RunTracker("faceage", uri=server.uri)  # no credentials: warned, and the pipeline goes on
+    assert not stranger.active and "continuing without it" in caplog.text
 
     # Users set only the server's address and their credentials; three trainings log at once.
     env = tool_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_TRACKING_USERNAME=alice[0], MLFLOW_TRACKING_PASSWORD=alice[1])
