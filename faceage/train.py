@@ -94,12 +94,21 @@ def autocast(device: torch.device, params: TrainParams) -> contextlib.AbstractCo
 class Inputs:
     """Turns manifest ids into model outputs, from images or from backbone features computed once."""
 
-    def __init__(self, model: AgeNet, images: np.ndarray, input_size: int, batch_size: int, device: torch.device):
+    def __init__(
+        self,
+        model: AgeNet,
+        images: np.ndarray,
+        input_size: int,
+        batch_size: int,
+        device: torch.device,
+        show_progress: bool = True,
+    ):
         self.model = model
         self.images = images
         self.input_size = input_size
         self.batch_size = batch_size
         self.device = device
+        self.show_progress = show_progress  # a bar on terminals; never in the processes besides the main one
         self.features: torch.Tensor | None = None
         self.rows: dict[int, int] = {}
 
@@ -109,9 +118,9 @@ class Inputs:
         self.model.trunk.eval()
         ids = np.sort(ids)
         parts = []
-        for batch in tqdm(
-            list(index_batches(ids, self.batch_size)), desc="backbone features", unit="batch", disable=None
-        ):
+        batches = list(index_batches(ids, self.batch_size))
+        disable = None if self.show_progress else True  # None: a bar on terminals only
+        for batch in tqdm(batches, desc="backbone features", unit="batch", disable=disable):
             with amp:
                 parts.append(self.model.trunk(to_input(self.images[batch], self.input_size, self.device)).float())
         self.features = torch.cat(parts)
@@ -392,7 +401,9 @@ class Trainer:
             setup.model_params,
             params,
         )
-        self.inputs = Inputs(self.model, setup.images, setup.model_params.input_size, params.batch_size, device)
+        self.inputs = Inputs(
+            self.model, setup.images, setup.model_params.input_size, params.batch_size, device, workers.is_main
+        )
         self.seconds = dict.fromkeys(("head", "finetune"), 0.0)
         self.images_seen = dict.fromkeys(("head", "finetune"), 0)
 
