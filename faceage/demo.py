@@ -59,6 +59,24 @@ def _mix(a: tuple[int, ...] | np.ndarray, b: tuple[int, ...] | np.ndarray, t: fl
     return tuple(round(x) for x in (1 - t) * np.asarray(a, float) + t * np.asarray(b, float))
 
 
+@dataclass(frozen=True)
+class FaceBox:
+    """Where the face sits in the image: centre, size and the ellipse's bounds, in pixels."""
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+
+    @property
+    def top(self) -> float:
+        return self.cy - self.height / 2
+
+    @property
+    def bottom(self) -> float:
+        return self.cy + self.height / 2
+
+
 def draw_face(person: Person, size: int, rng: np.random.Generator) -> Image.Image:
     """Render one face of ``person`` as an RGB image of ``size`` x ``size`` pixels."""
     age, s = person.age, float(size)
@@ -68,31 +86,58 @@ def draw_face(person: Person, size: int, rng: np.random.Generator) -> Image.Imag
     draw = ImageDraw.Draw(image)
 
     face_h = s * (0.50 + 0.14 * growth) * rng.uniform(0.95, 1.05)
-    face_w = face_h * (0.92 - 0.14 * growth) * rng.uniform(0.96, 1.04)
-    cx, cy = s / 2, s * 0.52
-    top, left, right, bottom = cy - face_h / 2, cx - face_w / 2, cx + face_w / 2, cy + face_h / 2
-
+    face = FaceBox(s / 2, s * 0.52, face_h * (0.92 - 0.14 * growth) * rng.uniform(0.96, 1.04), face_h)
     skin = _mix(
         np.array(SKIN_TONES[person.race]) + rng.integers(-12, 13, 3), (170, 150, 140), 0.15 * max(age - 50, 0) / 50
     )
     grey = float(np.clip((age - 35) / 40, 0, 1))
     hair = _mix(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], GREY, grey)
-    clothes = tuple(int(v) for v in rng.integers(0, 256, 3))
+    recede = _draw_head(draw, person, face, s, skin, hair, rng)
+    _draw_features(draw, person, face, s, skin, hair, recede)
+    return _photograph(image, background, rng)
 
+
+def _draw_head(
+    draw: ImageDraw.ImageDraw,
+    person: Person,
+    face: FaceBox,
+    s: float,
+    skin: tuple[int, ...],
+    hair: tuple[int, ...],
+    rng: np.random.Generator,
+) -> float:
+    """Clothes, neck, hair and the face's outline; how far the hairline has receded, in pixels."""
+    cx, cy, face_w, face_h = face.cx, face.cy, face.width, face.height
+    clothes = tuple(int(v) for v in rng.integers(0, 256, 3))
     draw.ellipse((cx - s * 0.45, s * 0.88, cx + s * 0.45, s * 1.4), fill=clothes)
     draw.rectangle((cx - face_w * 0.22, cy, cx + face_w * 0.22, s * 0.95), fill=skin)
     long_hair = person.gender == 1 or rng.random() < 0.1
-    hair_bottom = bottom + face_h * 0.15 if long_hair else cy - face_h * 0.05
-    recede = face_h * 0.12 * float(np.clip((age - 45) / 35, 0, 1)) if person.gender == 0 else 0.0
+    hair_bottom = face.bottom + face_h * 0.15 if long_hair else cy - face_h * 0.05
+    recede = face_h * 0.12 * float(np.clip((person.age - 45) / 35, 0, 1)) if person.gender == 0 else 0.0
     margin = s * rng.uniform(0.03, 0.07)
+    left, right = cx - face_w / 2, cx + face_w / 2
     draw.rounded_rectangle(
-        (left - margin, top - margin + recede, right + margin, hair_bottom), radius=face_w * 0.45, fill=hair
+        (left - margin, face.top - margin + recede, right + margin, hair_bottom), radius=face_w * 0.45, fill=hair
     )
-    draw.ellipse((left, top, right, bottom), fill=skin)
+    draw.ellipse((left, face.top, right, face.bottom), fill=skin)
+    return recede
 
+
+def _draw_features(
+    draw: ImageDraw.ImageDraw,
+    person: Person,
+    face: FaceBox,
+    s: float,
+    skin: tuple[int, ...],
+    hair: tuple[int, ...],
+    recede: float,
+) -> None:
+    """Eyes, brows, nose and mouth, with the lines that age adds (crow's feet, lids, forehead, folds)."""
+    age, cx, face_w, face_h = person.age, face.cx, face.width, face.height
+    growth = min(age / 18.0, 1.0)
     line = _mix(skin, (60, 40, 35), 0.25 + 0.45 * float(np.clip((age - 25) / 50, 0, 1)))
     width = max(1, round(s / 100))
-    eye_y = top + face_h * (0.60 - 0.13 * growth)
+    eye_y = face.top + face_h * (0.60 - 0.13 * growth)
     eye_dx, eye_r = face_w * 0.22, face_h * (0.075 - 0.028 * growth)
     for side in (-1, 1):
         ex = cx + side * eye_dx
@@ -106,16 +151,11 @@ def draw_face(person: Person, size: int, rng: np.random.Generator) -> Image.Imag
                 dy = (k - 1) * eye_r * 0.6
                 draw.line((outer, eye_y + dy * 0.3, outer + side * eye_r * 0.9, eye_y + dy), fill=line, width=width)
         if age > 55:  # drooping lids
-            draw.arc(
-                (ex - eye_r * 1.4, eye_y - eye_r * 1.3, ex + eye_r * 1.4, eye_y + eye_r * 0.6),
-                200,
-                340,
-                fill=line,
-                width=width,
-            )
+            lid = (ex - eye_r * 1.4, eye_y - eye_r * 1.3, ex + eye_r * 1.4, eye_y + eye_r * 0.6)
+            draw.arc(lid, 200, 340, fill=line, width=width)
 
     for k in range(int(np.clip((age - 25) / 12, 0, 5))):  # forehead lines
-        y = top + face_h * 0.14 + k * face_h * 0.035 + recede
+        y = face.top + face_h * 0.14 + k * face_h * 0.035 + recede
         draw.arc((cx - face_w * 0.3, y, cx + face_w * 0.3, y + face_h * 0.06), 200, 340, fill=line, width=width)
 
     nose_y = eye_y + face_h * (0.14 + 0.04 * growth)
@@ -129,8 +169,6 @@ def draw_face(person: Person, size: int, rng: np.random.Generator) -> Image.Imag
         for side in (-1, 1):
             x0 = cx + side * face_w * 0.10
             draw.line((x0, nose_y, x0 + side * face_w * 0.08, mouth_y + face_h * 0.05), fill=line, width=width)
-
-    return _photograph(image, background, rng)
 
 
 def _photograph(image: Image.Image, background: tuple[int, ...], rng: np.random.Generator) -> Image.Image:

@@ -413,11 +413,19 @@ def end_run(run_id: str, status: str, uri: str | None = None) -> None:
         log.warning("cannot end MLflow run %s: %s", run_id, error)
 
 
+def user_name() -> str:
+    """Who runs: the tracking server's user name when one is set, else the system's ("unknown" in a
+    container whose user has no name)."""
+    try:
+        return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: str | None = None) -> RunTracker:
     """A new run of ``params.mlflow.experiment`` named after the backbone (and DVC experiment), with MLflow's
-    standard user and source tags (the server's user name when one is set; ``source``: the script that
-    trains) and a description, and tagged so runs can be
-    grouped and compared; or, with ``run_id``, that run reopened."""
+    standard user and source tags (``source``: the script that trains) and a description, and tagged so runs
+    can be grouped and compared; or, with ``run_id``, that run reopened."""
     model, train = params.model, params.train
     dvc_experiment = os.environ.get("DVC_EXP_NAME", "")
     weights = "pretrained" if model.pretrained else "from scratch"
@@ -427,7 +435,7 @@ def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: st
         + (f"; DVC experiment {dvc_experiment}" if dvc_experiment else "")
     )
     tags = {
-        "mlflow.user": os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser(),
+        "mlflow.user": user_name(),
         "mlflow.source.name": source,
         "mlflow.source.type": "LOCAL",
         "mlflow.source.git.commit": git_commit(),

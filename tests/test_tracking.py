@@ -16,6 +16,7 @@ from faceage.tracking import (
     git_commit,
     start_pipeline_run,
     tracking_uri,
+    user_name,
     workspace_root,
 )
 
@@ -255,3 +256,17 @@ def test_runs_started_at_once_on_a_new_store_all_land(tmp_path):
     assert sorted(run.info.run_name for run in runs) == [f"run{i}" for i in range(4)]
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert [[i.dataset.digest for i in run.inputs.dataset_inputs] for run in runs] == [["abc123"]] * 4
+
+
+def test_the_run_user_is_the_servers_user_else_the_systems_else_unknown(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    assert user_name() == "alice"
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.setattr("getpass.getuser", lambda: "bob")
+    assert user_name() == "bob"
+
+    def nameless():
+        raise KeyError("getpwuid(): uid not found: 1234")
+
+    monkeypatch.setattr("getpass.getuser", nameless)
+    assert user_name() == "unknown"
