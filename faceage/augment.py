@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
 
 from faceage.batches import IMAGENET_MEAN
 from faceage.params import AugmentParams
@@ -30,6 +31,9 @@ def is_active(params: AugmentParams) -> bool:
             params.hue > 0,
             params.grayscale > 0,
             params.erasing > 0,
+            params.blur > 0,
+            params.noise > 0,
+            params.jpeg > 0,
         )
     )
 
@@ -56,6 +60,7 @@ class BatchAugmenter:
         self._rows, self._drawn = share if share is not None else (slice(None), x.shape[0])
         x = self.geometry(x)
         x = self.colour(x)
+        x = self.degrade(x)
         if self.params.erasing > 0:
             x = self.erase(x)
         return x
@@ -99,6 +104,24 @@ class BatchAugmenter:
             x = torch.where(self._chance(p.grayscale, device).view(n, 1, 1, 1), gray, x)
         return x
 
+    def degrade(self, x: torch.Tensor) -> torch.Tensor:
+        """What other cameras and uploads do to a face: Gaussian blur, sensor noise and JPEG re-encoding."""
+        p, n, device = self.params, x.shape[0], x.device
+        if p.blur > 0:
+            sigma = self._uniform(0.3, p.blur_sigma, device)
+            blurred = gaussian_blur(x, sigma)
+            x = torch.where(self._chance(p.blur, device).view(n, 1, 1, 1), blurred, x)
+        if p.noise > 0:
+            scale = self._uniform(0, p.noise, device).view(n, 1, 1, 1)
+            noise = torch.randn(self._drawn, *x.shape[1:], generator=self.generator)[self._rows].to(device)
+            x = (x + noise * scale).clamp(0, 1)
+        if p.jpeg > 0:
+            quality = self._uniform(p.jpeg_quality, 95, device).round().int().tolist()
+            chosen = self._chance(p.jpeg, device).tolist()
+            images = zip(x, quality, chosen, strict=True)
+            x = torch.stack([jpeg_round_trip(image, q) if pick else image for image, q, pick in images])
+        return x
+
     @staticmethod
     def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
         to_yiq = torch.tensor(RGB_TO_YIQ, device=x.device)
@@ -130,3 +153,23 @@ class BatchAugmenter:
         mask = (inside & self._chance(self.params.erasing, device).view(n, 1, 1)).unsqueeze(1)
         fill = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         return torch.where(mask, fill, x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` blurred by a Gaussian of its own width ``sigma`` (pixels), edges reflected."""
+    n, channels, height, width = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+    planes = F.pad(x.reshape(1, n * channels, height, width), (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, kernel.view(n * channels, 1, 1, -1), groups=n * channels)
+    planes = F.conv2d(planes, kernel.view(n * channels, 1, -1, 1), groups=n * channels)
+    return planes.view(n, channels, height, width)
+
+
+def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """``(3, H, W)`` image in ``[0, 1]`` encoded as JPEG at ``quality`` and decoded again."""
+    pixels = (image * 255).round().to(torch.uint8).cpu()
+    decoded = decode_jpeg(encode_jpeg(pixels, quality=quality))
+    return decoded.to(image.device, image.dtype) / 255

@@ -16,6 +16,7 @@ from torchvision.models import WeightsEnum
 from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 from faceage.errors import FaceageError
 from faceage.params import ModelParams
+from faceage.reference import ReferenceAgeModel
 
 ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
 
@@ -91,7 +92,9 @@ class AgeNet(nn.Module):
 
     The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
     to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
-    outputs into years are buffers, so a state dict is self-contained.
+    outputs into years are buffers, so a state dict is self-contained. With ``reference_blend`` b > 0, the
+    model in evaluation mode predicts from images the distribution (1 - b) * its own + b * dlib's untouched age
+    model's (:class:`~faceage.reference.ReferenceAgeModel`, part of the model): an ensemble in one network.
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class AgeNet(nn.Module):
         self.register_buffer("bin_ages", bins)
         self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
         self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
+        self.blend = params.reference_blend
+        self.reference = ReferenceAgeModel(bins) if self.blend > 0 else None
 
     def head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs from pooled backbone features."""
@@ -130,8 +135,18 @@ class AgeNet(nn.Module):
         return outputs
 
     def forward(self, x: torch.Tensor, pooled: bool = False) -> dict[str, torch.Tensor]:
-        """Outputs from images, or from pooled backbone features with ``pooled``."""
-        return self.head(x if pooled else self.trunk(x))
+        """Outputs from images, or from pooled backbone features with ``pooled`` (never blended)."""
+        if pooled:
+            return self.head(x)
+        outputs = self.head(self.trunk(x))
+        if self.reference is not None and not self.training:
+            outputs["age"] = self.blended(outputs["age"], self.reference(x))
+        return outputs
+
+    def blended(self, age_output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the age distribution blended with the ``reference`` model's distribution."""
+        mixture = (1 - self.blend) * age_output.float().softmax(dim=1) + self.blend * reference
+        return mixture.clamp(min=1e-12).log()
 
     def years(self, age_output: torch.Tensor) -> torch.Tensor:
         """Predicted age in years from the age output."""
@@ -203,7 +218,7 @@ def trunk_is_frozen(model: AgeNet) -> bool:
 
 def set_train_mode(model: AgeNet) -> None:
     """Training mode, except that a frozen trunk, and frozen BatchNorm layers, keep behaving as in evaluation."""
-    model.train()
+    model.train()  # the reference model, if any, stays in evaluation mode
     if trunk_is_frozen(model):
         model.trunk.eval()
     for module in model.trunk.modules():

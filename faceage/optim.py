@@ -1,20 +1,63 @@
-"""Optimisers and learning-rate schedules by name."""
+"""Optimisers, their parameter groups, and learning-rate schedules by name."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
 from faceage.params import TrainParams
 
 
-def build_optimizer(parameters: list[torch.nn.Parameter], lr: float, params: TrainParams) -> torch.optim.Optimizer:
-    """The optimiser named by ``params.optimizer`` (checked when params are loaded) over ``parameters``."""
+def trunk_blocks(trunk: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks from input to output: its top-level children with parameters, a sequence
+    among them taken apart one level (ResNet's ``layer1.0``, MobileNet's ``features.3``)."""
+    blocks = []
+    for child in trunk.children():
+        parts = list(child.children()) if isinstance(child, nn.Sequential) else [child]
+        blocks += [part for part in parts if any(True for _ in part.parameters())]
+    return blocks
+
+
+def parameter_groups(model: nn.Module, lr: float, params: TrainParams) -> list[dict]:
+    """The trainable parameters of ``model`` (an AgeNet) in groups: the head at ``lr`` first, then each backbone
+    block, last first, at ``lr`` times ``layer_decay`` once more per block. With ``l2sp`` the backbone groups
+    have no weight decay: :class:`AnchorPull` pulls them toward their starting weights instead."""
+    head = [p for name, p in model.named_parameters() if not name.startswith("trunk.") and p.requires_grad]
+    groups = [{"params": head, "lr": lr}]
+    decay = 0.0 if params.l2sp > 0 else params.weight_decay
+    for depth, block in enumerate(reversed(trunk_blocks(model.trunk)), start=1):
+        trainable = [p for p in block.parameters() if p.requires_grad]
+        if trainable:
+            block_lr = lr * params.layer_decay**depth
+            groups.append({"params": trainable, "lr": block_lr, "weight_decay": decay, "trunk": True})
+    return groups
+
+
+def build_optimizer(groups: list[dict], params: TrainParams) -> torch.optim.Optimizer:
+    """The optimiser named by ``params.optimizer`` (checked when params are loaded) over parameter ``groups``."""
     if params.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        return torch.optim.SGD(groups, momentum=params.momentum, weight_decay=params.weight_decay)
     optimizer = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(parameters, lr=lr, weight_decay=params.weight_decay)
+    return optimizer(groups, weight_decay=params.weight_decay)
+
+
+class AnchorPull:
+    """L2-SP, decoupled as AdamW decouples weight decay: after each step, every backbone parameter moves toward
+    its starting value by ``strength`` times its group's learning rate times the distance."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, anchors: dict[nn.Parameter, torch.Tensor], strength: float):
+        self.optimizer, self.anchors, self.strength = optimizer, anchors, strength
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.strength == 0:
+            return
+        for group in self.optimizer.param_groups:
+            if group.get("trunk"):
+                for parameter in group["params"]:
+                    parameter.sub_(parameter - self.anchors[parameter], alpha=group["lr"] * self.strength)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -156,6 +156,7 @@ class ModelParams(Checked):
         "gender_weight": AT_LEAST_0,
         "age_group_weight": AT_LEAST_0,
         "age_group_edges": INCREASING,
+        "reference_blend": PROBABILITY,
     }
 
     backbone: str = "dlib_age_resnet10"
@@ -172,6 +173,7 @@ class ModelParams(Checked):
     gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
     age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
     age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
+    reference_blend: float = 0.0  # weight of dlib's untouched age model in the predicted distribution; 0 = none
 
     def check_together(self) -> None:
         dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
@@ -211,6 +213,9 @@ class TrainParams(Checked):
         "threads": AT_LEAST_0,
         "nproc": AT_LEAST_1,
         "max_restarts": AT_LEAST_0,
+        "layer_decay": (lambda v: 0 < v <= 1, "0 < value <= 1"),
+        "l2sp": AT_LEAST_0,
+        "distill_weight": AT_LEAST_0,
     }
 
     head_epochs: int = 3
@@ -240,6 +245,9 @@ class TrainParams(Checked):
     nproc: int = 1  # training processes on this machine (torchrun, DDP): one per GPU, or share the CPU cores
     max_restarts: int = 0  # times torchrun restarts all processes when one fails (they resume the last epoch)
     sync_bn: bool = False  # with several GPU processes: BatchNorm statistics over the whole batch
+    layer_decay: float = 1.0  # fine-tuning: each backbone block's lr is this times the next one's; 1 = one lr
+    l2sp: float = 0.0  # fine-tuning: pull of the backbone toward its pretrained weights (L2-SP); 0 = off
+    distill_weight: float = 0.0  # loss weight of agreeing with dlib's untouched age model (classification); 0 = off
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,11 @@ class AugmentParams(Checked):
         "hue": (lambda v: 0 <= v <= 0.5, "0..0.5"),
         "grayscale": PROBABILITY,
         "erasing": PROBABILITY,
+        "blur": PROBABILITY,
+        "blur_sigma": POSITIVE,
+        "noise": (lambda v: 0 <= v <= 0.5, "0..0.5"),
+        "jpeg": PROBABILITY,
+        "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
     }
 
     hflip: float = 0.5  # probability
@@ -270,6 +283,11 @@ class AugmentParams(Checked):
     hue: float = 0.02  # largest hue rotation, as a share of the colour circle
     grayscale: float = 0.05  # probability
     erasing: float = 0.25  # probability of erasing a random rectangle
+    blur: float = 0.0  # probability of a Gaussian blur
+    blur_sigma: float = 1.5  # largest blur width, pixels of the network input
+    noise: float = 0.0  # largest standard deviation of added Gaussian noise (pixel values 0..1)
+    jpeg: float = 0.0  # probability of re-encoding as JPEG
+    jpeg_quality: int = 30  # lowest JPEG quality drawn (up to 95)
     in_head_stage: bool = False  # augment in the head-only stage too (disables its feature cache)
 
 
@@ -296,6 +314,7 @@ class EvaluateParams(Checked):
         "bucket_edges": INCREASING,
         "worst_errors": AT_LEAST_0,
         "gradcam_per_bucket": AT_LEAST_0,
+        "age_groups": INCREASING,
     }
 
     batch_size: int = 128
@@ -307,6 +326,7 @@ class EvaluateParams(Checked):
     bucket_edges: tuple[int, ...] = (1, 6, 13, 19, 31, 46, 61, 101)
     worst_errors: int = 16  # faces in the worst-errors gallery
     gradcam_per_bucket: int = 2  # test faces per age bucket in the Grad-CAM gallery
+    age_groups: tuple[int, ...] = (30, 60)  # first ages of the groups after the first: <30, 30-59, 60+
 
 
 @dataclass(frozen=True)
@@ -328,6 +348,18 @@ class CompareParams(Checked):
 
 
 @dataclass(frozen=True)
+class TestSource(Checked):
+    """A data set the model is tested on beside the split's test images, e.g. photos of another origin."""
+
+    SECTION: ClassVar[str] = "test_sources"
+    RANGES: ClassVar[dict[str, Range]] = {"source": (lambda v: bool(v.strip()), "a path")}
+    RESERVED: ClassVar[tuple[str, ...]] = ("train", "val", "test")  # the split's names
+
+    source: str
+    align: bool = False  # detect and align each image's face first (raw photos)
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
@@ -341,6 +373,15 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     compare: CompareParams = field(default_factory=CompareParams)
+    test_sources: dict[str, TestSource] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.test_sources:
+            allowed = f"a name of letters, digits and _, none of {', '.join(TestSource.RESERVED)}"
+            check(re.fullmatch(r"\w+", name) and name not in TestSource.RESERVED, "test_sources", name, allowed)
+        learns_from_dlib = self.train.distill_weight > 0 or self.model.reference_blend > 0
+        if learns_from_dlib and self.model.head != "classification":
+            raise FaceageError("train.distill_weight and model.reference_blend need model.head: classification")
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
@@ -364,6 +405,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FaceageError(f"{where}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(key): _convert(item, v, f"{where}.{key}") for key, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise FaceageError(f"{where}: expected a list, got {value!r}")

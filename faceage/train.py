@@ -35,8 +35,9 @@ from faceage.errors import FaceageError
 from faceage.inference import make_checkpoint, predict
 from faceage.losses import total_loss
 from faceage.models import AgeNet, build_model, count_parameters, freeze_trunk, set_train_mode, trunk_is_frozen
-from faceage.optim import Schedule, build_optimizer
+from faceage.optim import AnchorPull, Schedule, build_optimizer, parameter_groups
 from faceage.params import AugmentParams, ModelParams, TrainParams
+from faceage.reference import ReferenceAgeModel
 from faceage.runtime import make_deterministic, select_device
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def autocast(device: torch.device, params: TrainParams) -> contextlib.AbstractCo
 
 
 class Inputs:
-    """Turns manifest ids into model outputs, from images or from backbone features computed once."""
+    """Turns manifest ids into model outputs, from images or from backbone features computed once; with a
+    ``teacher``, the outputs hold its age distribution on the same input as ``reference``."""
 
     def __init__(
         self,
@@ -102,14 +104,18 @@ class Inputs:
         batch_size: int,
         device: torch.device,
         show_progress: bool = True,
+        teacher: ReferenceAgeModel | None = None,
     ):
         self.model = model
+        self.teacher = teacher
         self.images = images
         self.input_size = input_size
         self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress  # a bar on terminals; never in the processes besides the main one
         self.features: torch.Tensor | None = None
+        self.taught: torch.Tensor | None = None  # the teacher's outputs for the cached features
+        self.referenced: torch.Tensor | None = None  # the model's reference's, to blend with
         self.rows: dict[int, int] = {}
 
     @torch.no_grad()
@@ -117,13 +123,19 @@ class Inputs:
         """Run the frozen backbone once over ``ids`` and keep the pooled features."""
         self.model.trunk.eval()
         ids = np.sort(ids)
-        parts = []
+        parts, taught, referenced = [], [], []
         batches = list(index_batches(ids, self.batch_size))
         disable = None if self.show_progress else True  # None: a bar on terminals only
         for batch in tqdm(batches, desc="backbone features", unit="batch", disable=disable):
+            x = to_input(self.images[batch], self.input_size, self.device)
             with amp:
-                parts.append(self.model.trunk(to_input(self.images[batch], self.input_size, self.device)).float())
+                parts.append(self.model.trunk(x).float())
+                for model, outputs in ((self.teacher, taught), (self.model.reference, referenced)):
+                    if model is not None:
+                        outputs.append(model(x))
         self.features = torch.cat(parts)
+        self.taught = torch.cat(taught) if taught else None
+        self.referenced = torch.cat(referenced) if referenced else None
         self.rows = {int(i): row for row, i in enumerate(ids)}
 
     def outputs(
@@ -137,9 +149,16 @@ class Inputs:
         :class:`BatchAugmenter` when ``ids`` are this process's rows of a batch."""
         if self.features is not None:
             rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
-            return network(self.features[rows], pooled=True)
+            outputs = network(self.features[rows], pooled=True)
+            if self.taught is not None:
+                outputs["reference"] = self.taught[rows]
+            return outputs
         augment = functools.partial(augmenter, share=share) if augmenter is not None else None
-        return network(to_input(self.images[ids], self.input_size, self.device, augment))
+        x = to_input(self.images[ids], self.input_size, self.device, augment)
+        outputs = network(x)
+        if self.teacher is not None:
+            outputs["reference"] = self.teacher(x)
+        return outputs
 
     @torch.no_grad()
     def predict(self, model: AgeNet, ids: np.ndarray, amp: contextlib.AbstractContextManager) -> np.ndarray:
@@ -151,6 +170,8 @@ class Inputs:
         rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
         with amp:
             age_output = model.head(self.features[rows])["age"]
+        if self.referenced is not None:
+            age_output = model.blended(age_output, self.referenced[rows])
         years = model.years(age_output)  # in float32: autocast would run the read-out in low precision
         model.train(was_training)
         return years.cpu().numpy()
@@ -260,21 +281,24 @@ class Progress:
 
 
 class Stepper:
-    """Updates one phase's trainable weights from a loss: optimiser, gradient scaling and clipping, and the
+    """Updates one phase's trainable weights from a loss: optimiser (per-block learning rates with
+    ``layer_decay``), gradient scaling and clipping, the pull toward ``anchors`` (L2-SP) and the
     learning-rate schedule."""
 
     def __init__(
         self,
-        trainable: list[torch.nn.Parameter],
+        model: AgeNet,
         phase: Phase,
         params: TrainParams,
         steps_per_epoch: int,
-        device: torch.device,
+        anchors: dict[nn.Parameter, torch.Tensor],
     ):
-        self.trainable = trainable
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.grad_clip = params.grad_clip
-        self.optimizer = build_optimizer(trainable, phase.lr, params)
+        self.optimizer = build_optimizer(parameter_groups(model, phase.lr, params), params)
+        self.pull = AnchorPull(self.optimizer, anchors, params.l2sp)
         self.schedule = Schedule(self.optimizer, params, phase.epochs, steps_per_epoch)
+        device = self.trainable[0].device
         self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and params.amp)
 
     def step(self, loss: torch.Tensor) -> None:
@@ -285,6 +309,7 @@ class Stepper:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.pull.after_step()
         self.schedule.after_batch()
 
     @property
@@ -394,6 +419,7 @@ class Trainer:
         if params.sync_bn and workers.size > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device, memory_format=torch.channels_last)
+        self.anchors = {p: p.detach().clone() for p in self.model.trunk.parameters()} if params.l2sp > 0 else {}
         self.state = TrainingState(self.model, params.ema_decay, params.seed)
         self.targets = Targets(
             torch.from_numpy(np.asarray(setup.ages, dtype=np.float32)).to(device),
@@ -401,8 +427,9 @@ class Trainer:
             setup.model_params,
             params,
         )
+        teacher = ReferenceAgeModel(self.model.bin_ages).to(device) if params.distill_weight > 0 else None
         self.inputs = Inputs(
-            self.model, setup.images, setup.model_params.input_size, params.batch_size, device, workers.is_main
+            self.model, setup.images, setup.model_params.input_size, params.batch_size, device, workers.is_main, teacher
         )
         self.seconds = dict.fromkeys(("head", "finetune"), 0.0)
         self.images_seen = dict.fromkeys(("head", "finetune"), 0)
@@ -424,9 +451,8 @@ class Trainer:
         of the parameters trainable when it is built."""
         setup, progress = self.setup, self.state.progress
         freeze_trunk(self.model, phase.freeze, phase.freeze_bn)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         steps = math.ceil(len(setup.train_ids) / setup.params.batch_size)
-        stepper = Stepper(trainable, phase, setup.params, steps, self.device)
+        stepper = Stepper(self.model, phase, setup.params, steps, self.anchors)
         if self.state.stepper_state is not None:
             stepper.load_state_dict(self.state.stepper_state)
             self.state.stepper_state = None

@@ -60,6 +60,34 @@ def test_erasing_fills_a_rectangle_with_the_mean_colour():
 
 def test_a_batch_split_in_shares_is_augmented_as_it_would_be_whole():
     x = batch()
-    whole = augmenter(**AugmentParams().__dict__)(x)
-    parts = [augmenter(**AugmentParams().__dict__)(x[rows], (rows, len(x))) for rows in (slice(0, 2), slice(2, 6))]
+    everything = {**AugmentParams().__dict__, "blur": 0.5, "noise": 0.05, "jpeg": 0.5}
+    whole = augmenter(**everything)(x)
+    parts = [augmenter(**everything)(x[rows], (rows, len(x))) for rows in (slice(0, 2), slice(2, 6))]
     torch.testing.assert_close(torch.cat(parts), whole)
+
+
+def sharpness(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of horizontally neighbouring pixels, per image."""
+    return (x[..., 1:] - x[..., :-1]).pow(2).flatten(1).mean(1)
+
+
+def test_blur_smooths_every_image_and_wider_blur_smooths_more():
+    x = batch()
+    narrow, wide = augmenter(blur=1.0, blur_sigma=0.5)(x), augmenter(blur=1.0, blur_sigma=3.0)(x)
+    assert (sharpness(narrow) < sharpness(x)).all() and (sharpness(wide) < sharpness(narrow)).all()
+    torch.testing.assert_close(narrow.mean((2, 3)), x.mean((2, 3)), atol=0.02, rtol=0)  # the light stays
+
+
+def test_noise_is_zero_mean_and_bounded_by_its_largest_deviation():
+    x = torch.full((64, 3, 20, 20), 0.5)
+    y = augmenter(noise=0.1)(x)
+    deviation = (y - x).flatten(1).std(1)
+    assert abs(float((y - x).mean())) < 0.005 and (deviation <= 0.1 * 1.05).all() and (deviation > 0).any()
+
+
+def test_jpeg_reencodes_chosen_images_at_a_quality_in_range():
+    x = batch()
+    low, high = augmenter(jpeg=1.0, jpeg_quality=5)(x), augmenter(jpeg=1.0, jpeg_quality=94)(x)
+    assert ((low * 255 - (low * 255).round()).abs() < 1e-3).all()  # decoded 8-bit pixels
+    assert ((low - x).abs().mean() > (high - x).abs().mean()) and not torch.equal(high, x)
+    assert torch.equal(augmenter(jpeg=0.0, blur=0.0)(x), x)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,8 @@ def numeric_keys():
 
     for section in dataclasses.fields(Params):
         cls = typing.get_type_hints(Params)[section.name]
+        if not dataclasses.is_dataclass(cls):  # test_sources: names to sources, checked below
+            continue
         hints = typing.get_type_hints(cls)
         for item in dataclasses.fields(cls):
             if hints[item.name] in (int, float):
@@ -129,3 +132,29 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
     (tmp_path / "params.yaml").write_text("split:\n  train: 0.9\n")
     with pytest.raises(FaceageError, match=r"split\.train \+ split\.val \+ split\.test: 1\.2"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("test_sources:\n  val:\n    source: x\n", "test_sources: 'val' is not allowed"),
+        ("test_sources:\n  my photos:\n    source: x\n", "test_sources: 'my photos' is not allowed"),
+        ("test_sources:\n  a:\n    source: ' '\n", "test_sources.source: ' ' is not allowed"),
+        ("test_sources:\n  a:\n    path: x\n", "test_sources.a: unknown key"),
+        ("test_sources:\n  a: x\n", "test_sources.a: expected a mapping"),
+        ("test_sources: [x]\n", "test_sources: expected a mapping"),
+        ("train:\n  distill_weight: 1\nmodel:\n  head: regression\n", "need model.head: classification"),
+        ("model:\n  reference_blend: 1.5\n", "model.reference_blend: 1.5 is not allowed"),
+        ("train:\n  layer_decay: 0\n", "train.layer_decay: 0"),
+    ],
+)
+def test_test_sources_and_levers_are_checked(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(FaceageError, match=re.escape(message)):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_test_sources_load_with_their_defaults(tmp_path):
+    (tmp_path / "params.yaml").write_text("test_sources:\n  photos:\n    source: p.tar.gz\n    align: true\n")
+    sources = load_params(tmp_path / "params.yaml").test_sources
+    assert {name: (s.source, s.align) for name, s in sources.items()} == {"photos": ("p.tar.gz", True)}

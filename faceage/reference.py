@@ -1,0 +1,45 @@
+"""dlib's age model as it was trained, untouched: the reference a fine-tuned model should not fall behind on
+images unlike its training data, a teacher to distil from, and a member to blend with."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
+
+REFERENCE_INPUT = 64  # pixels: dlib's age model was trained on 64x64 face chips
+
+
+class ReferenceAgeModel(nn.Module):
+    """dlib's age ResNet-10 with its own classifier, frozen and always in evaluation mode: ImageNet-normalised
+    faces of any size in, probabilities over the 1-year bins ``bin_ages`` out (each of dlib's ages goes to its
+    nearest bin; ages outside the bins to the end bins)."""
+
+    def __init__(self, bin_ages: torch.Tensor, pretrained: bool = True):
+        super().__init__()
+        self.network = DlibAgeResNet10()
+        if pretrained:
+            self.network.load_state_dict(onnx_state_dict())
+        self.network.requires_grad_(False)
+        classes = torch.tensor(AGE_CLASSES).round() - bin_ages[0]
+        self.register_buffer("class_bins", classes.clamp(0, len(bin_ages) - 1).long())
+        self.bins = len(bin_ages)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> ReferenceAgeModel:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != REFERENCE_INPUT:
+            size = (REFERENCE_INPUT, REFERENCE_INPUT)
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        probabilities = self.network(x).float().softmax(dim=1)
+        binned = torch.zeros(len(x), self.bins, device=x.device)
+        return binned.index_add_(1, self.class_bins, probabilities)
+
+    def years(self, x: torch.Tensor, bin_ages: torch.Tensor) -> torch.Tensor:
+        """The reference's expected age of each face, in years (on ``bin_ages``)."""
+        return self(x) @ bin_ages

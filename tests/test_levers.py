@@ -1,0 +1,128 @@
+"""Levers that keep what pretraining knew: per-block learning rates, L2-SP, distillation from dlib's untouched
+age model and blending with it."""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from faceage.inference import load_checkpoint, predict
+from faceage.losses import total_loss
+from faceage.models import build_model, freeze_trunk
+from faceage.optim import parameter_groups, trunk_blocks
+from faceage.params import AugmentParams, ModelParams, TrainParams
+from faceage.reference import ReferenceAgeModel
+from faceage.train import TrainingSetup, train_model
+
+AGES = (1, 100)
+CPU = torch.device("cpu")
+DLIB = ModelParams(input_size=32, hidden=0, dropout=0.0)
+TRAIN = TrainParams(head_epochs=1, epochs=2, batch_size=16, seed=3, threads=1, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1)
+    ages = rng.integers(1, 80, 48)
+    images = np.clip(ages[:, None, None, None] * 3 + rng.normal(0, 20, (48, 32, 32, 3)), 0, 255).astype(np.uint8)
+    split = pd.DataFrame({"id": range(48), "split": ["train"] * 32 + ["val"] * 16})
+    return images, ages, np.zeros(48, dtype=int), split
+
+
+def train(data, model=DLIB, params=TRAIN):
+    return train_model(TrainingSetup(*data, model, params, AugmentParams(), AGES), CPU)
+
+
+@pytest.mark.parametrize("backbone", ["dlib_age_resnet10", "resnet18", "mobilenet_v2"])
+def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone):
+    model = build_model(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)
+    freeze_trunk(model, "none")
+    groups = parameter_groups(model, 0.01, TrainParams(layer_decay=0.5))
+    assert groups[0]["lr"] == 0.01 and not groups[0].get("trunk")
+    blocks = trunk_blocks(model.trunk)
+    assert len(groups) == len(blocks) + 1 >= 5
+    for depth, (group, block) in enumerate(zip(groups[1:], reversed(blocks), strict=True), start=1):
+        assert group["lr"] == pytest.approx(0.01 * 0.5**depth)
+        assert [id(p) for p in group["params"]] == [id(p) for p in block.parameters()]
+    grouped = sorted(id(p) for group in groups for p in group["params"])
+    assert grouped == sorted(id(p) for p in model.parameters())
+
+
+def test_frozen_blocks_are_left_out_of_the_groups():
+    model = build_model(ModelParams(pretrained=False), AGES)
+    freeze_trunk(model, "layer3")
+    groups = parameter_groups(model, 0.01, TrainParams(layer_decay=0.5))
+    trainable = sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert sorted(id(p) for group in groups for p in group["params"]) == trainable and len(groups) == 3
+
+
+def trunk_distance(state: dict, start: dict) -> float:
+    return sum(float((state[f"trunk.{k}"] - v).pow(2).sum()) for k, v in start.items())
+
+
+def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(data):
+    start = build_model(DLIB, AGES).trunk.state_dict()
+    free = train(data).checkpoint["state_dict"]
+    held = train(data, params=replace(TRAIN, l2sp=300.0)).checkpoint["state_dict"]
+    snapped = train(data, params=replace(TRAIN, l2sp=1 / TRAIN.lr, scheduler="none")).checkpoint["state_dict"]
+    assert 0 < trunk_distance(held, start) < trunk_distance(free, start) / 2
+    assert trunk_distance(snapped, start) < 1e-6  # a pull of lr * strength = 1 puts it back after every step
+
+
+def test_the_distillation_term_is_the_weighted_kl_divergence_from_the_reference():
+    model = build_model(DLIB, AGES)
+    logits, reference = torch.randn(4, 100), torch.softmax(torch.randn(4, 100), dim=1)
+    ages, genders = torch.tensor([5.0, 20, 40, 70]), torch.zeros(4, dtype=torch.long)
+    plain = total_loss(model, {"age": logits}, ages, genders, DLIB, TRAIN)
+    taught = total_loss(
+        model, {"age": logits, "reference": reference}, ages, genders, DLIB, replace(TRAIN, distill_weight=2)
+    )
+    kl = (reference * (reference.log() - logits.log_softmax(1))).sum(1).mean()
+    torch.testing.assert_close(taught, plain + 2 * kl)
+
+
+def reference_gap(checkpoint: dict, images: np.ndarray) -> float:
+    """Mean KL divergence of the model's age distributions from dlib's untouched model on ``images``."""
+    model = build_model(DLIB, AGES)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        teacher = ReferenceAgeModel(model.bin_ages)(x)
+        student = model(x)["age"].log_softmax(1)
+    return float((teacher * (teacher.clamp(min=1e-12).log() - student)).sum(1).mean())
+
+
+def test_distillation_keeps_the_model_closer_to_the_reference(data):
+    images = data[0][32:]
+    plain = train(data).checkpoint
+    taught = train(data, params=replace(TRAIN, distill_weight=5.0)).checkpoint
+    assert reference_gap(taught, images) < reference_gap(plain, images) * 0.8
+
+
+@pytest.mark.parametrize("blend", [0.5, 1.0])
+def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference_age(data, tmp_path, blend):
+    images = data[0]
+    blended = replace(DLIB, reference_blend=blend)
+    result = train(data, model=blended, params=replace(TRAIN, epochs=1, cpu_bf16=False))
+    path = tmp_path / "model.pt"
+    torch.save(result.checkpoint, path)
+    model, _ = load_checkpoint(path, CPU)  # the reference is part of the saved model
+    ids = np.arange(32, 48)
+    ages = predict(model, images, ids, 32, 8, CPU)["age"]
+    alone = build_model(DLIB, AGES)
+    alone.load_state_dict({k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")})
+    own = predict(alone, images, ids, 32, 8, CPU)["age"]
+    x = (
+        torch.from_numpy(images[ids]).permute(0, 3, 1, 2).float() / 255
+        - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    ) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    dlib = ReferenceAgeModel(model.bin_ages).years(x, model.bin_ages).numpy()
+    np.testing.assert_allclose(ages, (1 - blend) * own + blend * dlib, atol=1e-3)
+    # validated blended in both stages: from images, and from cached features in the head stage
+    assert result.checkpoint["val_mae"] == pytest.approx(np.abs(ages - data[1][ids]).mean(), abs=1e-3)
