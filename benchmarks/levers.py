@@ -1,14 +1,16 @@
-"""Levers on UTKFace, chosen on the validation split only: each lever is the train stage with some params
-changed, run in one prepared workspace (data ingested and split once), with its best validation MAE, the
-epoch it came from and the training time; ensembles average their members' validation predictions.
+"""Levers on UTKFace, chosen on validation only: each lever is the train stage with some params changed, run in
+one prepared workspace (data ingested and split once), with its best validation MAE, the epoch it came from and
+the training time, and its MAE and age-group accuracy on ``photos_val``, validation faces pasted into harsh
+photos (:func:`benchmarks.photos.make_harsh_photo`) and found and aligned again; beside them dlib's untouched age
+model on the same images, and ensembles that average their members' predictions.
 
-    python -m benchmarks.levers --lever "name:section.key=value,section.key=value" ... \
+    python -m benchmarks.levers --lever "name:section.key=value,section.key=value" ... \\
         [--ensemble name+name ...] [--workspace DIR] [--source ../shared/datasets/UTKFace.tar.gz]
 
 Results accumulate in ``<out>/levers.json`` (one entry per name, re-running a name replaces it) and
-``<out>/levers.md``. Every run copies the repository's current ``faceage`` and ``stages`` into the workspace
-first (as committed: edits under way do not leak in), so levers of new code can be measured on data prepared
-earlier.
+``<out>/levers.md``. Every run copies the repository's ``faceage`` and ``stages`` into the workspace first (as
+committed: edits under way do not leak in), so levers of new code can be measured on data prepared earlier.
+Predictions are without flip TTA, as training selects its epoch.
 """
 
 from __future__ import annotations
@@ -24,43 +26,91 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from benchmarks.photos import add_photo_sources
 from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
+from faceage.evaluate import reference_ages
 from faceage.inference import load_checkpoint, predict
-from faceage.ingest import load_images
+from faceage.ingest import load_images, load_manifest
+from faceage.metrics import group_confusion
+from faceage.params import EvaluateParams
 from faceage.runtime import select_device
+from faceage.sources import open_source
 
 CODE = ("faceage", "stages")
+PHOTOS = "photos_val"
+PHOTO_FACES = 1000
+REFERENCE = "dlib_untouched"  # the name of dlib's age model, as it was trained, in the table
+EVALUATE = EvaluateParams(flip_tta=False)
 
 
 def prepare(workspace: Path, source: Path) -> None:
-    """A copy of the repository with ``source`` ingested and split, unless ``workspace`` already has one."""
-    if (workspace / "data" / "split.csv").is_file():
+    """A copy of the repository with ``source`` ingested and split and ``photos_val`` made and ingested, unless
+    ``workspace`` already has them."""
+    env = tool_env(PYTHONPATH=str(workspace))
+    if not (workspace / "data" / "split.csv").is_file():
+        copy_worktree(REPO, workspace, {"data": {"source": str(source)}})
+        subprocess.run(["dvc", "repro", "split"], cwd=workspace, env=env, check=True)
+    if (workspace / "data" / "test_sources" / PHOTOS).is_dir():
         return
-    copy_worktree(REPO, workspace, {"data": {"source": str(source)}})
+    rows = load_manifest(workspace / "data" / "ingested").merge(pd.read_csv(workspace / "data" / "split.csv"))
+    rows = rows[rows["split"] == "val"]
+    files = dict(open_source(source).read(set(rows["source_path"])))
+    add_photo_sources(workspace, files, rows, PHOTO_FACES, kinds={PHOTOS: "val"})
     shutil.copy2(workspace / "params.yaml", workspace / "params.base.yaml")
-    subprocess.run(["dvc", "repro", "split"], cwd=workspace, env=tool_env(PYTHONPATH=str(workspace)), check=True)
+    subprocess.run([sys.executable, "stages/ingest.py", PHOTOS], cwd=workspace, env=env, check=True)
 
 
-def val_predictions(workspace: Path, model_path: Path) -> np.ndarray:
-    """The kept model's validation predictions (no flip), in the order of the split's validation ids."""
-    split = pd.read_csv(workspace / "data" / "split.csv")
-    ids = split.loc[split["split"] == "val", "id"].to_numpy()
-    device = select_device()
-    model, checkpoint = load_checkpoint(model_path, device)
-    images = load_images(workspace / "data" / "ingested")
-    return predict(model, images, ids, checkpoint["model"]["input_size"], 128, device)["age"]
+class Scorer:
+    """Validation and photo predictions of kept models, and their figures."""
 
+    def __init__(self, workspace: Path):
+        self.workspace = workspace
+        split = pd.read_csv(workspace / "data" / "split.csv")
+        manifest = load_manifest(workspace / "data" / "ingested").merge(split[split["split"] == "val"])
+        photos = load_manifest(workspace / "data" / "test_sources" / PHOTOS)
+        self.sets = {
+            "val": (load_images(workspace / "data" / "ingested"), manifest.sort_values("id")),
+            PHOTOS: (load_images(workspace / "data" / "test_sources" / PHOTOS), photos.sort_values("id")),
+        }
+        self.device = select_device()
 
-def val_ages(workspace: Path) -> np.ndarray:
-    manifest = pd.read_csv(workspace / "data" / "ingested" / "manifest.csv")
-    split = pd.read_csv(workspace / "data" / "split.csv")
-    return manifest.merge(split[split["split"] == "val"], on="id").sort_values("id")["age"].to_numpy(float)
+    def predictions(self, name: str) -> dict[str, np.ndarray]:
+        """``name``'s predictions on each set, computed once and kept beside its model."""
+        path = self.workspace / "levers" / f"{name}.predictions.npz"
+        if not path.is_file():
+            if name == REFERENCE:
+                bins = torch.arange(1, 117, dtype=torch.float32)
+                found = {
+                    key: reference_ages(images, rows["id"].to_numpy(), bins, EVALUATE, self.device)
+                    for key, (images, rows) in self.sets.items()
+                }
+            else:
+                model, checkpoint = load_checkpoint(path.with_name(f"{name}.pt"), self.device)
+                size = checkpoint["model"]["input_size"]
+                found = {
+                    key: predict(model, images, rows["id"].to_numpy(), size, 128, self.device)["age"]
+                    for key, (images, rows) in self.sets.items()
+                }
+            np.savez(path, **found)
+        return dict(np.load(path))
+
+    def score(self, members: list[str]) -> dict:
+        """Validation MAE, and MAE and age-group accuracy on the photos, of the mean of ``members``."""
+        found = [self.predictions(name) for name in members]
+        figures = {}
+        for key, (_, rows) in self.sets.items():
+            predicted, true = np.mean([f[key] for f in found], axis=0), rows["age"].to_numpy(float)
+            figures[f"{key}_mae"] = round(float(np.abs(predicted - true).mean()), 4)
+        photos = np.mean([f[PHOTOS] for f in found], axis=0)
+        accuracy = group_confusion(self.sets[PHOTOS][1]["age"].to_numpy(float), photos, EVALUATE.age_groups)
+        return {**figures, f"{PHOTOS}_age_group_accuracy": accuracy["accuracy"], f"{PHOTOS}_faces": len(photos)}
 
 
 def run_lever(workspace: Path, name: str, settings: str) -> dict:
-    """Train with ``settings`` (``section.key=value,...``) changed; the figures of the kept model."""
+    """Train with ``settings`` (``section.key=value,...``) changed; the training figures of the kept model."""
     for folder in CODE:
         shutil.rmtree(workspace / folder)
     archive = subprocess.run(["git", "archive", "HEAD", *CODE], cwd=REPO, capture_output=True, check=True).stdout
@@ -68,14 +118,13 @@ def run_lever(workspace: Path, name: str, settings: str) -> dict:
     shutil.copy2(workspace / "params.base.yaml", workspace / "params.yaml")
     set_params(workspace, parse_settings([item for item in settings.split(",") if item]))
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "stages/train.py"], cwd=workspace, env=tool_env(PYTHONPATH=str(workspace)), check=True
-    )
+    env = tool_env(PYTHONPATH=str(workspace))
+    subprocess.run([sys.executable, "stages/train.py"], cwd=workspace, env=env, check=True)
     seconds = time.perf_counter() - started
     kept = workspace / "levers" / f"{name}.pt"
     kept.parent.mkdir(exist_ok=True)
     shutil.copy2(workspace / "models" / "model.pt", kept)
-    np.save(kept.with_suffix(".val.npy"), val_predictions(workspace, kept))
+    kept.with_suffix(".predictions.npz").unlink(missing_ok=True)
     report = json.loads((workspace / "reports" / "train.json").read_text())
     return {
         "settings": settings,
@@ -86,19 +135,18 @@ def run_lever(workspace: Path, name: str, settings: str) -> dict:
     }
 
 
-def ensemble(workspace: Path, members: list[str]) -> dict:
-    """Validation MAE of the mean of ``members``' validation predictions."""
-    predictions = np.mean([np.load(workspace / "levers" / f"{name}.val.npy") for name in members], axis=0)
-    mae = float(np.abs(predictions - val_ages(workspace)).mean())
-    return {"settings": " + ".join(members), "best_val_mae": round(mae, 4)}
-
-
 def markdown(results: dict[str, dict]) -> str:
-    lines = ["| lever | settings | best val MAE | epoch | train stage |", "|---|---|---|---|---|"]
+    lines = [
+        f"| lever | settings | val MAE | {PHOTOS} MAE | {PHOTOS} age groups | best epoch | train stage |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in results.items():
         minutes = f"{row['train_stage_seconds'] / 60:.1f} min" if "train_stage_seconds" in row else ""
         epoch = f"{row['best_epoch']} of {row['epochs_run']}" if "best_epoch" in row else ""
-        lines.append(f"| {name} | `{row['settings']}` | {row['best_val_mae']:.3f} | {epoch} | {minutes} |")
+        lines.append(
+            f"| {name} | `{row['settings']}` | {row['val_mae']:.3f} | {row[f'{PHOTOS}_mae']:.3f}"
+            f" | {row[f'{PHOTOS}_age_group_accuracy']:.1%} | {epoch} | {minutes} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -116,12 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare(args.workspace, args.source.resolve())
     path = args.out / "levers.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    jobs = [(lever.partition(":")[0], lever.partition(":")[2]) for lever in args.lever]
-    for name, settings in jobs:
+    for name, _, settings in (lever.partition(":") for lever in args.lever):
         results[name] = run_lever(args.workspace, name, settings)
         path.write_text(json.dumps(results, indent=2) + "\n")
+    scorer = Scorer(args.workspace)
+    results[REFERENCE] = {"settings": "no training, 64 px"}
     for members in args.ensemble:
-        results[members] = ensemble(args.workspace, members.split("+"))
+        results[members] = {"settings": " + ".join(members.split("+"))}
+    for name, row in results.items():
+        row.update(scorer.score(name.split("+")))
     path.write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "levers.md").write_text(markdown(results))
     print(markdown(results))

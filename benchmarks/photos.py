@@ -6,15 +6,17 @@ with the peer's, which runs its own dlib detection, on the same photos in the sa
 from __future__ import annotations
 
 import io
+import tarfile
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
 from benchmarks.peer import peer_predictions
+from benchmarks.workspace import set_params
 from faceage.ingest import worker_count
 from faceage.metrics import bootstrap_interval, with_interval
 from faceage.photos import AgeEstimator
@@ -25,13 +27,31 @@ SCALES = (0.6, 1.6)  # of the 200 px crop
 RESAMPLES, CONFIDENCE = 1000, 0.95
 
 
-def make_photo(crop: bytes, rng: np.random.Generator) -> bytes:
-    """A JPEG photo with ``crop`` turned, scaled and pasted into a blurred random-colour background."""
+def coarse_background(rng: np.random.Generator) -> Image.Image:
+    """A blurred random-colour field with sensor noise."""
     coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     background = Image.fromarray(coarse).resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
     noise = rng.normal(0, 12, (PHOTO_SIZE[1], PHOTO_SIZE[0], 3))
     background = Image.fromarray(np.clip(np.asarray(background) + noise, 0, 255).astype(np.uint8))
-    background = background.filter(ImageFilter.GaussianBlur(1))
+    return background.filter(ImageFilter.GaussianBlur(1))
+
+
+def textured_background(rng: np.random.Generator) -> Image.Image:
+    """Stripes or checks of two random colours at a random scale and angle, over a brightness gradient."""
+    height, width = PHOTO_SIZE[1], PHOTO_SIZE[0]
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(8, 80)
+    u = (cols * np.cos(angle) + rows * np.sin(angle)) / period
+    v = (rows * np.cos(angle) - cols * np.sin(angle)) / period
+    pattern = (np.floor(u) % 2) if rng.random() < 0.5 else (np.floor(u) + np.floor(v)) % 2
+    colours = rng.integers(0, 256, (2, 3)).astype(np.float32)
+    pixels = colours[0] + pattern[..., None] * (colours[1] - colours[0])
+    pixels *= np.linspace(rng.uniform(0.5, 1), rng.uniform(0.8, 1.2), width)[None, :, None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def paste_face(background: Image.Image, crop: bytes, rng: np.random.Generator) -> Image.Image:
+    """``crop`` scaled, turned and pasted at a random place of ``background``."""
     with Image.open(io.BytesIO(crop)) as opened:
         face = opened.convert("RGBA")
     side = round(face.width * rng.uniform(*SCALES))
@@ -39,9 +59,41 @@ def make_photo(crop: bytes, rng: np.random.Generator) -> bytes:
     face = face.rotate(rng.uniform(-MAX_ANGLE, MAX_ANGLE), Image.Resampling.BICUBIC, expand=True)
     at = (int(rng.integers(0, PHOTO_SIZE[0] - face.width)), int(rng.integers(0, PHOTO_SIZE[1] - face.height)))
     background.paste(face, at, face)
+    return background
+
+
+def jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
-    background.save(buffer, format="JPEG", quality=92)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def make_photo(crop: bytes, rng: np.random.Generator) -> bytes:
+    """A JPEG photo with ``crop`` turned, scaled and pasted into a blurred random-colour background."""
+    return jpeg(paste_face(coarse_background(rng), crop, rng), 92)
+
+
+def make_harsh_photo(crop: bytes, rng: np.random.Generator) -> bytes:
+    """A photo less like the training crops than :func:`make_photo`'s: a textured or coloured background, then
+    the whole photo blurred (sigma 0-2 px), noised (standard deviation 0-10 levels) and saved as JPEG at
+    quality 30-90."""
+    background = textured_background(rng) if rng.random() < 0.5 else coarse_background(rng)
+    photo = paste_face(background, crop, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0, 2)))
+    pixels = np.asarray(photo, dtype=np.float32) + rng.normal(0, rng.uniform(0, 10), (PHOTO_SIZE[1], PHOTO_SIZE[0], 3))
+    return jpeg(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), int(rng.integers(30, 91)))
+
+
+def write_photo_source(path: Path, names: list[str], crops: list[bytes], seed: int) -> Path:
+    """A ``.tar`` of :func:`make_harsh_photo` photos of ``crops``, each under its crop's (UTKFace) file name, so
+    that ingest reads the labels as it does the crops'."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w") as tar:
+        for name, crop in zip(names, crops, strict=True):
+            photo = make_harsh_photo(crop, rng)
+            member = tarfile.TarInfo(f"photos/{PurePosixPath(name).name}")
+            member.size = len(photo)
+            tar.addfile(member, io.BytesIO(photo))
+    return path
 
 
 def largest_face_ages(results: list[dict]) -> np.ndarray:
@@ -112,3 +164,27 @@ def photo_benchmark(
         "peer_mae_photos": round(float(mae(true, peer["ages"])), 4),
         "speed_ratio": round(peer["seconds"] / seconds, 2),
     }
+
+
+PHOTO_SOURCES = {"photos_val": "val", "photos_test": "test"}  # test source name -> the split its faces come from
+
+
+def add_photo_sources(
+    repo: Path,
+    files: dict[str, bytes],
+    rows: pd.DataFrame,
+    limit: int,
+    seed: int = 0,
+    kinds: dict[str, str] = PHOTO_SOURCES,
+) -> dict:
+    """Make the first ``limit`` validation and test faces of ``rows`` (manifest and split, by ``source_path``)
+    into :func:`make_harsh_photo` photos, one archive per split beside ``repo``, and make them ``repo``'s
+    test sources (``kinds``: name -> split), found and aligned at ingest. Choose on ``photos_val``;
+    ``photos_test`` is reported."""
+    sources = {}
+    for name, split in kinds.items():
+        names = rows.loc[rows["split"] == split, "source_path"].iloc[:limit].tolist()
+        path = write_photo_source(repo.parent / f"{name}.tar", names, [files[n] for n in names], seed)
+        sources[name] = {"source": str(path), "align": True}
+    set_params(repo, {"test_sources": sources})
+    return sources

@@ -64,6 +64,7 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {bucket} | {row['count']} | {mae} | {'' if theirs is None else f'{theirs:.2f}'} |")
     hw = report["hardware"]
     lines += photo_lines(report["photos"])
+    lines += source_lines(ours.get("sources", {}))
     lines += [
         "",
         f"Hardware: {hw['cpu']}, {hw['cpu_cores']} cores, torch {hw['torch']} with {hw['torch_threads']} "
@@ -94,3 +95,23 @@ def photo_lines(photos: dict) -> list[str]:
         f"{photos['speed_ratio']:.2f}x. Peer MAE on the photos {photos['peer_mae_photos']:.2f} "
         f"(its faces found in {photos['peer_faces_detected']}).",
     ]
+
+
+def source_lines(sources: dict) -> list[str]:
+    """The test sources' table: the model beside dlib's untouched age model on the same images."""
+    if not sources:
+        return []
+    lines = [
+        "",
+        "Test sources (faces found and aligned at ingest; age groups <30, 30-59, 60+):",
+        "",
+        "| test source | faces | MAE | age-group accuracy | dlib untouched: MAE | its accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, report in sources.items():
+        reference = report["reference"]
+        lines.append(
+            f"| {name} | {report['count']} | {interval(report['mae'])} | {report['age_groups']['accuracy']:.1%}"
+            f" | {interval(reference['mae'])} | {reference['age_group_accuracy']:.1%} |"
+        )
+    return lines

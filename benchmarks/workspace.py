@@ -36,9 +36,13 @@ def copy_worktree(source: Path, destination: Path, params: dict[str, dict[str, A
 
 
 def set_params(repo: Path, changes: dict[str, dict[str, Any]]) -> None:
-    """Update sections of ``params.yaml`` in ``repo``, e.g. ``{"train": {"epochs": 1}}``."""
+    """Update sections of ``params.yaml`` in ``repo``, e.g. ``{"train": {"epochs": 1}}``; ``test_sources`` is
+    replaced as a whole, so the data set's own test sources replace the demo's."""
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in changes.items():
-        params[section].update(values)
+        if section == "test_sources":
+            params[section] = values
+        else:
+            params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))

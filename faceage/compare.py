@@ -30,6 +30,7 @@ from faceage.tracking import (
 log = logging.getLogger(__name__)
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
+SOURCE_FIGURES = ("mae", "age_group_accuracy", "reference_mae", "reference_age_group_accuracy")
 CHAMPION = "champion"  # registry alias of the promoted model
 
 
@@ -42,10 +43,13 @@ def leaderboard_entry(
 
     Besides the figures, a row shows what makes runs comparable: epochs, pretrained weights, input size,
     experiments, and which validation MAE it is: ``val_mae`` as evaluated (with flip TTA when ``flip_tta``),
-    ``val_mae_in_training`` as training selected the epoch by (no TTA, ``metrics/train.json``'s)."""
+    ``val_mae_in_training`` as training selected the epoch by (no TTA, ``metrics/train.json``'s). ``sources``
+    holds, per test source the run was evaluated on, its MAE and age-group accuracy beside dlib's untouched
+    model's."""
     if "val.mae" not in metrics or "test.mae" not in metrics:
         return None
     parameters = metrics.get("parameters")
+    sources = sorted({key.split(".")[1] for key in metrics if key.startswith("sources.")})
     return {
         "run_id": run_id,
         "backbone": params.get("model.backbone", "unknown"),
@@ -62,6 +66,7 @@ def leaderboard_entry(
         "test_rmse": metrics.get("test.rmse"),
         "test_cs": metrics.get(f"test.{cs_key}"),
         "test_bucket_mae": {label: metrics.get(metric_key(f"test_bucket_mae.{label}")) for label in buckets},
+        "sources": {name: {key: metrics.get(f"sources.{name}.{key}") for key in SOURCE_FIGURES} for name in sources},
         "parameters": _integer(parameters),
         "train_seconds": metrics.get("train_seconds"),
         "inference_images_per_second": metrics.get("inference_images_per_second"),

@@ -4,6 +4,9 @@ Age shows the way it does in real faces: a child's head is rounder, with large e
 a big forehead; adults have longer faces; hair greys and recedes, and wrinkles (forehead lines,
 crow's feet, nasolabial folds) deepen with age. Skin tone, hair colour and length, pose, lighting,
 background and sensor noise vary independently of age, so a model must learn the age cues.
+
+A second, smaller set draws other people in another style (:func:`restyle`): a test source unlike the
+training images, as users' own photos are.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from faceage.params import DemoParams
@@ -189,14 +192,24 @@ def _photograph(image: Image.Image, background: tuple[int, ...], rng: np.random.
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def restyle(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The face as a print in another style: a few tones of a two-colour palette, softened. The shapes and
+    lines that show age stay; colour, texture and contrast do not."""
+    tones = ImageOps.posterize(ImageOps.grayscale(image), 2)
+    ink, paper = (tuple(int(v) for v in rng.integers(low, high, 3)) for low, high in ((0, 110), (170, 256)))
+    toned = ImageOps.colorize(ImageOps.autocontrast(tones), black=ink, white=paper)
+    return toned.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+
+
 def file_name(person: Person, index: int) -> str:
     """UTKFace's name for an aligned and cropped face: ``<age>_<gender>_<race>_<datetime>.jpg.chip.jpg``."""
     stamp = FIRST_TIMESTAMP + timedelta(seconds=37 * index)
     return f"{person.age}_{person.gender}_{person.race}_{stamp:%Y%m%d%H%M%S}{index % 1000:03d}.jpg.chip.jpg"
 
 
-def write_demo_archive(path: str | Path, params: DemoParams) -> None:
-    """Write ``params.num_images`` faces as JPEGs into a UTKFace-style ``.tar.gz``, byte-identical per seed."""
+def write_demo_archive(path: str | Path, params: DemoParams, restyled: bool = False) -> None:
+    """Write ``params.num_images`` faces as JPEGs into a UTKFace-style ``.tar.gz``, byte-identical per seed;
+    with ``restyled``, ``params.restyled_images`` other people drawn in another style."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
@@ -207,11 +220,13 @@ def write_demo_archive(path: str | Path, params: DemoParams) -> None:
         folder = tarfile.TarInfo(ARCHIVE_FOLDER)
         folder.type, folder.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(folder)
-        for index in tqdm(range(params.num_images), desc="demo faces", unit="img", disable=None):
-            rng = np.random.default_rng([params.seed, index])
+        count = params.restyled_images if restyled else params.num_images
+        for index in tqdm(range(count), desc="demo faces", unit="img", disable=None):
+            rng = np.random.default_rng([params.seed, index, 1] if restyled else [params.seed, index])
             person = sample_person(rng)
+            face = draw_face(person, params.image_size, rng)
             buffer = io.BytesIO()
-            draw_face(person, params.image_size, rng).save(buffer, format="JPEG", quality=params.jpeg_quality)
+            (restyle(face, rng) if restyled else face).save(buffer, format="JPEG", quality=params.jpeg_quality)
             member = tarfile.TarInfo(f"{ARCHIVE_FOLDER}/{file_name(person, index)}")
             member.size, member.mode = buffer.tell(), 0o644
             buffer.seek(0)

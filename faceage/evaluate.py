@@ -1,4 +1,5 @@
-"""Predict the validation and test splits with a trained model and measure the errors."""
+"""Predict the validation and test splits, and the test sources, with a trained model and measure the errors,
+beside those of dlib's untouched age model on the same images."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from faceage.metrics import (
 )
 from faceage.models import AgeNet
 from faceage.params import EvaluateParams
+from faceage.reference import REFERENCE_INPUT, ReferenceAgeModel
 
 EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
 
@@ -40,12 +42,41 @@ def predict_splits(
     params: EvaluateParams,
     device: torch.device,
 ) -> pd.DataFrame:
-    """One row per validation and test image: id, split, true and predicted age, error, gender, race
-    (and the predicted probability of gender 1 when the model has a gender head)."""
+    """One row per validation and test image: see :func:`predict_rows`."""
     rows = manifest[["id", "age", "gender", "race"]].merge(split, on="id")
-    rows = rows[rows["split"].isin(EVALUATED_SPLITS)].sort_values("id").reset_index(drop=True)
+    rows = rows[rows["split"].isin(EVALUATED_SPLITS)]
+    return predict_rows(model, checkpoint, images, rows, params, device)
+
+
+def predict_source(
+    model: AgeNet,
+    checkpoint: dict,
+    images: np.ndarray,
+    manifest: pd.DataFrame,
+    name: str,
+    params: EvaluateParams,
+    device: torch.device,
+) -> pd.DataFrame:
+    """One row per image of the test source ``name`` (all of its images), its ``split`` the source's name, with
+    dlib's untouched model's ``reference_age``."""
+    rows = manifest[["id", "age", "gender", "race"]].assign(split=name)
+    return with_reference_ages(predict_rows(model, checkpoint, images, rows, params, device), images, model, params)
+
+
+def predict_rows(
+    model: AgeNet,
+    checkpoint: dict,
+    images: np.ndarray,
+    rows: pd.DataFrame,
+    params: EvaluateParams,
+    device: torch.device,
+) -> pd.DataFrame:
+    """For ``rows`` (id, age, gender, race, split), ordered by id: true and predicted age, error, and the
+    predicted probability of gender 1 when the model has a gender head."""
+    rows = rows.sort_values("id").reset_index(drop=True)
+    ids = rows["id"].to_numpy()
     input_size = checkpoint["model"]["input_size"]
-    outputs = predict(model, images, rows["id"].to_numpy(), input_size, params.batch_size, device, flip=params.flip_tta)
+    outputs = predict(model, images, ids, input_size, params.batch_size, device, flip=params.flip_tta)
     rows["predicted_age"] = outputs["age"]
     rows["error"] = rows["predicted_age"] - rows["age"]
     columns = ["id", "split", "true_age", "predicted_age", "error", "gender", "race"]
@@ -55,8 +86,32 @@ def predict_splits(
     return rows.rename(columns={"age": "true_age"})[columns]
 
 
-def split_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_edges: tuple[int, ...]) -> dict:
-    """All metrics of one split's predictions."""
+def with_reference_ages(
+    predictions: pd.DataFrame, images: np.ndarray, model: AgeNet, params: EvaluateParams
+) -> pd.DataFrame:
+    """``predictions`` of ``images`` with a ``reference_age`` column after ``error``: dlib's untouched model's."""
+    device = model.bin_ages.device
+    ages = reference_ages(images, predictions["id"].to_numpy(), model.bin_ages, params, device)
+    return predictions.assign(reference_age=ages)[[*predictions.columns[:5], "reference_age", *predictions.columns[5:]]]
+
+
+@torch.no_grad()
+def reference_ages(
+    images: np.ndarray, ids: np.ndarray, bin_ages: torch.Tensor, params: EvaluateParams, device: torch.device
+) -> np.ndarray:
+    """What dlib's untouched age model predicts for ``images[ids]`` at its own 64 px (with the same flip TTA)."""
+    reference = ReferenceAgeModel(bin_ages.cpu()).to(device)
+    ages = []
+    for start in range(0, len(ids), params.batch_size):
+        x = to_input(images[ids[start : start + params.batch_size]], REFERENCE_INPUT, device)
+        views = (x, x.flip(-1)) if params.flip_tta else (x,)
+        ages.append(torch.stack([reference.years(view, bin_ages.to(device)) for view in views]).mean(0).cpu())
+    return torch.cat(ages).numpy() if ages else np.empty(0)
+
+
+def split_report(predictions: pd.DataFrame, params: EvaluateParams) -> dict:
+    """All metrics of one split's (or test source's) predictions; with a ``reference_age`` column, the MAE and
+    age-group accuracy of dlib's untouched model on the same images as ``reference``."""
     true = predictions["true_age"].to_numpy(float)
     predicted = predictions["predicted_age"].to_numpy(float)
     metrics = {
@@ -66,13 +121,18 @@ def split_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_ed
         "bias": bias,
         cs_name(params.cs_threshold): cumulative_score(params.cs_threshold),
     }
+    bootstrap = (params.bootstrap_resamples, params.bootstrap_seed, params.confidence)
     report: dict = {"count": len(predictions)}
     for name, metric in metrics.items():
-        report[name] = with_interval(
-            metric, true, predicted, params.bootstrap_resamples, params.bootstrap_seed, params.confidence
-        )
+        report[name] = with_interval(metric, true, predicted, *bootstrap)
     report["buckets"] = bucket_mae(true, predicted, params.bucket_edges)
-    report["age_groups"] = group_confusion(true, predicted, age_group_edges)
+    report["age_groups"] = group_confusion(true, predicted, params.age_groups)
+    if "reference_age" in predictions:
+        reference = predictions["reference_age"].to_numpy(float)
+        report["reference"] = {
+            "mae": with_interval(mae, true, reference, *bootstrap),
+            "age_group_accuracy": group_confusion(true, reference, params.age_groups)["accuracy"],
+        }
     report["by_gender"] = subgroup_mae(predictions["error"], predictions["gender"], GENDER_NAMES)
     report["by_race"] = subgroup_mae(predictions["error"], predictions["race"], RACE_NAMES)
     if "female_probability" in predictions:
@@ -82,18 +142,19 @@ def split_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_ed
     return report
 
 
-def evaluation_report(predictions: pd.DataFrame, params: EvaluateParams, age_group_edges: tuple[int, ...]) -> dict:
-    """Metrics per evaluated split."""
+def evaluation_report(predictions: pd.DataFrame, params: EvaluateParams, sources: list[str]) -> dict:
+    """Metrics per evaluated split, then per test source (``sources``, by name)."""
     return {
-        name: split_report(predictions[predictions["split"] == name], params, age_group_edges)
-        for name in EVALUATED_SPLITS
+        name: split_report(predictions[predictions["split"] == name], params)
+        for name in (*EVALUATED_SPLITS, *sources)
         if (predictions["split"] == name).any()
     }
 
 
-def headline_metrics(report: dict, cs_key: str, images_per_second: float) -> dict:
+def headline_metrics(report: dict, cs_key: str, images_per_second: float, sources: list[str]) -> dict:
     """The figures DVC tracks and MLflow charts: test and validation MAE with their interval, test RMSE,
-    bias and CS@k (``cs_key``), test MAE per age bucket, and inference speed. The rest of ``report`` is
+    bias, CS@k (``cs_key``) and age-group accuracy, test MAE per age bucket, inference speed, and per test
+    source its MAE, age-group accuracy and those of dlib's untouched model. The rest of ``report`` is
     details. The test MAE comes first in ``dvc exp show`` (file order) and near the top of
     ``dvc metrics diff`` (sorted names)."""
 
@@ -101,14 +162,22 @@ def headline_metrics(report: dict, cs_key: str, images_per_second: float) -> dic
         metric = report[split]["mae"]
         return {"mae": metric["value"], "mae_low": metric["ci_low"], "mae_high": metric["ci_high"]}
 
+    def other(name: str) -> dict:
+        reference = report[name]["reference"]
+        return {
+            **mae(name),
+            "age_group_accuracy": report[name]["age_groups"]["accuracy"],
+            "reference_mae": reference["mae"]["value"],
+            "reference_age_group_accuracy": reference["age_group_accuracy"],
+        }
+
     test = {**mae("test"), **{name: report["test"][name]["value"] for name in ("rmse", "bias", cs_key)}}
+    test["age_group_accuracy"] = report["test"]["age_groups"]["accuracy"]
     buckets = {label: row["mae"] for label, row in report["test"]["buckets"].items()}
-    return {
-        "test": test,
-        "val": mae("val"),
-        "test_bucket_mae": buckets,
-        "inference_images_per_second": images_per_second,
-    }
+    headline = {"test": test, "val": mae("val"), "test_bucket_mae": buckets}
+    if sources:
+        headline["sources"] = {name: other(name) for name in sources if name in report}
+    return {**headline, "inference_images_per_second": images_per_second}
 
 
 def bucket_table(report: dict) -> pd.DataFrame:

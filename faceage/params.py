@@ -64,11 +64,13 @@ class DemoParams(Checked):
     SECTION: ClassVar[str] = "demo"
     RANGES: ClassVar[dict[str, Range]] = {
         "num_images": AT_LEAST_1,
+        "restyled_images": AT_LEAST_1,
         "image_size": (lambda v: v >= 16, ">= 16"),
         "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
     }
 
     num_images: int = 2000
+    restyled_images: int = 300  # the test source of faces drawn in another style
     image_size: int = 200
     jpeg_quality: int = 90
     seed: int = 0
@@ -373,7 +375,9 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     compare: CompareParams = field(default_factory=CompareParams)
-    test_sources: dict[str, TestSource] = field(default_factory=dict)
+    test_sources: dict[str, TestSource] = field(
+        default_factory=lambda: {"restyled": TestSource("data/demo/restyled.tar.gz")}  # the demo's other style
+    )
 
     def __post_init__(self) -> None:
         for name in self.test_sources:

@@ -58,7 +58,10 @@ def main() -> None:
     )
     PLOTS.mkdir(parents=True, exist_ok=True)
     columns = ["rank", "backbone", "epochs", "pretrained", "input_size", "val_mae", "test_mae", "run_id"]
-    pd.DataFrame(board)[columns].to_csv(PLOTS / "leaderboard.csv", index=False)
+    table = pd.DataFrame(board)[columns]
+    for name in params.test_sources:  # each test source's MAE, empty for runs not evaluated on it
+        table[f"{name}_mae"] = [entry["sources"].get(name, {}).get("mae") for entry in board]
+    table.to_csv(PLOTS / "leaderboard.csv", index=False)
     plots.mae_by_backbone(board, PLOTS / "test_mae.png")
     plots.bucket_mae_by_backbone(board, PLOTS / "bucket_mae.png")
 

@@ -1,21 +1,27 @@
-"""Stage evaluate: predict the validation and test splits; write metrics, predictions, plots and galleries,
-and add them to the MLflow run of the model."""
+"""Stage evaluate: predict the validation and test splits and every test source; write metrics, predictions,
+plots and galleries, and add them to the MLflow run of the model."""
 
+import logging
 import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from faceage import evaluate, plots
+from faceage.errors import FaceageError
 from faceage.inference import load_checkpoint
-from faceage.ingest import load_images, load_manifest
+from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.metrics import cs_name
-from faceage.params import load_params
+from faceage.models import AgeNet
+from faceage.params import Params, load_params
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_json
 from faceage.tracking import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
 
 INGESTED = "data/ingested"
+TEST_SOURCES = Path("data/test_sources")  # one ingested folder per test source, by name
+TEST_SOURCE_REPORTS = Path("reports/test_sources")  # what ingest kept of each, and why it rejected the rest
 SPLIT_FILE = "data/split.csv"
 MODEL = "models/model.pt"
 PREDICTIONS = "data/predictions.csv"
@@ -23,6 +29,7 @@ METRICS = "metrics/evaluate.json"  # headline figures, tracked by DVC and charte
 REPORT = "reports/evaluate.json"  # every figure
 PLOTS = Path("plots/evaluate")
 GALLERIES = Path("data/galleries")  # face images: DVC-cached, never committed
+log = logging.getLogger("faceage.evaluate")
 
 
 def main() -> None:
@@ -35,10 +42,14 @@ def main() -> None:
         model, checkpoint, images, load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), params.evaluate, device
     )
     speed = round(len(predictions) / (time.perf_counter() - started), 1)
+    predictions = evaluate.with_reference_ages(predictions, images, model, params.evaluate)
+    sources = list(params.test_sources)
+    others = test_source_predictions(model, checkpoint, params, device)
+    predictions = pd.concat([predictions, *others], ignore_index=True)
     predictions.to_csv(PREDICTIONS, index=False)
-    report = evaluate.evaluation_report(predictions, params.evaluate, tuple(checkpoint["model"]["age_group_edges"]))
+    report = evaluate.evaluation_report(predictions, params.evaluate, sources)
     write_json({**report, "inference": {"images_per_second": speed, "flip_tta": params.evaluate.flip_tta}}, REPORT)
-    headline = evaluate.headline_metrics(report, cs_name(params.evaluate.cs_threshold), speed)
+    headline = evaluate.headline_metrics(report, cs_name(params.evaluate.cs_threshold), speed, sources)
     write_json(headline, METRICS)
 
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -74,6 +85,24 @@ def main() -> None:
             *sorted(GALLERIES.iterdir()),
         ):
             tracker.log_artifact(path, EVALUATE_ARTIFACTS)
+
+
+def test_source_predictions(
+    model: AgeNet, checkpoint: dict, params: Params, device: torch.device
+) -> list[pd.DataFrame]:
+    """The predictions on each test source that has images; a warning names each that has none."""
+    found = []
+    for name in params.test_sources:
+        folder = TEST_SOURCES / name
+        if not (folder / MANIFEST_FILE).is_file():
+            raise FaceageError(f"test source {name!r} is not ingested in {folder}: run dvc repro test_source@{name}")
+        manifest = load_manifest(folder)
+        if manifest.empty:
+            log.warning("test source %r has no images: %s says why", name, TEST_SOURCE_REPORTS / f"{name}.json")
+            continue
+        images = load_images(folder)
+        found.append(evaluate.predict_source(model, checkpoint, images, manifest, name, params.evaluate, device))
+    return found
 
 
 if __name__ == "__main__":

@@ -1,16 +1,32 @@
-"""Stage ingest: decode the source's images once into data/ingested/, accounting for every file."""
+"""Stage ingest: decode the source's images once into data/ingested/, accounting for every file. Given the name
+of a test source (``python stages/ingest.py NAME``, as ``dvc.yaml``'s ``test_source`` stages run it), ingest
+that source into data/test_sources/NAME/ instead, with the same image size and age range."""
 
+import sys
+from dataclasses import replace
+
+from faceage.errors import FaceageError
 from faceage.ingest import ingest
 from faceage.params import load_params
 from faceage.stage import run_stage, write_json
 
 OUT_DIR = "data/ingested"
 REPORT = "reports/ingest.json"
+TEST_SOURCES_DIR = "data/test_sources"
+TEST_SOURCES_REPORTS = "reports/test_sources"
 
 
 def main() -> None:
     params = load_params()
-    write_json(ingest(params.data, OUT_DIR, params.faces), REPORT)
+    if len(sys.argv) == 1:
+        write_json(ingest(params.data, OUT_DIR, params.faces), REPORT)
+        return
+    name = sys.argv[1]
+    if name not in params.test_sources:
+        raise FaceageError(f"no test source {name!r} in params.yaml's test_sources ({', '.join(params.test_sources)})")
+    source = params.test_sources[name]
+    data = replace(params.data, source=source.source, align=source.align)
+    write_json(ingest(data, f"{TEST_SOURCES_DIR}/{name}", params.faces), f"{TEST_SOURCES_REPORTS}/{name}.json")
 
 
 if __name__ == "__main__":

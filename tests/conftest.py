@@ -18,7 +18,7 @@ from benchmarks.workspace import copy_worktree, tool_env
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY = {
-    "demo": {"num_images": 150, "image_size": 48},
+    "demo": {"num_images": 150, "image_size": 48, "restyled_images": 40},
     "data": {"image_size": 32},
     "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},

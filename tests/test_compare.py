@@ -113,14 +113,20 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     rng = np.random.default_rng(0)
     true = rng.integers(1, 100, 80)
     predictions = pd.DataFrame(
-        {"id": range(80), "split": ["val", "test"] * 40, "true_age": true, "predicted_age": true + rng.normal(0, 4, 80)}
+        {
+            "id": range(80),
+            "split": ["val", "test", "photos", "test"] * 20,
+            "true_age": true,
+            "predicted_age": true + rng.normal(0, 4, 80),
+            "reference_age": true + rng.normal(0, 8, 80),
+        }
     ).assign(gender=0, race=0)
     predictions["error"] = predictions["predicted_age"] - predictions["true_age"]
-    report = evaluation_report(predictions, params.evaluate, (26, 51, 76))
+    report = evaluation_report(predictions, params.evaluate, ["photos"])
     buckets, key = bucket_labels(params.evaluate.bucket_edges), cs_name(threshold)
     metric_files = [
         {"best_val_mae": 4.0, "parameters": 10},
-        headline_metrics(report, key, 99.0),
+        headline_metrics(report, key, 99.0, ["photos"]),
     ]
     from_reports = entry_from_reports("r1", metric_files, params, buckets, key)
     # What the train and evaluate stages log to MLflow: the same files' figures, params as strings, tags.
@@ -131,6 +137,15 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     assert from_reports["test_cs"] == report["test"][key]["value"] is not None
     assert from_reports["test_mae"] == report["test"]["mae"]["value"]
     assert from_reports["val_mae"] == report["val"]["mae"]["value"]
+    photos = report["photos"]
+    assert photos["count"] == 20 and from_reports["sources"] == {
+        "photos": {
+            "mae": photos["mae"]["value"],
+            "age_group_accuracy": photos["age_groups"]["accuracy"],
+            "reference_mae": photos["reference"]["mae"]["value"],
+            "reference_age_group_accuracy": photos["reference"]["age_group_accuracy"],
+        }
+    }
 
 
 def test_promotion_rule():

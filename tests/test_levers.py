@@ -126,3 +126,20 @@ def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference
     np.testing.assert_allclose(ages, (1 - blend) * own + blend * dlib, atol=1e-3)
     # validated blended in both stages: from images, and from cached features in the head stage
     assert result.checkpoint["val_mae"] == pytest.approx(np.abs(ages - data[1][ids]).mean(), abs=1e-3)
+
+
+def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
+    from faceage.evaluate import predict_source, split_report
+    from faceage.params import EvaluateParams
+
+    images, ages = data[0], data[1]
+    model = build_model(replace(DLIB, input_size=64, reference_blend=1.0), AGES).eval()
+    manifest = pd.DataFrame({"id": range(48), "age": ages, "gender": 0, "race": 0})
+    params = EvaluateParams(bootstrap_resamples=20, batch_size=16)
+    rows = predict_source(model, {"model": {"input_size": 64}}, images, manifest, "photos", params, CPU)
+    assert (rows["split"] == "photos").all() and rows["id"].tolist() == list(range(48))
+    # a model that is all reference predicts what the reference predicts, through the other code path
+    np.testing.assert_allclose(rows["predicted_age"], rows["reference_age"], atol=1e-3)
+    report = split_report(rows, params)
+    assert report["reference"]["mae"]["value"] == pytest.approx(report["mae"]["value"], abs=1e-3)
+    assert report["reference"]["age_group_accuracy"] == report["age_groups"]["accuracy"]

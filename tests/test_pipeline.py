@@ -34,6 +34,13 @@ HEADLINE = {
     "metrics/train.json": ["best_epoch", "best_val_mae", "train_images_per_second", "train_seconds"],
     "metrics/evaluate.json": [
         "inference_images_per_second",
+        "sources.restyled.age_group_accuracy",
+        "sources.restyled.mae",
+        "sources.restyled.mae_high",
+        "sources.restyled.mae_low",
+        "sources.restyled.reference_age_group_accuracy",
+        "sources.restyled.reference_mae",
+        "test.age_group_accuracy",
         "test.bias",
         "test.cs5",
         "test.mae",
@@ -85,7 +92,8 @@ def repo(prepared, tmp_path):
 def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     repo = copy_worktree(REPO, tmp_path, TINY)
     output = run(["dvc", "repro"], repo)
-    assert stages_run(output) == ["demo", "ingest", "split", "train", "evaluate", "runs", "compare"]
+    stages = ["demo", "ingest", "test_source@restyled", "split", "train", "evaluate", "runs", "compare"]
+    assert stages_run(output) == stages
     for name in ("ingest", "split", "train", "evaluate", "compare"):
         assert (repo / "reports" / f"{name}.json").is_file()
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo))
@@ -118,6 +126,21 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     compare = read_json(repo / "reports" / "compare.json")
     assert compare["runs_considered"] == 1 and compare["significance"] is None
     assert compare["leaderboard"][0]["run_id"] == mlflow_run.info.run_id
+    # The test source: every restyled face ingested, predicted beside dlib's untouched model, and reported alike.
+    predictions = pd.read_csv(repo / "data" / "predictions.csv")
+    restyled = predictions[predictions["split"] == "restyled"]
+    assert (
+        len(restyled)
+        == TINY["demo"]["restyled_images"]
+        == read_json(repo / "reports/test_sources/restyled.json")["outcomes"]["kept"]
+    )
+    source = read_json(repo / "metrics" / "evaluate.json")["sources"]["restyled"]
+    assert source["mae"] == pytest.approx(restyled["error"].abs().mean(), abs=1e-4)
+    assert source["reference_mae"] == pytest.approx(
+        (restyled["reference_age"] - restyled["true_age"]).abs().mean(), abs=1e-4
+    )
+    assert compare["leaderboard"][0]["sources"]["restyled"]["mae"] == source["mae"]
+    assert pd.read_csv(repo / "plots" / "compare" / "leaderboard.csv")["restyled_mae"].tolist() == [source["mae"]]
     assert read_json(repo / "data" / "mlflow_runs.json")["finished_runs"] == [mlflow_run.info.run_id]
 
     output = run(["dvc", "repro"], repo)
