@@ -23,9 +23,8 @@ class ReferenceAgeModel(nn.Module):
         if pretrained:
             self.network.load_state_dict(onnx_state_dict())
         self.network.requires_grad_(False)
-        classes = torch.tensor(AGE_CLASSES).round() - bin_ages[0]
-        self.register_buffer("class_bins", classes.clamp(0, len(bin_ages) - 1).long())
-        self.bins = len(bin_ages)
+        classes = (torch.tensor(AGE_CLASSES).round() - bin_ages[0]).clamp(0, len(bin_ages) - 1).long()
+        self.register_buffer("to_bins", F.one_hot(classes, len(bin_ages)).float())  # dlib's classes x bins
         self.train(False)
 
     def train(self, mode: bool = True) -> ReferenceAgeModel:
@@ -36,9 +35,7 @@ class ReferenceAgeModel(nn.Module):
         if x.shape[-1] != REFERENCE_INPUT:
             size = (REFERENCE_INPUT, REFERENCE_INPUT)
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        probabilities = self.network(x).float().softmax(dim=1)
-        binned = torch.zeros(len(x), self.bins, device=x.device)
-        return binned.index_add_(1, self.class_bins, probabilities)
+        return self.network(x).float().softmax(dim=1) @ self.to_bins
 
     def years(self, x: torch.Tensor, bin_ages: torch.Tensor) -> torch.Tensor:
         """The reference's expected age of each face, in years (on ``bin_ages``)."""

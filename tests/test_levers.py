@@ -143,3 +143,25 @@ def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
     report = split_report(rows, params)
     assert report["reference"]["mae"]["value"] == pytest.approx(report["mae"]["value"], abs=1e-3)
     assert report["reference"]["age_group_accuracy"] == report["age_groups"]["accuracy"]
+
+
+def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp_path):
+    import onnxruntime as ort
+
+    from faceage.cli import main
+
+    result = train(data, model=replace(DLIB, reference_blend=0.3), params=replace(TRAIN, epochs=0))
+    torch.save({**result.checkpoint, "faces": {}}, tmp_path / "model.pt")
+    assert (
+        main(
+            ["export", "--format", "onnx", "--model", str(tmp_path / "model.pt"), "--output", str(tmp_path / "m.onnx")]
+        )
+        == 0
+    )
+    model, _ = load_checkpoint(tmp_path / "model.pt", CPU)
+    images = data[0][:3]
+    expected = predict(model, images, np.arange(3), 32, 8, CPU, flip=True)["age"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    (age,) = session.run(["age"], {"chips": chips})
+    np.testing.assert_allclose(age, expected, atol=1e-3)
