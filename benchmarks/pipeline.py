@@ -55,6 +55,11 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
         "flip_tta": evaluation["inference"]["flip_tta"],
         "test": evaluation["test"],
         "sources": {name: evaluation[name] for name in evaluation if name not in ("test", "val", "inference")},
+        "source_ingest": {  # each test source's images, and those kept (a face found, when aligned)
+            path.stem: {"files": report["files"], "kept": report["outcomes"]["kept"]}
+            for path in sorted((repo / "reports" / "test_sources").glob("*.json"))
+            for report in [json.loads(path.read_text())]
+        },
     }
 
 

@@ -13,6 +13,7 @@ Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and the ``dvc repro`` lo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -91,6 +92,36 @@ def peer_on_test(test: pd.DataFrame, files: dict[str, bytes], params: Params) ->
     return peer
 
 
+def split_rows(repo: Path) -> pd.DataFrame:
+    """The manifest of ``repo``'s ingested data with each image's split."""
+    return pd.read_csv(repo / "data" / "ingested" / "manifest.csv").merge(pd.read_csv(repo / "data" / "split.csv"))
+
+
+def make_photo_sources(repo: Path, source: Path, limit: int) -> None:
+    """Validation and test faces pasted into harsh photos, as ``repo``'s test sources (see :mod:`benchmarks.photos`)."""
+    rows = split_rows(repo)
+    rows = rows[rows["split"].isin(("val", "test"))]
+    add_photo_sources(repo, dict(open_source(source).read(set(rows["source_path"]))), rows, limit)
+
+
+def baseline_loops(
+    folder: Path, train: pd.DataFrame, files: dict[str, bytes], params: Params, batches: int
+) -> tuple[dict, dict | None]:
+    """The plain baseline loop over ``train``'s images written as JPEG files, and the same loop under the
+    pipeline's bfloat16 autocast when it trains under it."""
+    folder.mkdir()
+    paths = []
+    for index, name in enumerate(train["source_path"]):
+        paths.append(folder / f"{index}.jpg")
+        paths[-1].write_bytes(files[name])
+    age_range, ages = (params.data.min_age, params.data.max_age), train["age"].to_numpy(float)
+    baseline = training_throughput(paths, ages, params, age_range, batches, 2)
+    same_precision = None
+    if params.train.cpu_bf16:
+        same_precision = training_throughput(paths, ages, params, age_range, batches, 2, pipeline_precision=True)
+    return baseline, same_precision
+
+
 def benchmark(
     source: Path,
     out: Path,
@@ -106,19 +137,10 @@ def benchmark(
         settings = {**changes, "data": {**changes.get("data", {}), "source": str(source)}}
         repo = copy_worktree(REPO, Path(work) / "repo", settings)
 
-        def split_rows() -> pd.DataFrame:
-            manifest = pd.read_csv(repo / "data" / "ingested" / "manifest.csv")
-            return manifest.merge(pd.read_csv(repo / "data" / "split.csv"))
-
-        def photo_sources() -> None:
-            rows = split_rows()
-            rows = rows[rows["split"].isin(("val", "test"))]
-            files = dict(open_source(source).read(set(rows["source_path"])))
-            add_photo_sources(repo, files, rows, source_photos)
-
-        ours = repro(repo, out / "benchmark_repro.log", before=photo_sources if source_photos else None)
+        photo_sources = functools.partial(make_photo_sources, repo, source, source_photos) if source_photos else None
+        ours = repro(repo, out / "benchmark_repro.log", before=photo_sources)
         params = load_params(repo / "params.yaml")
-        rows = split_rows()
+        rows = split_rows(repo)
         test, train = rows[rows["split"] == "test"], rows[rows["split"] == "train"]
         ours["train_images"] = len(train)
         epoch_images = ours["epochs_run"] * len(train)
@@ -130,21 +152,10 @@ def benchmark(
         ours["single_image_latency"] = single_image_latency(
             repo / "models" / "model.pt", files[test["source_path"].iloc[0]], params.evaluate.flip_tta, latency_repeats
         )
-        folder = Path(work) / "baseline_images"
-        folder.mkdir()
-        paths = []
-        for index, name in enumerate(train["source_path"]):
-            paths.append(folder / f"{index}.jpg")
-            paths[-1].write_bytes(files[name])
-        age_range = (params.data.min_age, params.data.max_age)
-        train_ages = train["age"].to_numpy(float)
-        baseline = training_throughput(paths, train_ages, params, age_range, baseline_batches, 2)
+        baseline, same_precision = baseline_loops(
+            Path(work) / "baseline_images", train, files, params, baseline_batches
+        )
         baseline["projected_train_seconds"] = round(epoch_images / baseline["images_per_second"], 1)
-        same_precision = None
-        if params.train.cpu_bf16:
-            same_precision = training_throughput(
-                paths, train_ages, params, age_range, baseline_batches, 2, pipeline_precision=True
-            )
 
         peer = peer_on_test(test, files, params)
 

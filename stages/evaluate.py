@@ -5,6 +5,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -52,25 +53,8 @@ def main() -> None:
     headline = evaluate.headline_metrics(report, cs_name(params.evaluate.cs_threshold), speed, sources)
     write_json(headline, METRICS)
 
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    evaluate.bucket_table(report["test"]).to_csv(PLOTS / "bucket_mae.csv", index=False)
-    plots.bucket_mae({name: summary["buckets"] for name, summary in report.items()}, PLOTS / "bucket_mae.png")
-    test = predictions[predictions["split"] == "test"]
-    ages = (params.data.min_age, params.data.max_age)
-    plots.predicted_vs_true(
-        test["true_age"], test["predicted_age"], ages, "Test split", PLOTS / "predicted_vs_true.png"
-    )
-    plots.error_histogram(test["error"].to_numpy(), "Test split errors", PLOTS / "error_histogram.png")
-    plots.confusion(report["test"]["age_groups"]["confusion"], "Test split age groups", PLOTS / "age_groups.png")
-
-    worst = evaluate.worst_errors(predictions, params.evaluate.worst_errors)
-    captions = [evaluate.caption(row) for _, row in worst.iterrows()]
-    plots.face_gallery(images[worst["id"].to_numpy()], captions, GALLERIES / "worst_errors.png")
-    examples = evaluate.gradcam_examples(predictions, params.evaluate)
-    ids = examples["id"].to_numpy()
-    heat = evaluate.gradcam_maps(model, images, ids, checkpoint["model"]["input_size"], device)
-    captions = [evaluate.caption(row) for _, row in examples.iterrows()]
-    plots.face_gallery(images[ids], captions, GALLERIES / "gradcam.png", heat_maps=heat)
+    write_plots(report, predictions, params)
+    write_galleries(predictions, images, model, checkpoint, params, device)
 
     run_id = checkpoint.get("mlflow_run_id")
     if run_id:
@@ -85,6 +69,34 @@ def main() -> None:
             *sorted(GALLERIES.iterdir()),
         ):
             tracker.log_artifact(path, EVALUATE_ARTIFACTS)
+
+
+def write_plots(report: dict, predictions: pd.DataFrame, params: Params) -> None:
+    """Per-bucket MAE (CSV for ``dvc plots``, PNG), predicted against true age, errors and age groups."""
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    evaluate.bucket_table(report["test"]).to_csv(PLOTS / "bucket_mae.csv", index=False)
+    plots.bucket_mae({name: summary["buckets"] for name, summary in report.items()}, PLOTS / "bucket_mae.png")
+    test = predictions[predictions["split"] == "test"]
+    ages = (params.data.min_age, params.data.max_age)
+    plots.predicted_vs_true(
+        test["true_age"], test["predicted_age"], ages, "Test split", PLOTS / "predicted_vs_true.png"
+    )
+    plots.error_histogram(test["error"].to_numpy(), "Test split errors", PLOTS / "error_histogram.png")
+    plots.confusion(report["test"]["age_groups"]["confusion"], "Test split age groups", PLOTS / "age_groups.png")
+
+
+def write_galleries(
+    predictions: pd.DataFrame, images: np.ndarray, model: AgeNet, checkpoint: dict, params: Params, device: torch.device
+) -> None:
+    """The worst test errors, and Grad-CAM maps of a few test faces per age bucket."""
+    worst = evaluate.worst_errors(predictions, params.evaluate.worst_errors)
+    captions = [evaluate.caption(row) for _, row in worst.iterrows()]
+    plots.face_gallery(images[worst["id"].to_numpy()], captions, GALLERIES / "worst_errors.png")
+    examples = evaluate.gradcam_examples(predictions, params.evaluate)
+    ids = examples["id"].to_numpy()
+    heat = evaluate.gradcam_maps(model, images, ids, checkpoint["model"]["input_size"], device)
+    captions = [evaluate.caption(row) for _, row in examples.iterrows()]
+    plots.face_gallery(images[ids], captions, GALLERIES / "gradcam.png", heat_maps=heat)
 
 
 def test_source_predictions(

@@ -61,6 +61,12 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert photos["speed_ratio"] == pytest.approx(
         photos["photos_per_second"] / photos["peer_photos_per_second"], rel=0.02
     )
+    # Validation and test faces made into harsh photos, each accounted for by its test source's ingest.
+    names = {"photos_val", "photos_test"}
+    assert set(ours["source_ingest"]) == names
+    assert ours["source_ingest"]["photos_test"]["files"] == ours["test"]["count"]  # all of them: below the limit
+    assert all(0 <= counts["kept"] <= counts["files"] for counts in ours["source_ingest"].values())
+    assert set(ours["sources"]) <= names
     table = (tmp_path / "reports" / "benchmark.md").read_text()
     assert "test faces pasted into 1024x768 photos" in table
     assert (
