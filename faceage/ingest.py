@@ -140,8 +140,11 @@ class Ledger:
         pd.DataFrame(self.rejected, columns=["path", "reason", "detail"]).to_csv(path, index=False)
 
 
-def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = None) -> dict:
-    """Ingest ``params.source`` into ``out_dir`` (images, manifest, rejected files); return the report.
+def ingest(
+    params: DataParams, out_dir: str | Path, faces: FacesParams | None = None, allow_empty: bool = False
+) -> dict:
+    """Ingest ``params.source`` into ``out_dir`` (images, manifest, rejected files); return the report. A
+    source with no usable image is an error unless ``allow_empty`` (a test source, which may then be empty).
 
     Every entry of the source gets exactly one outcome from :data:`OUTCOMES`; all but ``kept`` and
     ``label_file`` are listed with their reason in ``rejected.csv``. With ``params.align`` each image's
@@ -167,7 +170,7 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
     _write_unmatched(layout.unmatched_rows, out_dir / UNMATCHED_FILE)
     seconds = time.perf_counter() - started
     log.info("kept %d of %d entries in %.1f s", kept, files, seconds)
-    if not kept:
+    if not kept and not allow_empty:
         raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
     return {
         "source": str(params.source),
@@ -180,7 +183,7 @@ def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams | None = 
         "image_size": params.image_size,
         "array_megabytes": round((out_dir / IMAGES_FILE).stat().st_size / 2**20, 1),
         "seconds": round(seconds, 2),
-        "images_per_second": round(kept / seconds, 1),
+        "images_per_second": round(kept / seconds, 1) if seconds > 0 else 0.0,
         "workers": worker_count(params.workers),
     }
 

@@ -191,6 +191,15 @@ def test_no_usable_image_is_a_clear_error(tmp_path):
     assert len(pd.read_csv(tmp_path / "out" / REJECTED_FILE)) == 2
 
 
+def test_a_test_source_may_end_up_empty_with_every_file_accounted_for(tmp_path):
+    files = {"UTKFace/30_0_0_1.jpg.chip.jpg": b"text", "UTKFace/31_0_0_2.jpg.chip.jpg": noise_jpeg(3)[:40]}
+    source = write_files(tmp_path / "src", files)
+    report = ingest(DataParams(source=str(source), image_size=16, workers=1), tmp_path / "out", allow_empty=True)
+    assert report["files"] == 2 and report["outcomes"]["kept"] == 0
+    assert report["outcomes"]["not_an_image"] + report["outcomes"]["unreadable_image"] == 2
+    assert load_manifest(tmp_path / "out").empty and load_images(tmp_path / "out").shape == (0, 16, 16, 3)
+
+
 def test_stage_reports_a_bad_source_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("data:\n  source: no/such/folder\n")
     result = subprocess.run(
