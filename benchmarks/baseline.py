@@ -18,7 +18,7 @@ from torchvision import transforms
 from faceage.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.losses import UNKNOWN_GENDER, total_loss
 from faceage.models import build_model, set_train_mode
-from faceage.optim import build_optimizer
+from faceage.optim import build_optimizer, parameter_groups
 from faceage.params import AugmentParams, Params
 from faceage.train import autocast
 
@@ -66,7 +66,7 @@ def training_throughput(
     torch.manual_seed(params.train.seed)
     model = build_model(params.model, age_range, (float(ages.mean()), float(ages.std())))
     set_train_mode(model)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], params.train.lr, params.train)
+    optimizer = build_optimizer(parameter_groups(model, params.train.lr, params.train), params.train)
     dataset = JpegFaces(files, ages, training_transform(params.model.input_size, params.augment))
     loader = DataLoader(dataset, params.train.batch_size, shuffle=True, num_workers=workers, drop_last=True)
     no_gender = torch.full((params.train.batch_size,), float(UNKNOWN_GENDER))
