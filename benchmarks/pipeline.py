@@ -14,6 +14,7 @@ import torch
 from benchmarks.workspace import tool_env
 from faceage.images import decode_image
 from faceage.inference import load_checkpoint, predict
+from faceage.params import load_params
 from faceage.runtime import select_device
 
 
@@ -56,9 +57,9 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
         "test": evaluation["test"],
         "sources": {name: evaluation[name] for name in evaluation if name not in ("test", "val", "inference")},
         "source_ingest": {  # each test source's images, and those kept (a face found, when aligned)
-            path.stem: {"files": report["files"], "kept": report["outcomes"]["kept"]}
-            for path in sorted((repo / "reports" / "test_sources").glob("*.json"))
-            for report in [json.loads(path.read_text())]
+            name: {"files": report["files"], "kept": report["outcomes"]["kept"]}
+            for name in load_params(repo / "params.yaml").test_sources
+            for report in [json.loads((repo / "reports" / "test_sources" / f"{name}.json").read_text())]
         },
     }
 
