@@ -93,7 +93,7 @@ class AgeNet(nn.Module):
     The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
     to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
     outputs into years are buffers, so a state dict is self-contained. With ``reference_blend`` b > 0, the
-    model in evaluation mode predicts from images the distribution (1 - b) * its own + b * dlib's untouched age
+    model in evaluation mode predicts from images the age (1 - b) * its own + b * dlib's untouched age
     model's (:class:`~faceage.reference.ReferenceAgeModel`, part of the model): an ensemble in one network.
     """
 
@@ -144,9 +144,14 @@ class AgeNet(nn.Module):
         return outputs
 
     def blended(self, age_output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities of the age distribution blended with the ``reference`` model's distribution."""
-        mixture = (1 - self.blend) * age_output.float().softmax(dim=1) + self.blend * reference
-        return mixture.clamp(min=1e-12).log()
+        """The age output blended with the ``reference`` model's distribution over the bins, so that the
+        predicted age is (1 - b) x this model's + b x the reference's: log-probabilities of the mixture
+        (classification), or the weighted mean of the normalised ages (regression)."""
+        if self.classification:
+            mixture = (1 - self.blend) * age_output.float().softmax(dim=1) + self.blend * reference
+            return mixture.clamp(min=1e-12).log()
+        reference_age = ((reference @ self.bin_ages - self.age_mean) / self.age_std).unsqueeze(1)
+        return (1 - self.blend) * age_output.float() + self.blend * reference_age
 
     def years(self, age_output: torch.Tensor) -> torch.Tensor:
         """Predicted age in years from the age output."""

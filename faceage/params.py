@@ -175,7 +175,7 @@ class ModelParams(Checked):
     gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
     age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
     age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
-    reference_blend: float = 0.0  # weight of dlib's untouched age model in the predicted distribution; 0 = none
+    reference_blend: float = 0.25  # weight of dlib's untouched age model in the predicted distribution; 0 = none
 
     def check_together(self) -> None:
         dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
@@ -383,9 +383,8 @@ class Params:
         for name in self.test_sources:
             allowed = f"a name of letters, digits and _, none of {', '.join(TestSource.RESERVED)}"
             check(re.fullmatch(r"\w+", name) and name not in TestSource.RESERVED, "test_sources", name, allowed)
-        learns_from_dlib = self.train.distill_weight > 0 or self.model.reference_blend > 0
-        if learns_from_dlib and self.model.head != "classification":
-            raise FaceageError("train.distill_weight and model.reference_blend need model.head: classification")
+        if self.train.distill_weight > 0 and self.model.head != "classification":
+            raise FaceageError("train.distill_weight needs model.head: classification (it compares distributions)")
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:

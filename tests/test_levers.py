@@ -18,7 +18,7 @@ from faceage.train import TrainingSetup, train_model
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
-DLIB = ModelParams(input_size=32, hidden=0, dropout=0.0)
+DLIB = ModelParams(input_size=32, hidden=0, dropout=0.0, reference_blend=0.0)
 TRAIN = TrainParams(head_epochs=1, epochs=2, batch_size=16, seed=3, threads=1, lr=1e-3)
 
 
@@ -47,7 +47,8 @@ def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone
         assert group["lr"] == pytest.approx(0.01 * 0.5**depth)
         assert [id(p) for p in group["params"]] == [id(p) for p in block.parameters()]
     grouped = sorted(id(p) for group in groups for p in group["params"])
-    assert grouped == sorted(id(p) for p in model.parameters())
+    assert grouped == sorted(id(p) for p in model.parameters() if p.requires_grad)  # the reference never learns
+    assert not any(p.requires_grad for p in model.reference.parameters())
 
 
 def test_frozen_blocks_are_left_out_of_the_groups():
@@ -105,17 +106,17 @@ def test_distillation_keeps_the_model_closer_to_the_reference(data):
     assert reference_gap(taught, images) < reference_gap(plain, images) * 0.8
 
 
-@pytest.mark.parametrize("blend", [0.5, 1.0])
-def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference_age(data, tmp_path, blend):
+@pytest.mark.parametrize(("blend", "head"), [(0.5, "classification"), (1.0, "classification"), (0.5, "regression")])
+def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference_age(data, tmp_path, blend, head):
     images = data[0]
-    blended = replace(DLIB, reference_blend=blend)
+    blended = replace(DLIB, reference_blend=blend, head=head)
     result = train(data, model=blended, params=replace(TRAIN, epochs=1, cpu_bf16=False))
     path = tmp_path / "model.pt"
     torch.save(result.checkpoint, path)
     model, _ = load_checkpoint(path, CPU)  # the reference is part of the saved model
     ids = np.arange(32, 48)
     ages = predict(model, images, ids, 32, 8, CPU)["age"]
-    alone = build_model(DLIB, AGES)
+    alone = build_model(replace(DLIB, head=head, reference_blend=0.0), AGES)
     alone.load_state_dict({k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")})
     own = predict(alone, images, ids, 32, 8, CPU)["age"]
     x = (

@@ -58,7 +58,7 @@ def test_freezing_up_to_a_block_trains_only_that_block_and_the_head():
     optimizer.step()
     for name, parameter in model.named_parameters():
         changed = not torch.equal(before[name], parameter)
-        trainable = not name.startswith("trunk.") or name.startswith("trunk.layer4.")
+        trainable = not name.startswith(("trunk.", "reference.")) or name.startswith("trunk.layer4.")
         assert changed == trainable, name
     frozen_bn = model.trunk.layer1[0].bn1
     assert not frozen_bn.training and model.trunk.layer4[0].bn1.training
