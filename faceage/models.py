@@ -92,9 +92,10 @@ class AgeNet(nn.Module):
 
     The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
     to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
-    outputs into years are buffers, so a state dict is self-contained. With ``reference_blend`` b > 0, the
-    model in evaluation mode predicts from images the age (1 - b) * its own + b * dlib's untouched age
-    model's (:class:`~faceage.reference.ReferenceAgeModel`, part of the model): an ensemble in one network.
+    outputs into years are buffers, so a state dict is self-contained. When ``reference_blend`` holds a weight
+    above 0, the model holds dlib's untouched age model (:class:`~faceage.reference.ReferenceAgeModel`), and
+    with ``blend`` b (the first weight, until training chooses) it predicts in evaluation mode from images the
+    age (1 - b) * its own + b * the reference's: an ensemble in one network.
     """
 
     def __init__(
@@ -121,8 +122,8 @@ class AgeNet(nn.Module):
         self.register_buffer("bin_ages", bins)
         self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
         self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
-        self.blend = params.reference_blend
-        self.reference = ReferenceAgeModel(bins) if self.blend > 0 else None
+        self.blend = params.reference_blend[0]
+        self.reference = ReferenceAgeModel(bins) if max(params.reference_blend) > 0 else None
 
     def head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs from pooled backbone features."""
@@ -139,7 +140,7 @@ class AgeNet(nn.Module):
         if pooled:
             return self.head(x)
         outputs = self.head(self.trunk(x))
-        if self.reference is not None and not self.training:
+        if self.reference is not None and self.blend > 0 and not self.training:
             outputs["age"] = self.blended(outputs["age"], self.reference(x))
         return outputs
 

@@ -158,7 +158,10 @@ class ModelParams(Checked):
         "gender_weight": AT_LEAST_0,
         "age_group_weight": AT_LEAST_0,
         "age_group_edges": INCREASING,
-        "reference_blend": PROBABILITY,
+        "reference_blend": (
+            lambda v: len(v) > 0 and all(0 <= b <= 1 for b in v) and list(v) == sorted(set(v)),
+            "increasing weights in 0..1",
+        ),
     }
 
     backbone: str = "dlib_age_resnet10"
@@ -175,7 +178,8 @@ class ModelParams(Checked):
     gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
     age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
     age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
-    reference_blend: float = 0.25  # weight of dlib's untouched age model in the predicted distribution; 0 = none
+    # weights of dlib's untouched age model in each predicted age: the one with the best validation MAE is kept
+    reference_blend: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5)
 
     def check_together(self) -> None:
         dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
@@ -414,6 +418,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         _, item = typing.get_args(hint)
         return {str(key): _convert(item, v, f"{where}.{key}") for key, v in value.items()}
     if origin is tuple:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # one value stands for a list of one, as `dvc exp run -S key=0.25` sets it
         if not isinstance(value, list | tuple):
             raise FaceageError(f"{where}: expected a list, got {value!r}")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}

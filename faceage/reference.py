@@ -17,10 +17,10 @@ class ReferenceAgeModel(nn.Module):
     faces of any size in, probabilities over the 1-year bins ``bin_ages`` out (each of dlib's ages goes to its
     nearest bin; ages outside the bins to the end bins)."""
 
-    def __init__(self, bin_ages: torch.Tensor, pretrained: bool = True):
+    def __init__(self, bin_ages: torch.Tensor):
         super().__init__()
-        self.network = DlibAgeResNet10()
-        if pretrained:
+        with torch.random.fork_rng(devices=[]):  # its random initial weights are replaced: draw nothing for them
+            self.network = DlibAgeResNet10()
             self.network.load_state_dict(onnx_state_dict())
         self.network.requires_grad_(False)
         classes = (torch.tensor(AGE_CLASSES).round() - bin_ages[0]).clamp(0, len(bin_ages) - 1).long()

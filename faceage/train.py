@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +170,7 @@ class Inputs:
         rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
         with amp:
             age_output = model.head(self.features[rows])["age"]
-        if self.referenced is not None:
+        if self.referenced is not None and model.blend > 0:
             age_output = model.blended(age_output, self.referenced[rows])
         years = model.years(age_output)  # in float32: autocast would run the read-out in low precision
         model.train(was_training)
@@ -546,17 +546,36 @@ class Trainer:
         if self.on_epoch_end is not None:
             self.on_epoch_end(row)
 
+    def choose_blend(self, val_mae: float) -> tuple[float, float]:
+        """The weight of dlib's untouched model (``model.reference_blend``) with the lowest validation MAE for the
+        kept weights, and that MAE; the model is left blended so, and without the reference at weight 0."""
+        weights, model = self.setup.model_params.reference_blend, self.model
+        if len(weights) == 1:
+            return weights[0], val_mae
+        val_ids = self.setup.val_ids
+        predicted = {}
+        for b in (0.0, 1.0):  # the model's own ages, then the reference's
+            model.blend = b
+            predicted[b] = self.inputs.predict(model, val_ids, self.amp)
+        errors = blend_errors(predicted[0.0], predicted[1.0], self.setup.ages[val_ids], weights)
+        model.blend = min(weights, key=errors.get)
+        if model.blend == 0:
+            model.reference = None
+        log.info("validation MAE blended with dlib's untouched model: %s", {b: round(e, 3) for b, e in errors.items()})
+        return model.blend, errors[model.blend]
+
     def result(self, seconds: float) -> TrainResult:
-        """The best epoch's weights as a checkpoint, the history and the summary."""
+        """The best epoch's weights, blended as validation chooses, as a checkpoint, the history and the summary."""
         best, setup = self.state.progress.best, self.setup
         self.model.load_state_dict(best["model"])
+        blend, val_mae = self.choose_blend(best["val_mae"])
         checkpoint = make_checkpoint(
             self.model,
-            setup.model_params,
+            replace(setup.model_params, reference_blend=(blend,)),
             setup.age_range,
             image_size=setup.images.shape[1],
             epoch=best["epoch"],
-            val_mae=best["val_mae"],
+            val_mae=val_mae,
         )
         speeds = {
             f"{name}_images_per_second": round(self.images_seen[name] / self.seconds[name], 1)
@@ -567,7 +586,9 @@ class Trainer:
             "backbone": setup.model_params.backbone,
             "head": setup.model_params.head,
             "best_epoch": best["epoch"],
-            "best_val_mae": round(best["val_mae"], 4),
+            "best_val_mae": round(val_mae, 4),  # the kept model's: its epoch's, blended as chosen
+            "epoch_val_mae": round(best["val_mae"], 4),
+            "reference_blend": blend,
             "epochs_run": len(self.state.progress.history),
             "parameters": count_parameters(self.model),
             "device": self.device.type,
@@ -576,6 +597,11 @@ class Trainer:
             **speeds,
         }
         return TrainResult(checkpoint, self.state.progress.history, summary)
+
+
+def blend_errors(own: np.ndarray, reference: np.ndarray, ages: np.ndarray, weights: tuple[float, ...]) -> dict:
+    """Validation MAE of (1 - b) x ``own`` + b x ``reference`` ages for each weight b."""
+    return {b: float(np.abs((1 - b) * own + b * reference - ages).mean()) for b in weights}
 
 
 def train_model(

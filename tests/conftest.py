@@ -126,7 +126,7 @@ def tiny_model(tmp_path_factory) -> Path:
         rng.integers(1, 90, 40),
         rng.integers(0, 2, 40),
         split,
-        ModelParams(backbone="resnet18", pretrained=False, input_size=32, gender_weight=1.0),
+        ModelParams(backbone="resnet18", pretrained=False, input_size=32, gender_weight=1.0, reference_blend=(0.0,)),
         TrainParams(head_epochs=1, epochs=0, batch_size=16),
         AugmentParams(),
         (1, 100),

@@ -18,7 +18,7 @@ from faceage.train import TrainingSetup, train_model
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
-DLIB = ModelParams(input_size=32, hidden=0, dropout=0.0, reference_blend=0.0)
+DLIB = ModelParams(input_size=32, hidden=0, dropout=0.0, reference_blend=(0.0,))
 TRAIN = TrainParams(head_epochs=1, epochs=2, batch_size=16, seed=3, threads=1, lr=1e-3)
 
 
@@ -109,14 +109,14 @@ def test_distillation_keeps_the_model_closer_to_the_reference(data):
 @pytest.mark.parametrize(("blend", "head"), [(0.5, "classification"), (1.0, "classification"), (0.5, "regression")])
 def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference_age(data, tmp_path, blend, head):
     images = data[0]
-    blended = replace(DLIB, reference_blend=blend, head=head)
+    blended = replace(DLIB, reference_blend=(blend,), head=head)
     result = train(data, model=blended, params=replace(TRAIN, epochs=1, cpu_bf16=False))
     path = tmp_path / "model.pt"
     torch.save(result.checkpoint, path)
     model, _ = load_checkpoint(path, CPU)  # the reference is part of the saved model
     ids = np.arange(32, 48)
     ages = predict(model, images, ids, 32, 8, CPU)["age"]
-    alone = build_model(replace(DLIB, head=head, reference_blend=0.0), AGES)
+    alone = build_model(replace(DLIB, head=head, reference_blend=(0.0,)), AGES)
     alone.load_state_dict({k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")})
     own = predict(alone, images, ids, 32, 8, CPU)["age"]
     x = (
@@ -134,7 +134,7 @@ def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
     from faceage.params import EvaluateParams
 
     images, ages = data[0], data[1]
-    model = build_model(replace(DLIB, input_size=64, reference_blend=1.0), AGES).eval()
+    model = build_model(replace(DLIB, input_size=64, reference_blend=(1.0,)), AGES).eval()
     manifest = pd.DataFrame({"id": range(48), "age": ages, "gender": 0, "race": 0})
     params = EvaluateParams(bootstrap_resamples=20, batch_size=16)
     rows = predict_source(model, {"model": {"input_size": 64}}, images, manifest, "photos", params, CPU)
@@ -151,7 +151,7 @@ def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp
 
     from faceage.cli import main
 
-    result = train(data, model=replace(DLIB, reference_blend=0.3), params=replace(TRAIN, epochs=0))
+    result = train(data, model=replace(DLIB, reference_blend=(0.3,)), params=replace(TRAIN, epochs=0))
     torch.save({**result.checkpoint, "faces": {}}, tmp_path / "model.pt")
     assert (
         main(
@@ -166,3 +166,44 @@ def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp
     chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
     (age,) = session.run(["age"], {"chips": chips})
     np.testing.assert_allclose(age, expected, atol=1e-3)
+
+
+def test_training_keeps_the_blend_weight_with_the_lowest_validation_mae(data, tmp_path):
+    from faceage.train import blend_errors
+
+    weights = (0.0, 0.25, 1.0)
+    result = train(data, model=replace(DLIB, reference_blend=weights), params=replace(TRAIN, cpu_bf16=False))
+    chosen = result.summary["reference_blend"]
+    # recompute every weight's validation MAE from the kept weights' own ages and the reference's
+    state = {k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")}
+    own_model = build_model(DLIB, AGES)
+    own_model.load_state_dict(state)
+    ids, ages = np.arange(32, 48), data[1][32:]
+    own = predict(own_model, data[0], ids, 32, 8, CPU)["age"]
+    reference = predict(build_model(replace(DLIB, reference_blend=(1.0,)), AGES), data[0], ids, 32, 8, CPU)["age"]
+    errors = blend_errors(own, reference, ages, weights)
+    assert chosen == min(errors, key=errors.get)
+    assert result.summary["best_val_mae"] == pytest.approx(errors[chosen], abs=1e-3)
+    assert result.checkpoint["model"]["reference_blend"] == (chosen,)
+    assert any(k.startswith("reference.") for k in result.checkpoint["state_dict"]) == (chosen > 0)
+    torch.save(result.checkpoint, tmp_path / "model.pt")
+    loaded, _ = load_checkpoint(tmp_path / "model.pt", CPU)
+    np.testing.assert_allclose(
+        predict(loaded, data[0], ids, 32, 8, CPU)["age"], (1 - chosen) * own + chosen * reference, atol=1e-3
+    )
+
+
+def test_blend_errors_are_the_mae_of_each_weighted_mean():
+    from faceage.train import blend_errors
+
+    errors = blend_errors(np.array([10.0, 20.0]), np.array([60.0, 70.0]), np.array([10.0, 21.0]), (0.0, 0.5))
+    assert errors == {0.0: 0.5, 0.5: 24.5}
+
+
+def test_holding_the_reference_changes_nothing_else_in_training(data):
+    """The reference's network is built without drawing from the random generator, so a model that may blend
+    trains exactly as one that may not."""
+    dropping = replace(DLIB, dropout=0.3)  # dropout draws from the generator in every step
+    plain = train(data, model=dropping)
+    may_blend = train(data, model=replace(dropping, reference_blend=(0.0, 1.0)))
+    assert [row["val_mae"] for row in plain.history] == [row["val_mae"] for row in may_blend.history]

@@ -144,7 +144,8 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
         ("test_sources:\n  a: x\n", "test_sources.a: expected a mapping"),
         ("test_sources: [x]\n", "test_sources: expected a mapping"),
         ("train:\n  distill_weight: 1\nmodel:\n  head: regression\n", "needs model.head: classification"),
-        ("model:\n  reference_blend: 1.5\n", "model.reference_blend: 1.5 is not allowed"),
+        ("model:\n  reference_blend: 1.5\n", "model.reference_blend: (1.5,) is not allowed"),
+        ("model:\n  reference_blend: [0.5, 0.25]\n", "increasing weights in 0..1"),
         ("train:\n  layer_decay: 0\n", "train.layer_decay: 0"),
     ],
 )

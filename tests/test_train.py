@@ -12,7 +12,7 @@ from faceage.models import build_model
 from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.train import Inputs, ResumeFile, TrainingSetup, autocast, plan_phases, split_ids, train_model
 
-MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, reference_blend=0.0)
+MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, reference_blend=(0.0,))
 TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
 AUGMENT = AugmentParams()
 AGES = (1, 100)
