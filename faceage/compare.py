@@ -49,7 +49,7 @@ def leaderboard_entry(
     if "val.mae" not in metrics or "test.mae" not in metrics:
         return None
     parameters = metrics.get("parameters")
-    sources = sorted({key.split(".")[1] for key in metrics if key.startswith("sources.")})
+    sources = sorted({key.split(".")[1] for key in metrics if key.startswith("test_sources.")})
     return {
         "run_id": run_id,
         "backbone": params.get("model.backbone", "unknown"),
@@ -66,7 +66,9 @@ def leaderboard_entry(
         "test_rmse": metrics.get("test.rmse"),
         "test_cs": metrics.get(f"test.{cs_key}"),
         "test_bucket_mae": {label: metrics.get(metric_key(f"test_bucket_mae.{label}")) for label in buckets},
-        "sources": {name: {key: metrics.get(f"sources.{name}.{key}") for key in SOURCE_FIGURES} for name in sources},
+        "sources": {
+            name: {key: metrics.get(f"test_sources.{name}.{key}") for key in SOURCE_FIGURES} for name in sources
+        },
         "parameters": _integer(parameters),
         "train_seconds": metrics.get("train_seconds"),
         "inference_images_per_second": metrics.get("inference_images_per_second"),

@@ -176,7 +176,7 @@ def headline_metrics(report: dict, cs_key: str, images_per_second: float, source
     buckets = {label: row["mae"] for label, row in report["test"]["buckets"].items()}
     headline = {"test": test, "val": mae("val"), "test_bucket_mae": buckets}
     if sources:
-        headline["sources"] = {name: other(name) for name in sources if name in report}
+        headline["test_sources"] = {name: other(name) for name in sources if name in report}
     return {**headline, "inference_images_per_second": images_per_second}
 
 

@@ -34,12 +34,12 @@ HEADLINE = {
     "metrics/train.json": ["best_epoch", "best_val_mae", "train_images_per_second", "train_seconds"],
     "metrics/evaluate.json": [
         "inference_images_per_second",
-        "sources.restyled.age_group_accuracy",
-        "sources.restyled.mae",
-        "sources.restyled.mae_high",
-        "sources.restyled.mae_low",
-        "sources.restyled.reference_age_group_accuracy",
-        "sources.restyled.reference_mae",
+        "test_sources.restyled.age_group_accuracy",
+        "test_sources.restyled.mae",
+        "test_sources.restyled.mae_high",
+        "test_sources.restyled.mae_low",
+        "test_sources.restyled.reference_age_group_accuracy",
+        "test_sources.restyled.reference_mae",
         "test.age_group_accuracy",
         "test.bias",
         "test.cs5",
@@ -104,7 +104,9 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     train = read_json(repo / "metrics" / "train.json")
     assert list(history.columns) == ["epoch", "phase", "train_loss", "train_mae", "val_mae", "lr", "marker"]
     assert history["epoch"].tolist() == list(range(1, read_json(repo / "reports" / "train.json")["epochs_run"] + 1))
-    assert history["val_mae"].min() == pytest.approx(train["best_val_mae"], abs=1e-4)
+    assert history["val_mae"].min() == pytest.approx(
+        read_json(repo / "reports" / "train.json")["epoch_val_mae"], abs=1e-4
+    )
     marked = history.dropna(subset=["marker"]).set_index("epoch")["marker"].to_dict()
     first_finetune = int(history.loc[history["phase"] == "finetune", "epoch"].min())
     expected = {first_finetune: ["fine-tuning starts"]}
@@ -134,7 +136,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
         == TINY["demo"]["restyled_images"]
         == read_json(repo / "reports/test_sources/restyled.json")["outcomes"]["kept"]
     )
-    source = read_json(repo / "metrics" / "evaluate.json")["sources"]["restyled"]
+    source = read_json(repo / "metrics" / "evaluate.json")["test_sources"]["restyled"]
     assert source["mae"] == pytest.approx(restyled["error"].abs().mean(), abs=1e-4)
     assert source["reference_mae"] == pytest.approx(
         (restyled["reference_age"] - restyled["true_age"]).abs().mean(), abs=1e-4
