@@ -8,8 +8,9 @@ model on the same images, and ensembles that average their members' predictions.
         [--ensemble name+name ...] [--workspace DIR] [--source ../shared/datasets/UTKFace.tar.gz]
 
 Results accumulate in ``<out>/levers.json`` (one entry per name, re-running a name replaces it) and
-``<out>/levers.md``. Every run copies the repository's ``faceage`` and ``stages`` into the workspace first (as
-committed: edits under way do not leak in), so levers of new code can be measured on data prepared earlier.
+``<out>/levers.md``. Every run copies the repository's ``faceage``, ``stages`` and ``params.yaml`` into the
+workspace first (as committed: edits under way do not leak in), so levers of new code can be measured on data
+prepared earlier.
 Predictions are without flip TTA, as training selects its epoch.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from benchmarks.photos import add_photo_sources
 from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
@@ -109,13 +111,21 @@ class Scorer:
         return {**figures, f"{PHOTOS}_age_group_accuracy": accuracy["accuracy"], f"{PHOTOS}_faces": len(photos)}
 
 
+def reset_params(workspace: Path) -> None:
+    """The repository's committed ``params.yaml`` in ``workspace``, with the workspace's data set and photos."""
+    own = yaml.safe_load((workspace / "params.base.yaml").read_text())
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, check=True)
+    (workspace / "params.yaml").write_bytes(committed.stdout)
+    set_params(workspace, {"data": {"source": own["data"]["source"]}, "test_sources": own["test_sources"]})
+
+
 def run_lever(workspace: Path, name: str, settings: str) -> dict:
     """Train with ``settings`` (``section.key=value,...``) changed; the training figures of the kept model."""
     for folder in CODE:
         shutil.rmtree(workspace / folder)
     archive = subprocess.run(["git", "archive", "HEAD", *CODE], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(workspace)], input=archive, check=True)
-    shutil.copy2(workspace / "params.base.yaml", workspace / "params.yaml")
+    reset_params(workspace)
     set_params(workspace, parse_settings([item for item in settings.split(",") if item]))
     started = time.perf_counter()
     env = tool_env(PYTHONPATH=str(workspace))
