@@ -66,7 +66,11 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert set(ours["source_ingest"]) == names
     assert ours["source_ingest"]["photos_test"]["files"] == ours["test"]["count"]  # all of them: below the limit
     assert all(0 <= counts["kept"] <= counts["files"] for counts in ours["source_ingest"].values())
-    assert set(ours["sources"]) <= names
+    # every source with a face kept is evaluated, beside dlib's untouched model on the same faces
+    kept = {name for name, counts in ours["source_ingest"].items() if counts["kept"]}
+    assert set(ours["sources"]) == kept
+    assert all(ours["sources"][name]["count"] == ours["source_ingest"][name]["kept"] for name in kept)
+    assert all(0 <= ours["sources"][name]["reference"]["mae"]["value"] < 80 for name in kept)
     table = (tmp_path / "reports" / "benchmark.md").read_text()
     assert "test faces pasted into 1024x768 photos" in table
     assert (
