@@ -5,7 +5,19 @@ from faceage.batches import IMAGENET_MEAN
 from faceage.params import AugmentParams
 
 OFF = AugmentParams(
-    hflip=0, crop_scale=1, shift=0, rotate=0, brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, erasing=0
+    hflip=0,
+    crop_scale=1,
+    shift=0,
+    rotate=0,
+    brightness=0,
+    contrast=0,
+    saturation=0,
+    hue=0,
+    grayscale=0,
+    erasing=0,
+    blur=0,
+    noise=0,
+    jpeg=0,
 )
 
 
