@@ -280,19 +280,19 @@ class AugmentParams(Checked):
     }
 
     hflip: float = 0.5  # probability
-    crop_scale: float = 0.75  # random resized crop: smallest share of the area kept; 1 = off
-    shift: float = 0.08  # largest shift, as a share of the side
-    rotate: float = 15.0  # largest rotation in degrees
+    crop_scale: float = 0.85  # random resized crop: smallest share of the area kept; 1 = off
+    shift: float = 0.05  # largest shift, as a share of the side
+    rotate: float = 10.0  # largest rotation in degrees
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.02  # largest hue rotation, as a share of the colour circle
     grayscale: float = 0.05  # probability
     erasing: float = 0.25  # probability of erasing a random rectangle
-    blur: float = 0.3  # probability of a Gaussian blur
+    blur: float = 0.0  # probability of a Gaussian blur
     blur_sigma: float = 1.5  # largest blur width, pixels of the network input
-    noise: float = 0.03  # largest standard deviation of added Gaussian noise (pixel values 0..1)
-    jpeg: float = 0.3  # probability of re-encoding as JPEG
+    noise: float = 0.0  # largest standard deviation of added Gaussian noise (pixel values 0..1)
+    jpeg: float = 0.0  # probability of re-encoding as JPEG
     jpeg_quality: int = 30  # lowest JPEG quality drawn (up to 95)
     in_head_stage: bool = False  # augment in the head-only stage too (disables its feature cache)
 
