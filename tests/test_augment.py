@@ -4,21 +4,8 @@ from faceage.augment import BatchAugmenter, is_active
 from faceage.batches import IMAGENET_MEAN
 from faceage.params import AugmentParams
 
-OFF = AugmentParams(
-    hflip=0,
-    crop_scale=1,
-    shift=0,
-    rotate=0,
-    brightness=0,
-    contrast=0,
-    saturation=0,
-    hue=0,
-    grayscale=0,
-    erasing=0,
-    blur=0,
-    noise=0,
-    jpeg=0,
-)
+GEOMETRY_AND_COLOUR = ("hflip", "shift", "rotate", "brightness", "contrast", "saturation", "hue", "grayscale")
+OFF = AugmentParams(crop_scale=1, **dict.fromkeys((*GEOMETRY_AND_COLOUR, "erasing", "blur", "noise", "jpeg"), 0))
 
 
 def batch(seed=0):
