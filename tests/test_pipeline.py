@@ -103,10 +103,9 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     history = pd.read_csv(repo / "plots" / "train" / "history.csv")
     train = read_json(repo / "metrics" / "train.json")
     assert list(history.columns) == ["epoch", "phase", "train_loss", "train_mae", "val_mae", "lr", "marker"]
-    assert history["epoch"].tolist() == list(range(1, read_json(repo / "reports" / "train.json")["epochs_run"] + 1))
-    assert history["val_mae"].min() == pytest.approx(
-        read_json(repo / "reports" / "train.json")["epoch_val_mae"], abs=1e-4
-    )
+    summary = read_json(repo / "reports" / "train.json")
+    assert history["epoch"].tolist() == list(range(1, summary["epochs_run"] + 1))
+    assert history["val_mae"].min() == pytest.approx(summary["epoch_val_mae"], abs=1e-4)
     marked = history.dropna(subset=["marker"]).set_index("epoch")["marker"].to_dict()
     first_finetune = int(history.loc[history["phase"] == "finetune", "epoch"].min())
     expected = {first_finetune: ["fine-tuning starts"]}
