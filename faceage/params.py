@@ -24,6 +24,8 @@ POSITIVE: Range = (lambda v: v > 0, "> 0")
 PROBABILITY: Range = (lambda v: 0 <= v <= 1, "0..1")
 FRACTION_BELOW_1: Range = (lambda v: 0 <= v < 1, "0 <= value < 1")
 OPEN_UNIT: Range = (lambda v: 0 < v < 1, "0 < value < 1")
+UP_TO_1: Range = (lambda v: 0 < v <= 1, "0 < value <= 1")
+DLIB_MIN_INPUT = 32  # pixels: smaller inputs vanish in dlib's age network before its last convolution
 INCREASING: Range = (lambda v: len(v) > 0 and all(a < b for a, b in itertools.pairwise(v)), "increasing values")
 
 
@@ -188,6 +190,8 @@ class ModelParams(Checked):
             "classification",
             0,
         )
+        if self.backbone == "dlib_age_resnet10" and self.input_size < DLIB_MIN_INPUT:
+            raise FaceageError(f"model.input_size: dlib_age_resnet10 needs at least {DLIB_MIN_INPUT} px")
         if self.head_init == "dlib" and not dlib_head:
             raise FaceageError(
                 "model.head_init: dlib needs backbone dlib_age_resnet10, pretrained: true, head: classification "
@@ -219,9 +223,11 @@ class TrainParams(Checked):
         "threads": AT_LEAST_0,
         "nproc": AT_LEAST_1,
         "max_restarts": AT_LEAST_0,
-        "layer_decay": (lambda v: 0 < v <= 1, "0 < value <= 1"),
+        "layer_decay": UP_TO_1,
         "l2sp": AT_LEAST_0,
         "distill_weight": AT_LEAST_0,
+        "start_size": (lambda v: v == 0 or v >= 16, "0 or >= 16"),
+        "resize_epochs": UP_TO_1,
     }
 
     head_epochs: int = 3
@@ -254,6 +260,8 @@ class TrainParams(Checked):
     layer_decay: float = 1.0  # fine-tuning: each backbone block's lr is this times the next one's; 1 = one lr
     l2sp: float = 0.0  # fine-tuning: pull of the backbone toward its pretrained weights (L2-SP); 0 = off
     distill_weight: float = 0.0  # loss weight of agreeing with dlib's untouched age model (classification); 0 = off
+    start_size: int = 0  # fine-tuning: input size (px) of the first epoch, growing to model.input_size; 0 = off
+    resize_epochs: float = 0.5  # with start_size: share of the fine-tuning epochs over which the input grows
 
 
 @dataclass(frozen=True)
@@ -263,7 +271,7 @@ class AugmentParams(Checked):
     SECTION: ClassVar[str] = "augment"
     RANGES: ClassVar[dict[str, Range]] = {
         "hflip": PROBABILITY,
-        "crop_scale": (lambda v: 0 < v <= 1, "0 < value <= 1"),
+        "crop_scale": UP_TO_1,
         "shift": (lambda v: 0 <= v <= 0.5, "0..0.5"),
         "rotate": (lambda v: 0 <= v <= 180, "0..180"),
         "brightness": AT_LEAST_0,
@@ -389,6 +397,11 @@ class Params:
             check(re.fullmatch(r"\w+", name) and name not in TestSource.RESERVED, "test_sources", name, allowed)
         if self.train.distill_weight > 0 and self.model.head != "classification":
             raise FaceageError("train.distill_weight needs model.head: classification (it compares distributions)")
+        start = self.train.start_size
+        if start > self.model.input_size:
+            raise FaceageError(f"train.start_size: {start} is above model.input_size ({self.model.input_size})")
+        if 0 < start < DLIB_MIN_INPUT and self.model.backbone == "dlib_age_resnet10":
+            raise FaceageError(f"train.start_size: dlib_age_resnet10 needs at least {DLIB_MIN_INPUT} px")
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:

@@ -54,6 +54,16 @@ class Phase:
     freeze: str
     freeze_bn: bool
     augment: bool
+    start_size: int = 0  # input size of the first epoch, 0 = always the model's
+    resize_epochs: float = 0.5  # share of the epochs over which the input grows from start_size
+
+    def input_size(self, epoch: int, final: int) -> int:
+        """Training input size of ``epoch`` (0-based): from ``start_size`` up in even steps, ``final`` once
+        ``resize_epochs`` of the epochs are done."""
+        growing = round(self.resize_epochs * self.epochs)
+        if self.start_size == 0 or epoch >= growing:
+            return final
+        return round(self.start_size + (final - self.start_size) * epoch / growing)
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,8 @@ def plan_phases(params: TrainParams, augment: AugmentParams) -> list[Phase]:
         augment_head = is_active(augment) and augment.in_head_stage
         phases.append(Phase("head", params.head_epochs, params.head_lr, "backbone", False, augment_head))
     if params.epochs > 0:
-        phases.append(Phase("finetune", params.epochs, params.lr, params.freeze, params.freeze_bn, is_active(augment)))
+        finetune = (params.freeze, params.freeze_bn, is_active(augment), params.start_size, params.resize_epochs)
+        phases.append(Phase("finetune", params.epochs, params.lr, *finetune))
     if not phases:
         raise FaceageError("train.head_epochs and train.epochs are both 0: nothing to train")
     return phases
@@ -110,6 +121,7 @@ class Inputs:
         self.teacher = teacher
         self.images = images
         self.input_size = input_size
+        self.train_size = input_size  # of training batches from images; validation is always at input_size
         self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress  # a bar on terminals; never in the processes besides the main one
@@ -154,7 +166,7 @@ class Inputs:
                 outputs["reference"] = self.taught[rows]
             return outputs
         augment = functools.partial(augmenter, share=share) if augmenter is not None else None
-        x = to_input(self.images[ids], self.input_size, self.device, augment)
+        x = to_input(self.images[ids], self.train_size, self.device, augment)
         outputs = network(x)
         if self.teacher is not None:
             outputs["reference"] = self.teacher(x)
@@ -465,6 +477,9 @@ class Trainer:
             started = time.perf_counter()
             batches = list(index_batches(setup.train_ids, setup.params.batch_size, self.state.shuffle_rng))
             desc = f"epoch {len(progress.history) + 1} ({phase.name} {epoch + 1}/{phase.epochs})"
+            self.inputs.train_size = phase.input_size(epoch, setup.model_params.input_size)
+            if self.inputs.train_size != setup.model_params.input_size:
+                desc += f" at {self.inputs.train_size} px"
             stats = self.train_one_epoch(network, batches, stepper, augmenter, desc)
             self.seconds[phase.name] += time.perf_counter() - started
             self.images_seen[phase.name] += stats["images"]

@@ -1,5 +1,5 @@
 """Levers that keep what pretraining knew: per-block learning rates, L2-SP, distillation from dlib's untouched
-age model and blending with it."""
+age model and blending with it; and progressive resizing."""
 
 from dataclasses import replace
 
@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from faceage import train as training
 from faceage.inference import load_checkpoint, predict
 from faceage.losses import total_loss
 from faceage.models import build_model, freeze_trunk
@@ -207,3 +208,20 @@ def test_holding_the_reference_changes_nothing_else_in_training(data):
     plain = train(data, model=dropping)
     may_blend = train(data, model=replace(dropping, reference_blend=(0.0, 1.0)))
     assert [row["val_mae"] for row in plain.history] == [row["val_mae"] for row in may_blend.history]
+
+
+def test_progressive_resizing_grows_the_training_input_and_validates_at_full_size(data, monkeypatch):
+    sizes = []
+
+    def recording(pixels, size, *args):
+        sizes.append(size)
+        return to_input(pixels, size, *args)
+
+    to_input = training.to_input
+    monkeypatch.setattr(training, "to_input", recording)
+    model, progressive = replace(DLIB, input_size=48), replace(TRAIN, epochs=4, start_size=32, resize_epochs=0.5)
+    result = train(data, model, progressive)
+    # head stage: features of train + val once at 48 px; then 2 batches an epoch at 32, 40, 48, 48 px
+    assert sizes == [48] * 3 + [32, 32, 40, 40] + [48] * 4
+    fixed = train(data, model, replace(progressive, start_size=0))
+    assert [row["val_mae"] for row in result.history][:2] != [row["val_mae"] for row in fixed.history][:2]
