@@ -55,15 +55,14 @@ class Phase:
     freeze_bn: bool
     augment: bool
     start_size: int = 0  # input size of the first epoch, 0 = always the model's
-    resize_epochs: float = 0.5  # share of the epochs over which the input grows from start_size
+    growing_epochs: int = 0  # epochs over which the input grows from start_size
 
     def input_size(self, epoch: int, final: int) -> int:
         """Training input size of ``epoch`` (0-based): from ``start_size`` up in even steps, ``final`` once
-        ``resize_epochs`` of the epochs are done."""
-        growing = round(self.resize_epochs * self.epochs)
-        if self.start_size == 0 or epoch >= growing:
+        ``growing_epochs`` are done."""
+        if self.start_size == 0 or epoch >= self.growing_epochs:
             return final
-        return round(self.start_size + (final - self.start_size) * epoch / growing)
+        return round(self.start_size + (final - self.start_size) * epoch / self.growing_epochs)
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,8 @@ def plan_phases(params: TrainParams, augment: AugmentParams) -> list[Phase]:
         augment_head = is_active(augment) and augment.in_head_stage
         phases.append(Phase("head", params.head_epochs, params.head_lr, "backbone", False, augment_head))
     if params.epochs > 0:
-        finetune = (params.freeze, params.freeze_bn, is_active(augment), params.start_size, params.resize_epochs)
+        growing = round(params.resize_epochs * params.epochs)
+        finetune = (params.freeze, params.freeze_bn, is_active(augment), params.start_size, growing)
         phases.append(Phase("finetune", params.epochs, params.lr, *finetune))
     if not phases:
         raise FaceageError("train.head_epochs and train.epochs are both 0: nothing to train")
