@@ -34,7 +34,7 @@ from benchmarks.photos import add_photo_sources
 from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.evaluate import reference_ages
-from faceage.inference import load_checkpoint, predict
+from faceage.inference import checkpoint_input_size, load_checkpoint, predict
 from faceage.ingest import load_images, load_manifest
 from faceage.metrics import group_confusion
 from faceage.params import EvaluateParams
@@ -91,7 +91,7 @@ class Scorer:
                 }
             else:
                 model, checkpoint = load_checkpoint(path.with_name(f"{name}.pt"), self.device)
-                size = checkpoint["model"]["input_size"]
+                size = checkpoint_input_size(checkpoint)
                 found = {
                     key: predict(model, images, rows["id"].to_numpy(), size, 128, self.device)["age"]
                     for key, (images, rows) in self.sets.items()

@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.workspace import tool_env
 from faceage.images import decode_image
-from faceage.inference import load_checkpoint, predict
+from faceage.inference import checkpoint_input_size, load_checkpoint, predict
 from faceage.params import load_params
 from faceage.runtime import select_device
 
@@ -68,7 +68,7 @@ def single_image_latency(model_path: Path, image: bytes, flip: bool, repeats: in
     """Milliseconds to predict one JPEG (decode, resize, forward passes), model loaded once, after a warm-up."""
     device = select_device()
     model, checkpoint = load_checkpoint(model_path, device)
-    input_size = checkpoint["model"]["input_size"]
+    input_size = checkpoint_input_size(checkpoint)
 
     def once() -> float:
         started = time.perf_counter()

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+WHOLE_SECTIONS = ("test_sources", "members")  # maps of named entries: set as a whole
+
 
 def tool_env(**extra: str) -> dict[str, str]:
     """This environment with its own tools (dvc, python) first on PATH and MLflow's default store."""
@@ -36,12 +38,13 @@ def copy_worktree(source: Path, destination: Path, params: dict[str, dict[str, A
 
 
 def set_params(repo: Path, changes: dict[str, dict[str, Any]]) -> None:
-    """Update sections of ``params.yaml`` in ``repo``, e.g. ``{"train": {"epochs": 1}}``; ``test_sources`` is
-    replaced as a whole, so the data set's own test sources replace the demo's."""
+    """Update sections of ``params.yaml`` in ``repo``, e.g. ``{"train": {"epochs": 1}}``; the sections of named
+    entries (``test_sources``, ``members``) are replaced as a whole, so that, e.g., the data set's own test sources
+    replace the demo's."""
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in changes.items():
-        if section == "test_sources":
+        if section in WHOLE_SECTIONS:
             params[section] = values
         else:
             params[section].update(values)

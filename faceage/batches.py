@@ -19,6 +19,13 @@ def index_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator
         yield np.sort(order[start : start + batch_size])
 
 
+def resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` images resized to ``size`` x ``size`` (bilinear, antialiased), or as they are at that size."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def to_input(
     pixels: np.ndarray,
     size: int,
@@ -29,9 +36,7 @@ def to_input(
 
     ``augment``, if given, changes the resized batch while its values are still in ``[0, 1]``.
     """
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = resized(torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255), size)
     if augment is not None:
         x = augment(x)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)

@@ -52,7 +52,7 @@ def leaderboard_entry(
     sources = sorted({key.split(".")[1] for key in metrics if key.startswith("test_sources.")})
     return {
         "run_id": run_id,
-        "backbone": params.get("model.backbone", "unknown"),
+        "backbone": model_label(params),
         "pretrained": params.get("model.pretrained") == "True",
         "input_size": _integer(params.get("model.input_size")),
         "epochs": f"{params.get('train.head_epochs', '?')}+{params.get('train.epochs', '?')}",
@@ -73,6 +73,13 @@ def leaderboard_entry(
         "train_seconds": metrics.get("train_seconds"),
         "inference_images_per_second": metrics.get("inference_images_per_second"),
     }
+
+
+def model_label(params: dict[str, str]) -> str:
+    """A run's backbone as logged, or for an ensemble (``members.*`` params) every member's, joined by ``+``."""
+    backbone = params.get("model.backbone", "unknown")
+    members = sorted({key.split(".")[1] for key in params if key.startswith("members.")})
+    return "+".join([backbone, *(params.get(f"members.{name}.model.backbone", backbone) for name in members)])
 
 
 def _integer(value: object) -> int | None:

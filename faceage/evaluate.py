@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from faceage.batches import to_input
 from faceage.gradcam import grad_cam
-from faceage.inference import predict
+from faceage.inference import checkpoint_input_size, predict
 from faceage.metrics import (
     GENDER_NAMES,
     RACE_NAMES,
@@ -26,7 +26,7 @@ from faceage.metrics import (
     subgroup_mae,
     with_interval,
 )
-from faceage.models import AgeNet
+from faceage.models import AgeModel
 from faceage.params import EvaluateParams
 from faceage.reference import REFERENCE_INPUT, ReferenceAgeModel
 
@@ -34,7 +34,7 @@ EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation
 
 
 def predict_splits(
-    model: AgeNet,
+    model: AgeModel,
     checkpoint: dict,
     images: np.ndarray,
     manifest: pd.DataFrame,
@@ -49,7 +49,7 @@ def predict_splits(
 
 
 def predict_source(
-    model: AgeNet,
+    model: AgeModel,
     checkpoint: dict,
     images: np.ndarray,
     manifest: pd.DataFrame,
@@ -64,7 +64,7 @@ def predict_source(
 
 
 def predict_rows(
-    model: AgeNet,
+    model: AgeModel,
     checkpoint: dict,
     images: np.ndarray,
     rows: pd.DataFrame,
@@ -75,7 +75,7 @@ def predict_rows(
     predicted probability of gender 1 when the model has a gender head."""
     rows = rows.sort_values("id").reset_index(drop=True)
     ids = rows["id"].to_numpy()
-    input_size = checkpoint["model"]["input_size"]
+    input_size = checkpoint_input_size(checkpoint)
     outputs = predict(model, images, ids, input_size, params.batch_size, device, flip=params.flip_tta)
     rows["predicted_age"] = outputs["age"]
     rows["error"] = rows["predicted_age"] - rows["age"]
@@ -87,7 +87,7 @@ def predict_rows(
 
 
 def with_reference_ages(
-    predictions: pd.DataFrame, images: np.ndarray, model: AgeNet, params: EvaluateParams
+    predictions: pd.DataFrame, images: np.ndarray, model: AgeModel, params: EvaluateParams
 ) -> pd.DataFrame:
     """``predictions`` of ``images`` with a ``reference_age`` column after ``error``: dlib's untouched model's."""
     device = model.bin_ages.device
@@ -203,7 +203,7 @@ def gradcam_examples(predictions: pd.DataFrame, params: EvaluateParams) -> pd.Da
 
 
 def gradcam_maps(
-    model: AgeNet, images: np.ndarray, ids: np.ndarray, input_size: int, device: torch.device
+    model: AgeModel, images: np.ndarray, ids: np.ndarray, input_size: int, device: torch.device
 ) -> np.ndarray:
     """Grad-CAM heat maps for ``images[ids]`` at the stored image size."""
     ids = np.asarray(ids)

@@ -10,8 +10,8 @@ from torch import nn
 
 from faceage.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.errors import FaceageError
-from faceage.inference import load_checkpoint
-from faceage.models import AgeNet
+from faceage.inference import checkpoint_input_size, load_checkpoint
+from faceage.models import AgeModel
 
 EXAMPLE_BATCH = 2
 OPSET = 18
@@ -24,7 +24,7 @@ class ExportableAgeNet(nn.Module):
     the averaging of each face's prediction with its mirror image's, as ``faceage predict`` does by default.
     """
 
-    def __init__(self, model: AgeNet, flip: bool):
+    def __init__(self, model: AgeModel, flip: bool):
         super().__init__()
         self.model = model
         self.flip = flip
@@ -45,9 +45,8 @@ def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableAge
     """The checkpoint's network wrapped for export, in float32 on the CPU, and its input size."""
     model, checkpoint = load_checkpoint(model_path, torch.device("cpu"))
     model.requires_grad_(False)
-    return ExportableAgeNet(model.to(memory_format=torch.contiguous_format), flip).eval(), checkpoint["model"][
-        "input_size"
-    ]
+    wrapped = ExportableAgeNet(model.to(memory_format=torch.contiguous_format), flip)
+    return wrapped.eval(), checkpoint_input_size(checkpoint)
 
 
 def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool = True) -> int:

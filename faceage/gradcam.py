@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from faceage.models import AgeNet
+from faceage.models import AgeModel
 
 
-def grad_cam(model: AgeNet, x: torch.Tensor) -> torch.Tensor:
+def grad_cam(model: AgeModel, x: torch.Tensor) -> torch.Tensor:
     """Heat maps in ``[0, 1]`` of shape ``(B, H, W)`` for the predicted age of each input of ``x``.
 
     The activations of the backbone's last convolutional block are weighted by the spatial mean of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -11,28 +12,58 @@ import torch
 
 from faceage.batches import index_batches, to_input
 from faceage.errors import FaceageError
-from faceage.models import AgeNet, build_model
+from faceage.models import AgeEnsemble, AgeModel, build_model
 from faceage.params import ModelParams, from_dict
 
 CHECKPOINT_KEYS = frozenset({"state_dict", "model", "age_range", "image_size"})
 
 
 def make_checkpoint(
-    model: AgeNet, params: ModelParams, age_range: tuple[int, int], image_size: int, **extra: object
+    model: AgeModel,
+    params: ModelParams,
+    age_range: tuple[int, int],
+    image_size: int,
+    members: Sequence[ModelParams] = (),
+    **extra: object,
 ) -> dict:
     """Everything needed to rebuild ``model`` and its preprocessing (``image_size``: the size images are
-    stored at before the network resizes them); loadable with ``torch.load(..., weights_only=True)``."""
+    stored at before the network resizes them); loadable with ``torch.load(..., weights_only=True)``.
+    For an :class:`~faceage.models.AgeEnsemble`, ``params`` are its first member's with the ensemble's blend,
+    and ``members`` the params of the others."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
         "state_dict": state,
         "model": asdict(params),
         "age_range": list(age_range),
         "image_size": image_size,
+        **({"members": [asdict(member) for member in members]} if members else {}),
         **extra,
     }
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dict]:
+def checkpoint_input_size(checkpoint: dict) -> int:
+    """The size of the faces the checkpoint's model takes: its network's input size, or for an ensemble the
+    size faces are stored at (each member resizes them to its own)."""
+    return checkpoint["image_size"] if "members" in checkpoint else checkpoint["model"]["input_size"]
+
+
+def model_from_checkpoint(checkpoint: dict, where: str) -> AgeModel:
+    """The untrained network (or ensemble) a checkpoint's weights fit."""
+    params = untrained(checkpoint["model"], where)
+    age_range = tuple(checkpoint["age_range"])
+    if "members" not in checkpoint:
+        return build_model(params, age_range)
+    members = [replace(params, reference_blend=(0.0,)), *(untrained(m, where) for m in checkpoint["members"])]
+    networks = [build_model(member, age_range) for member in members]
+    return AgeEnsemble(networks, [member.input_size for member in members], params.reference_blend[0])
+
+
+def untrained(values: dict, where: str) -> ModelParams:
+    """A checkpoint's model params, to build the network its weights are then loaded into."""
+    return replace(from_dict(ModelParams, values, where), pretrained=False, head_init="random")
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeModel, dict]:
     """The model saved at ``path``, in eval mode on ``device``, and its checkpoint dict."""
     path = Path(path)
     if not path.is_file():
@@ -44,13 +75,13 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeNet, dic
     missing = CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
     if missing:
         raise not_a_checkpoint(path, f"it has no {', '.join(sorted(missing))}")
-    params = replace(from_dict(ModelParams, checkpoint["model"], str(path)), pretrained=False, head_init="random")
-    model = build_model(params, tuple(checkpoint["age_range"]))
+    model = model_from_checkpoint(checkpoint, str(path))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError) as error:
         mismatch = describe(error).split(". ")[0]
-        raise FaceageError(f"{path}: its weights do not fit a {params.backbone} model ({mismatch})") from None
+        kind = "an ensemble" if "members" in checkpoint else f"a {checkpoint['model']['backbone']} model"
+        raise FaceageError(f"{path}: its weights do not fit {kind} ({mismatch})") from None
     return model.to(device, memory_format=torch.channels_last).eval(), checkpoint
 
 
@@ -66,7 +97,7 @@ def describe(error: Exception) -> str:
 
 @torch.no_grad()
 def predict(
-    model: AgeNet,
+    model: AgeModel,
     images: np.ndarray,
     indices: np.ndarray,
     input_size: int,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -13,6 +13,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
+from faceage.batches import resized
 from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 from faceage.errors import FaceageError
 from faceage.params import ModelParams
@@ -159,6 +160,48 @@ class AgeNet(nn.Module):
         if self.classification:
             return age_output.float().softmax(dim=1) @ self.bin_ages
         return age_output.float().squeeze(1) * self.age_std + self.age_mean
+
+
+class AgeEnsemble(nn.Module):
+    """Age networks trained apart that predict as one: faces come in at the size they are stored at, each
+    member sees them resized to its own input size (as in its training), and the predicted age is the mean of
+    the members', blended with dlib's untouched model by ``blend`` as :class:`AgeNet` blends. Its ``age`` output
+    is in years; the gender output, if any, is the first member's, and Grad-CAM explains the first member."""
+
+    def __init__(self, members: Sequence[AgeNet], input_sizes: Sequence[int], blend: float = 0.0):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.input_sizes = tuple(input_sizes)
+        self.last_conv = members[0].last_conv
+        self.blend = blend
+        self.reference = ReferenceAgeModel(members[0].bin_ages) if blend > 0 else None
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.members[0].trunk
+
+    @property
+    def bin_ages(self) -> torch.Tensor:
+        return self.members[0].bin_ages
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ages = []
+        for index, (member, size) in enumerate(zip(self.members, self.input_sizes, strict=True)):
+            outputs = member(resized(x, size))
+            ages.append(member.years(outputs["age"]))
+            if index == 0:
+                first = outputs
+        age = torch.stack(ages).mean(0)
+        if self.reference is not None and self.blend > 0:
+            age = (1 - self.blend) * age + self.blend * (self.reference(x) @ self.bin_ages)
+        return {**first, "age": age.unsqueeze(1)}
+
+    def years(self, age_output: torch.Tensor) -> torch.Tensor:
+        """Predicted age in years from the age output."""
+        return age_output.float().squeeze(1)
+
+
+AgeModel = AgeNet | AgeEnsemble  # what a checkpoint holds
 
 
 def build_model(params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)) -> AgeNet:

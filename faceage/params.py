@@ -25,6 +25,7 @@ PROBABILITY: Range = (lambda v: 0 <= v <= 1, "0..1")
 FRACTION_BELOW_1: Range = (lambda v: 0 <= v < 1, "0 <= value < 1")
 OPEN_UNIT: Range = (lambda v: 0 < v < 1, "0 < value < 1")
 UP_TO_1: Range = (lambda v: 0 < v <= 1, "0 < value <= 1")
+MAIN_MEMBER = "main"  # the ensemble's name for the network the model section describes
 DLIB_MIN_INPUT = 32  # pixels: smaller inputs vanish in dlib's age network before its last convolution
 INCREASING: Range = (lambda v: len(v) > 0 and all(a < b for a, b in itertools.pairwise(v)), "increasing values")
 
@@ -232,7 +233,7 @@ class TrainParams(Checked):
 
     head_epochs: int = 3
     head_lr: float = 3e-3
-    epochs: int = 16
+    epochs: int = 10
     lr: float = 3e-4
     freeze: str = "none"  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
     freeze_bn: bool = False
@@ -374,6 +375,20 @@ class TestSource(Checked):
 
 
 @dataclass(frozen=True)
+class MemberParams:
+    """One more network of the ensemble: changes to the ``model``, ``train`` and ``augment`` sections."""
+
+    FIXED: ClassVar[dict[str, tuple[str, ...]]] = {  # the same for every member: set in the sections themselves
+        "model": ("reference_blend",),  # the ensemble is blended as a whole
+        "train": ("nproc", "max_restarts"),  # the stage's processes train every member
+    }
+
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
@@ -390,11 +405,42 @@ class Params:
     test_sources: dict[str, TestSource] = field(
         default_factory=lambda: {"restyled": TestSource("data/demo/restyled.tar.gz")}  # the demo's other style
     )
+    members: dict[str, MemberParams] = field(  # more networks, averaged with the model's as one model
+        default_factory=lambda: {
+            "mobilenet112": MemberParams(model={"backbone": "mobilenet_v2", "input_size": 112}, train={"epochs": 8})
+        }
+    )
 
     def __post_init__(self) -> None:
         for name in self.test_sources:
             allowed = f"a name of letters, digits and _, none of {', '.join(TestSource.RESERVED)}"
             check(re.fullmatch(r"\w+", name) and name not in TestSource.RESERVED, "test_sources", name, allowed)
+        for name in self.members:
+            allowed = f"a name of letters, digits and _ but {MAIN_MEMBER}"
+            check(re.fullmatch(r"\w+", name) is not None and name != MAIN_MEMBER, "members", name, allowed)
+            try:
+                self.member(name)
+            except FaceageError as error:
+                where = f"members.{name}"
+                raise FaceageError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+        self.check_training()
+
+    def member(self, name: str) -> Params:
+        """These params as member ``name`` of the ensemble trains with: its changes applied, no members, and
+        no blend (the ensemble is blended as a whole)."""
+        member, changed = self.members[name], {}
+        for section in ("model", "train", "augment"):
+            changes, where = getattr(member, section), f"members.{name}.{section}"
+            fixed = sorted(set(changes) & set(MemberParams.FIXED.get(section, ())))
+            if fixed:
+                raise FaceageError(f"{where}: {', '.join(fixed)} cannot differ between members; set it in {section}")
+            current = dataclasses.asdict(getattr(self, section))
+            changed[section] = from_dict(type(getattr(self, section)), {**current, **changes}, where)
+        changed["model"] = dataclasses.replace(changed["model"], reference_blend=(0.0,))
+        return dataclasses.replace(self, members={}, **changed)
+
+    def check_training(self) -> None:
+        """Rules across the model and train sections."""
         if self.train.distill_weight > 0 and self.model.head != "classification":
             raise FaceageError("train.distill_weight needs model.head: classification (it compares distributions)")
         start = self.train.start_size
@@ -441,6 +487,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         choices = typing.get_args(hint)
         if value not in choices:
             raise FaceageError(f"{where}: {value!r} is not allowed; expected one of {', '.join(choices)}")
+        return value
+    if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

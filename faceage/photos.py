@@ -17,7 +17,7 @@ import torch
 from faceage.chunks import blocks
 from faceage.faces import Face, face_finder
 from faceage.images import ImageDecodeError, decode_image, decode_photo
-from faceage.inference import load_checkpoint, predict
+from faceage.inference import checkpoint_input_size, load_checkpoint, predict
 from faceage.layouts import is_image_name
 from faceage.params import FacesParams, from_dict
 from faceage.runtime import select_device
@@ -90,7 +90,7 @@ class AgeEstimator:
                 self.model,
                 np.stack(chips),
                 np.arange(len(chips)),
-                self.checkpoint["model"]["input_size"],
+                checkpoint_input_size(self.checkpoint),
                 batch_size,
                 self.device,
                 flip=self.flip,

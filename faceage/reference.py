@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceage.batches import resized
 from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 
 REFERENCE_INPUT = 64  # pixels: dlib's age model was trained on 64x64 face chips
@@ -32,10 +33,7 @@ class ReferenceAgeModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != REFERENCE_INPUT:
-            size = (REFERENCE_INPUT, REFERENCE_INPUT)
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        return self.network(x).float().softmax(dim=1) @ self.to_bins
+        return self.network(resized(x, REFERENCE_INPUT)).float().softmax(dim=1) @ self.to_bins
 
     def years(self, x: torch.Tensor, bin_ages: torch.Tensor) -> torch.Tensor:
         """The reference's expected age of each face, in years (on ``bin_ages``)."""

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -448,4 +449,24 @@ def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: st
     name = "-".join(part for part in (model.backbone, model.head, dvc_experiment) if part)
     tracker = RunTracker(params.mlflow.experiment, run_name=name, tags=tags, run_id=run_id)
     tracker.mark_running()
+    return tracker
+
+
+def start_member_run(parent: RunTracker, params: Params, name: str, run_id: str | None = None) -> RunTracker:
+    """A run nested in the ensemble's run ``parent`` for its member ``name`` (trained with ``params``), or
+    with ``run_id`` that run reopened; a run that tracks nothing when ``parent`` does not. It has no data set
+    fingerprint, so only the ensemble's run is compared and ranked."""
+    if not parent.active:
+        return parent
+    tags = {
+        "mlflow.parentRunId": parent.run_id,
+        "mlflow.user": user_name(),
+        "mlflow.source.git.commit": git_commit(),
+        "ensemble_member": name,
+        "backbone": params.model.backbone,
+        "head": params.model.head,
+    }
+    tracker = RunTracker(params.mlflow.experiment, f"{name}-{params.model.backbone}", tags, run_id, parent.uri)
+    tracker.mark_running()
+    tracker.log_params({k: v for k, v in asdict(params).items() if k not in ("demo", "members")})
     return tracker

@@ -11,10 +11,10 @@ import torch
 
 from faceage import evaluate, plots
 from faceage.errors import FaceageError
-from faceage.inference import load_checkpoint
+from faceage.inference import checkpoint_input_size, load_checkpoint
 from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.metrics import cs_name
-from faceage.models import AgeNet
+from faceage.models import AgeModel
 from faceage.params import Params, load_params
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_json
@@ -86,7 +86,12 @@ def write_plots(report: dict, predictions: pd.DataFrame, params: Params) -> None
 
 
 def write_galleries(
-    predictions: pd.DataFrame, images: np.ndarray, model: AgeNet, checkpoint: dict, params: Params, device: torch.device
+    predictions: pd.DataFrame,
+    images: np.ndarray,
+    model: AgeModel,
+    checkpoint: dict,
+    params: Params,
+    device: torch.device,
 ) -> None:
     """The worst test errors, and Grad-CAM maps of a few test faces per age bucket."""
     worst = evaluate.worst_errors(predictions, params.evaluate.worst_errors)
@@ -94,13 +99,13 @@ def write_galleries(
     plots.face_gallery(images[worst["id"].to_numpy()], captions, GALLERIES / "worst_errors.png")
     examples = evaluate.gradcam_examples(predictions, params.evaluate)
     ids = examples["id"].to_numpy()
-    heat = evaluate.gradcam_maps(model, images, ids, checkpoint["model"]["input_size"], device)
+    heat = evaluate.gradcam_maps(model, images, ids, checkpoint_input_size(checkpoint), device)
     captions = [evaluate.caption(row) for _, row in examples.iterrows()]
     plots.face_gallery(images[ids], captions, GALLERIES / "gradcam.png", heat_maps=heat)
 
 
 def test_source_predictions(
-    model: AgeNet, checkpoint: dict, params: Params, device: torch.device
+    model: AgeModel, checkpoint: dict, params: Params, device: torch.device
 ) -> list[pd.DataFrame]:
     """The predictions on each test source that has images; a warning names each that has none."""
     found = []

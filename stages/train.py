@@ -1,7 +1,9 @@
 """Stage train: fit the model on the train split, keep the best epoch, and log the run and the model
-(as a servable MLflow model, see faceage.serving) to MLflow. With ``train.nproc`` > 1 the stage starts
-itself that many times under torchrun; started by torchrun (or a scheduler's torchrun across nodes), it is
-one of the training processes, and only the first of them logs and writes outputs."""
+(as a servable MLflow model, see faceage.serving) to MLflow. With ``members`` in params.yaml, each member is
+trained next, logged to a run nested in the stage's, and the networks are kept as one ensemble model.
+With ``train.nproc`` > 1 the stage starts itself that many times under torchrun; started by torchrun (or a
+scheduler's torchrun across nodes), it is one of the training processes, and only the first of them logs and
+writes outputs."""
 
 import sys
 from dataclasses import asdict
@@ -11,12 +13,13 @@ import pandas as pd
 import torch
 
 from faceage.distributed import Workers, joined, launch, launched_by_torchrun
+from faceage.ensemble import combine, member_params
 from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.losses import UNKNOWN_GENDER
-from faceage.params import Params, load_params
+from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
-from faceage.tracking import RunTracker, dataset_fingerprint, end_run, start_pipeline_run
+from faceage.tracking import RunTracker, dataset_fingerprint, end_run, start_member_run, start_pipeline_run
 from faceage.train import ResumeFile, TrainingSetup, TrainResult, headline_metrics, history_table, train_model
 
 INGESTED = "data/ingested"
@@ -39,30 +42,63 @@ def main() -> None:
 
 
 def train(params: Params, workers: Workers) -> None:
-    manifest, split = load_manifest(INGESTED), pd.read_csv(SPLIT_FILE)
-    setup = TrainingSetup(
-        load_images(INGESTED),
-        manifest["age"].to_numpy(),
-        manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy(),
-        split,
-        params.model,
-        params.train,
-        params.augment,
-        (params.data.min_age, params.data.max_age),
-    )
-    resume = ResumeFile(STATE, setup.fingerprint())
+    manifest, split, images = load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), load_images(INGESTED)
+    genders = manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy()
+    setups = {
+        name: TrainingSetup(
+            images,
+            manifest["age"].to_numpy(),
+            genders,
+            split,
+            member.model,
+            member.train,
+            member.augment,
+            (params.data.min_age, params.data.max_age),
+        )
+        for name, member in member_params(params).items()
+    }
+    resumes = {name: ResumeFile(state_file(name), setup.fingerprint()) for name, setup in setups.items()}
     if not workers.is_main:
-        train_model(setup, resume=resume, workers=workers)
+        for name, setup in setups.items():
+            train_model(setup, resume=resumes[name], workers=workers)
         return
-    tracker = open_run(params, resume, len(manifest))
+    tracker = open_run(params, resumes[MAIN_MEMBER], len(manifest))
     try:
-        result = train_model(setup, resume=resume, on_epoch_end=tracker.log_epoch, workers=workers)
+        results = {
+            name: train_member(name, setup, resumes[name], tracker, params, workers) for name, setup in setups.items()
+        }
+        result = combine(results, setups, params.model.reference_blend) if params.members else results[MAIN_MEMBER]
     except BaseException:
         tracker.finish("FAILED")
         raise
     write_outputs(result, tracker, params)
-    tracker.log_model(MODEL, params.faces, setup.images[setup.val_ids[0]])
+    tracker.log_model(MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]])
     tracker.finish()
+
+
+def state_file(name: str) -> str:
+    """Where member ``name`` saves its training state after each epoch."""
+    return STATE if name == MAIN_MEMBER else f"{Path(STATE).parent}/{name}.pt"
+
+
+def train_member(
+    name: str, setup: TrainingSetup, resume: ResumeFile, tracker: RunTracker, params: Params, workers: Workers
+) -> TrainResult:
+    """Train one network: the main one logs to the stage's run, each other member to a run nested in it."""
+    if name == MAIN_MEMBER:
+        return train_model(setup, resume=resume, on_epoch_end=tracker.log_epoch, workers=workers)
+    if resume.abandoned_run_id:
+        end_run(resume.abandoned_run_id, "KILLED")
+    member = start_member_run(tracker, params.member(name), name, run_id=resume.run_id)
+    resume.run_id = member.run_id
+    try:
+        result = train_model(setup, resume=resume, on_epoch_end=member.log_epoch, workers=workers)
+    except BaseException:
+        member.finish("FAILED")
+        raise
+    member.log_metrics({**headline_metrics(result.summary), "parameters": result.summary["parameters"]})
+    member.finish()
+    return result
 
 
 def open_run(params: Params, resume: ResumeFile, rows: int) -> RunTracker:

@@ -22,6 +22,7 @@ TINY = {
     "data": {"image_size": 32},
     "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},
+    "members": {},
 }
 
 

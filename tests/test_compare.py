@@ -99,6 +99,12 @@ def test_mlflow_entry_needs_an_evaluation_and_shows_what_makes_runs_comparable()
     assert result["flip_tta"] is True and result["val_mae_in_training"] == 5.2
 
 
+def test_an_ensemble_run_is_ranked_under_its_members_backbones():
+    logged = {**LOGGED_PARAMS, "members.wide.model.backbone": "mobilenet_v2", "members.seed2.train.seed": "7"}
+    metrics = {"val.mae": 5.0, "test.mae": 6.0}
+    assert leaderboard_entry("r1", metrics, logged, {}, [], "cs5")["backbone"] == "resnet18+resnet18+mobilenet_v2"
+
+
 @pytest.mark.parametrize("threshold", [5.0, 3.0, 2.5])
 def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, monkeypatch):
     from dataclasses import asdict

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pandas as pd
 import pytest
 import torch
@@ -246,6 +247,27 @@ def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
     history = mlflow_client(repo).get_metric_history(resumed.info.run_id, "val_mae")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert read_json(repo / "reports" / "train.json")["mlflow_run_id"] == resumed.info.run_id
+
+
+def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo, monkeypatch):
+    set_params(repo, {"members": {"wide": {"model": {"input_size": 40}, "train": {"seed": 7}}}})
+    run(["dvc", "repro"], repo)
+    report = read_json(repo / "reports" / "train.json")
+    runs = {r.info.run_id: r for r in mlflow_runs(repo)}
+    parent = runs.pop(report["mlflow_run_id"])
+    (member,) = runs.values()
+    assert (
+        member.data.tags["mlflow.parentRunId"] == parent.info.run_id and member.data.tags["ensemble_member"] == "wide"
+    )
+    assert member.info.status == parent.info.status == "FINISHED"
+    assert member.data.params["model.input_size"] == "40" and member.data.params["train.seed"] == "7"
+    assert member.data.metrics["best_val_mae"] == report["members"]["wide"]["best_val_mae"]
+    assert parent.data.params["members.wide.model.input_size"] == "40"
+    compare = read_json(repo / "reports" / "compare.json")  # ranked as the ensemble, its member runs left out
+    assert compare["runs_considered"] == 1 and compare["leaderboard"][0]["backbone"] == "mobilenet_v2+mobilenet_v2"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model(f"runs:/{parent.info.run_id}/model")
+    assert type(served.unwrap_python_model().estimator.model).__name__ == "AgeEnsemble"
 
 
 def test_an_experiment_in_two_processes_logs_one_run(repo):
