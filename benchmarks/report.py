@@ -16,11 +16,17 @@ def interval(metric: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def model_description(params: dict) -> str:
+    """The benchmarked model: its network's backbone and input size (each member's, for an ensemble) and head."""
+    networks = [params["model"], *({**params["model"], **member["model"]} for member in params["members"].values())]
+    names = " + ".join(f"{network['backbone']}, {network['input_size']} px" for network in networks)
+    return f"{names}{' (ensemble)' if len(networks) > 1 else ''}, {params['model']['head']} head"
+
+
 def markdown_report(report: dict) -> str:
     """Summary table, per-bucket table and the hardware, as markdown."""
     ours, peer, baseline = report["pipeline"], report["peer"], report["baseline"]
     cs = next(key for key in ours["test"] if key.startswith("cs"))
-    model = report["params"]["model"]
     bf16 = report["baseline_bf16"]
     bf16_rows = (
         [f"| the same loop under bfloat16 autocast | | | {bf16['images_per_second']:.0f} | | | |"] if bf16 else []
@@ -36,7 +42,7 @@ def markdown_report(report: dict) -> str:
         "",
         f"| model | test MAE | {cs.upper()} % | train img/s | batch inference img/s | one image (median) | dvc repro |",
         "|---|---|---|---|---|---|---|",
-        f"| faceage: {model['backbone']}, {model['input_size']} px, {model['head']} head"
+        f"| faceage: {model_description(report['params'])}"
         f" | {interval(ours['test']['mae'])} | {interval(ours['test'][cs], 100, 1)}"
         f" | {ours['train_images_per_second']:.0f}"
         f" | {ours['batch_inference_images_per_second']:.0f} | {ours['single_image_latency']['median_ms']:.1f} ms"
@@ -47,8 +53,9 @@ def markdown_report(report: dict) -> str:
         f" | {interval(peer['test'][cs], 100, 1)} | | {peer['images_per_second']:.0f} (1 thread) | | |",
         *(f"| {name} (published) | {mae:.2f} | | | | | |" for name, mae in PUBLISHED),
         "",
-        f"Training throughput: {report['throughput_ratio']:.2f}x the plain baseline loop over the whole training "
-        f"({ours['epochs_run']} epochs of {ours['train_images']} images in {ours['train_seconds'] / 60:.1f} min, "
+        f"Training throughput: {report['throughput_ratio']:.2f}x the plain baseline loop over the main network's "
+        f"training ({ours['epochs_run']} epochs of {ours['train_images']} images in "
+        f"{ours['main_train_seconds'] / 60:.1f} min, "
         "validation included, against a projected "
         f"{baseline['projected_train_seconds'] / 60:.1f} min); per fine-tuning step "
         f"{report['step_throughput_ratio']:.2f}x ({ours['finetune_images_per_second']:.0f} against "

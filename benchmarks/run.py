@@ -144,7 +144,7 @@ def benchmark(
         test, train = rows[rows["split"] == "test"], rows[rows["split"] == "train"]
         ours["train_images"] = len(train)
         epoch_images = ours["epochs_run"] * len(train)
-        ours["train_images_per_second"] = round(epoch_images / ours["train_seconds"], 1)
+        ours["train_images_per_second"] = round(epoch_images / ours["main_train_seconds"], 1)  # the main network's
         train = train.iloc[: (baseline_batches + 1) * params.train.batch_size]
         files = dict(open_source(source).read(set(test["source_path"]) | set(train["source_path"])))
 
@@ -168,10 +168,15 @@ def benchmark(
     report = {
         "hardware": hardware(),
         "source": str(source),
-        "params": {"model": vars(params.model), "train": vars(params.train), "data": vars(params.data)},
+        "params": {
+            "model": vars(params.model),
+            "train": vars(params.train),
+            "data": vars(params.data),
+            "members": {name: vars(member) for name, member in params.members.items()},
+        },
         "pipeline": ours,
         "baseline": {**baseline, "description": "PIL-decoding Dataset + torchvision transforms in a DataLoader"},
-        # Whole training (same epochs, same images) of the pipeline against the baseline loop's step rate.
+        # Whole training of the main network (same epochs, same images) against the baseline loop's step rate.
         "throughput_ratio": round(ours["train_images_per_second"] / baseline["images_per_second"], 2),
         "step_throughput_ratio": round(ours["finetune_images_per_second"] / baseline["images_per_second"], 2),
         # The same loop under the pipeline's bfloat16 autocast: what the pipeline gains besides precision.

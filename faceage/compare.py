@@ -19,6 +19,7 @@ from faceage.tracking import (
     EVALUATE_ARTIFACTS,
     FLIP_TTA_TAG,
     RunTracker,
+    backbone_label,
     champion_run,
     download_artifact,
     finished_runs,
@@ -52,7 +53,7 @@ def leaderboard_entry(
     sources = sorted({key.split(".")[1] for key in metrics if key.startswith("test_sources.")})
     return {
         "run_id": run_id,
-        "backbone": model_label(params),
+        "backbone": tags.get("backbone") or params.get("model.backbone", "unknown"),
         "pretrained": params.get("model.pretrained") == "True",
         "input_size": _integer(params.get("model.input_size")),
         "epochs": f"{params.get('train.head_epochs', '?')}+{params.get('train.epochs', '?')}",
@@ -75,13 +76,6 @@ def leaderboard_entry(
     }
 
 
-def model_label(params: dict[str, str]) -> str:
-    """A run's backbone as logged, or for an ensemble (``members.*`` params) every member's, joined by ``+``."""
-    backbone = params.get("model.backbone", "unknown")
-    members = sorted({key.split(".")[1] for key in params if key.startswith("members.")})
-    return "+".join([backbone, *(params.get(f"members.{name}.model.backbone", backbone) for name in members)])
-
-
 def _integer(value: object) -> int | None:
     return None if value is None else int(float(value))
 
@@ -93,7 +87,11 @@ def entry_from_reports(
     names as MLflow holds them."""
     flat = {metric_key(key): value for report in metrics for key, value in flatten(report).items()}
     logged = {key: str(value) for key, value in flatten(asdict(params)).items()}
-    tags = {"dvc_experiment": os.environ.get("DVC_EXP_NAME", ""), FLIP_TTA_TAG: str(params.evaluate.flip_tta)}
+    tags = {
+        "backbone": backbone_label(params),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
+        FLIP_TTA_TAG: str(params.evaluate.flip_tta),
+    }
     return leaderboard_entry(run_id, flat, logged, tags, buckets, cs_key)
 
 

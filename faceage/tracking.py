@@ -423,6 +423,13 @@ def user_name() -> str:
         return "unknown"
 
 
+def backbone_label(params: Params) -> str:
+    """The model's backbone, or an ensemble's backbones (the main network's, then its members' by name) joined
+    by ``+``: how runs are tagged, named and ranked."""
+    members = (params.member(name).model.backbone for name in sorted(params.members))
+    return "+".join([params.model.backbone, *members])
+
+
 def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: str | None = None) -> RunTracker:
     """A new run of ``params.mlflow.experiment`` named after the backbone (and DVC experiment), with MLflow's
     standard user and source tags (``source``: the script that trains) and a description, and tagged so runs
@@ -433,6 +440,7 @@ def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: st
     description = (
         f"{model.backbone} with a {model.head} head, {weights}, {model.input_size} px, "
         f"{train.head_epochs} head + {train.epochs} fine-tuning epochs, on data {fingerprint}"
+        + (f"; an ensemble with {', '.join(sorted(params.members))}" if params.members else "")
         + (f"; DVC experiment {dvc_experiment}" if dvc_experiment else "")
     )
     tags = {
@@ -441,12 +449,12 @@ def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: st
         "mlflow.source.type": "LOCAL",
         "mlflow.source.git.commit": git_commit(),
         "mlflow.note.content": description,
-        "backbone": model.backbone,
+        "backbone": backbone_label(params),
         "head": model.head,
         "dataset_fingerprint": fingerprint,
         "dvc_experiment": dvc_experiment,
     }
-    name = "-".join(part for part in (model.backbone, model.head, dvc_experiment) if part)
+    name = "-".join(part for part in (backbone_label(params), model.head, dvc_experiment) if part)
     tracker = RunTracker(params.mlflow.experiment, run_name=name, tags=tags, run_id=run_id)
     tracker.mark_running()
     return tracker

@@ -13,6 +13,7 @@ TINY = {
     "model": {"input_size": 32},  # the default backbone, pretrained
     "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16, "warmup_epochs": 0.5},
     "evaluate": {"bootstrap_resamples": 100},
+    "members": {"small": {"model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 24}}},
 }
 
 
@@ -43,6 +44,13 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert 0 <= peer["faces_detected"] <= peer["test"]["count"] and peer["images_per_second"] > 0
     assert 0 <= peer["test"]["mae"]["value"] < 80
     assert saved["baseline"]["images"] == 2 * 16 and saved["params"]["data"]["source"] == str(source)
+    # The ensemble's every network is timed; the baseline loop is set against the main network, which it trains.
+    assert set(ours["members"]) == {"main", "small"} and ours["members"]["small"]["backbone"] == "mobilenet_v2"
+    assert ours["train_seconds"] == pytest.approx(sum(m["seconds"] for m in ours["members"].values()), abs=0.15)
+    assert ours["main_train_seconds"] == ours["members"]["main"]["seconds"] < ours["train_seconds"]
+    assert ours["train_images_per_second"] == pytest.approx(
+        ours["epochs_run"] * ours["train_images"] / ours["main_train_seconds"], abs=0.1
+    )
     # Whole-training ratio: the same epochs of the same images at the baseline loop's step rate.
     epoch_images = ours["epochs_run"] * ours["train_images"]
     assert saved["baseline"]["projected_train_seconds"] == pytest.approx(
@@ -72,6 +80,7 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert all(ours["sources"][name]["count"] == ours["source_ingest"][name]["kept"] for name in kept)
     assert all(0 <= ours["sources"][name]["reference"]["mae"]["value"] < 80 for name in kept)
     table = (tmp_path / "reports" / "benchmark.md").read_text()
+    assert "dlib_age_resnet10, 32 px + mobilenet_v2, 24 px (ensemble), classification head" in table
     assert "test faces pasted into 1024x768 photos" in table
     assert (
         "under bfloat16 autocast" in table

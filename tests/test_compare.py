@@ -99,10 +99,16 @@ def test_mlflow_entry_needs_an_evaluation_and_shows_what_makes_runs_comparable()
     assert result["flip_tta"] is True and result["val_mae_in_training"] == 5.2
 
 
-def test_an_ensemble_run_is_ranked_under_its_members_backbones():
-    logged = {**LOGGED_PARAMS, "members.wide.model.backbone": "mobilenet_v2", "members.seed2.train.seed": "7"}
-    metrics = {"val.mae": 5.0, "test.mae": 6.0}
-    assert leaderboard_entry("r1", metrics, logged, {}, [], "cs5")["backbone"] == "resnet18+resnet18+mobilenet_v2"
+def test_an_ensemble_is_ranked_under_its_networks_backbones():
+    from faceage.params import MemberParams, Params
+
+    members = {"wide": MemberParams(model={"backbone": "mobilenet_v2"}), "seed2": MemberParams(train={"seed": 7})}
+    metrics = [{"val.mae": 5.0, "test.mae": 6.0}]
+    entry = entry_from_reports("r1", metrics, Params(members=members), [], "cs5")
+    assert entry["backbone"] == "dlib_age_resnet10+dlib_age_resnet10+mobilenet_v2"  # members by name
+    # a logged run is ranked under the label its run was tagged with
+    logged = {"val.mae": 5.0, "test.mae": 6.0}
+    assert leaderboard_entry("r2", logged, LOGGED_PARAMS, {"backbone": "a+b"}, [], "cs5")["backbone"] == "a+b"
 
 
 @pytest.mark.parametrize("threshold", [5.0, 3.0, 2.5])
@@ -112,7 +118,7 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     from faceage.evaluate import evaluation_report, headline_metrics
     from faceage.metrics import bucket_labels, cs_name
     from faceage.params import EvaluateParams, Params
-    from faceage.tracking import flatten, metric_key
+    from faceage.tracking import backbone_label, flatten, metric_key
 
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
     params = Params(evaluate=EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50))
@@ -138,7 +144,11 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     # What the train and evaluate stages log to MLflow: the same files' figures, params as strings, tags.
     logged = {metric_key(k): v for files in metric_files for k, v in flatten(files).items()}
     logged_params = {k: str(v) for k, v in flatten(asdict(params)).items()}
-    tags = {"dvc_experiment": "tidy-kiln", "evaluated_with_flip_tta": str(params.evaluate.flip_tta)}
+    tags = {
+        "backbone": backbone_label(params),
+        "dvc_experiment": "tidy-kiln",
+        "evaluated_with_flip_tta": str(params.evaluate.flip_tta),
+    }
     assert leaderboard_entry("r1", logged, logged_params, tags, buckets, key) == from_reports
     assert from_reports["test_cs"] == report["test"][key]["value"] is not None
     assert from_reports["test_mae"] == report["test"]["mae"]["value"]

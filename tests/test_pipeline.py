@@ -263,6 +263,7 @@ def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo, 
     assert member.data.params["model.input_size"] == "40" and member.data.params["train.seed"] == "7"
     assert member.data.metrics["best_val_mae"] == report["members"]["wide"]["best_val_mae"]
     assert parent.data.params["members.wide.model.input_size"] == "40"
+    assert (parent.data.tags["backbone"], member.data.tags["backbone"]) == ("mobilenet_v2+mobilenet_v2", "mobilenet_v2")
     compare = read_json(repo / "reports" / "compare.json")  # ranked as the ensemble, its member runs left out
     assert compare["runs_considered"] == 1 and compare["leaderboard"][0]["backbone"] == "mobilenet_v2+mobilenet_v2"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")

@@ -129,7 +129,7 @@ def test_queued_experiment_runs_land_in_the_workspace_store(repo, monkeypatch):
     (queued / ".dvc").mkdir(parents=True)
     monkeypatch.chdir(queued)
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
-    params = Params(model=ModelParams(backbone="efficientnet_b0", pretrained=False, input_size=64))
+    params = Params(model=ModelParams(backbone="efficientnet_b0", pretrained=False, input_size=64), members={})
     tracker = start_pipeline_run(params, "abc123", "stages/train.py")
     tracker.log_dataset("UTKFace.tar.gz", "abc123", "data/UTKFace.tar.gz", 120)
     tracker.finish()
