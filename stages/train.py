@@ -78,7 +78,7 @@ def train(params: Params, workers: Workers) -> None:
 
 def state_file(name: str) -> str:
     """Where member ``name`` saves its training state after each epoch."""
-    return STATE if name == MAIN_MEMBER else f"{Path(STATE).parent}/{name}.pt"
+    return STATE if name == MAIN_MEMBER else f"{Path(STATE).parent}/member_{name}.pt"
 
 
 def train_member(
