@@ -138,6 +138,27 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
+def assert_onnx_export_predicts_as_the_model(checkpoint: dict, images: np.ndarray, tmp_path: Path) -> None:
+    """``faceage export`` of ``checkpoint`` to ONNX gives, under onnxruntime, the ages the checkpoint's model
+    predicts for ``images`` (uint8 chips at the model's input size), mirror images averaged in both."""
+    import onnxruntime as ort
+    import torch
+
+    from faceage.cli import main
+    from faceage.inference import checkpoint_input_size, load_checkpoint, predict
+
+    model_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
+    torch.save({**checkpoint, "faces": {}}, model_path)
+    assert main(["export", "--format", "onnx", "--model", str(model_path), "--output", str(onnx_path)]) == 0
+    model, loaded = load_checkpoint(model_path, torch.device("cpu"))
+    ids = np.arange(len(images))
+    expected = predict(model, images, ids, checkpoint_input_size(loaded), 8, torch.device("cpu"), flip=True)["age"]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    (age,) = session.run(["age"], {"chips": chips})
+    np.testing.assert_allclose(age, expected, atol=1e-3)
+
+
 def run(args, cwd, **extra_env):
     """Run a command with this environment's tools first on PATH and MLflow's default store."""
     result = subprocess.run(args, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)

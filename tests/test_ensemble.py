@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_onnx_export_predicts_as_the_model
 
 from faceage.ensemble import combine, member_params
 from faceage.errors import FaceageError
@@ -113,28 +114,7 @@ def test_the_ensemble_predicts_the_mean_of_its_members_blended_as_validation_cho
 
 
 def test_the_ensemble_exports_as_one_graph_that_predicts_as_it_does(trained, data, tmp_path):
-    import onnxruntime as ort
-
-    from faceage.cli import main
-
-    torch.save({**trained[2].checkpoint, "faces": {}}, tmp_path / "model.pt")
-    command = [
-        "export",
-        "--format",
-        "onnx",
-        "--model",
-        str(tmp_path / "model.pt"),
-        "--output",
-        str(tmp_path / "m.onnx"),
-    ]
-    assert main(command) == 0
-    model, _ = load_checkpoint(tmp_path / "model.pt", CPU)
-    images = data[0][:3]
-    expected = predict(model, images, np.arange(3), 56, 8, CPU, flip=True)["age"]
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
-    (age,) = session.run(["age"], {"chips": chips})
-    np.testing.assert_allclose(age, expected, atol=1e-3)
+    assert_onnx_export_predicts_as_the_model(trained[2].checkpoint, data[0][:3], tmp_path)
 
 
 def test_a_checkpoint_whose_members_do_not_fit_its_weights_is_refused_in_one_line(trained, tmp_path):

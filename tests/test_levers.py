@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_onnx_export_predicts_as_the_model
 
 from faceage import train as training
 from faceage.inference import load_checkpoint, predict
@@ -148,25 +149,8 @@ def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
 
 
 def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp_path):
-    import onnxruntime as ort
-
-    from faceage.cli import main
-
     result = train(data, model=replace(DLIB, reference_blend=(0.3,)), params=replace(TRAIN, epochs=0))
-    torch.save({**result.checkpoint, "faces": {}}, tmp_path / "model.pt")
-    assert (
-        main(
-            ["export", "--format", "onnx", "--model", str(tmp_path / "model.pt"), "--output", str(tmp_path / "m.onnx")]
-        )
-        == 0
-    )
-    model, _ = load_checkpoint(tmp_path / "model.pt", CPU)
-    images = data[0][:3]
-    expected = predict(model, images, np.arange(3), 32, 8, CPU, flip=True)["age"]
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
-    (age,) = session.run(["age"], {"chips": chips})
-    np.testing.assert_allclose(age, expected, atol=1e-3)
+    assert_onnx_export_predicts_as_the_model(result.checkpoint, data[0][:3], tmp_path)
 
 
 def test_training_keeps_the_blend_weight_with_the_lowest_validation_mae(data, tmp_path):
