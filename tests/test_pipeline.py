@@ -283,6 +283,14 @@ def test_an_experiment_in_two_processes_logs_one_run(repo):
     assert (repo / "models" / "model.pt").is_file() and not list((repo / "models" / "resume").glob("*.pt"))
 
 
+def test_an_ensemble_trains_in_two_processes(repo):
+    run(["dvc", "exp", "run", "-S", "train.nproc=2", "-S", "+members.small.model.input_size=24"], repo)
+    report = read_json(repo / "reports" / "train.json")
+    assert {name: member["processes"] for name, member in report["members"].items()} == {"main": 2, "small": 2}
+    assert sorted(r.info.status for r in mlflow_runs(repo)) == ["FINISHED", "FINISHED"]
+    assert (repo / "models" / "model.pt").is_file() and not list((repo / "models" / "resume").glob("*.pt"))
+
+
 def test_two_queued_experiments_started_at_once_on_no_store_both_land(repo):
     assert not (repo / "mlflow.db").exists()
     for backbone in ("resnet18", "mobilenet_v3_small"):
