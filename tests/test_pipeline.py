@@ -249,7 +249,7 @@ def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
     assert read_json(repo / "reports" / "train.json")["mlflow_run_id"] == resumed.info.run_id
 
 
-def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo, monkeypatch):
+def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo):
     set_params(repo, {"members": {"wide": {"model": {"input_size": 40}, "train": {"seed": 7}}}})
     run(["dvc", "repro"], repo)
     report = read_json(repo / "reports" / "train.json")
@@ -266,8 +266,9 @@ def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo, 
     assert (parent.data.tags["backbone"], member.data.tags["backbone"]) == ("mobilenet_v2+mobilenet_v2", "mobilenet_v2")
     compare = read_json(repo / "reports" / "compare.json")  # ranked as the ensemble, its member runs left out
     assert compare["runs_considered"] == 1 and compare["leaderboard"][0]["backbone"] == "mobilenet_v2+mobilenet_v2"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
-    served = mlflow.pyfunc.load_model(f"runs:/{parent.info.run_id}/model")
+    client = mlflow_client(repo)
+    (logged,) = client.get_run(parent.info.run_id).outputs.model_outputs  # the run's MLflow model
+    served = mlflow.pyfunc.load_model(client.get_logged_model(logged.model_id).artifact_location)
     assert type(served.unwrap_python_model().estimator.model).__name__ == "AgeEnsemble"
 
 
