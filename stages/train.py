@@ -16,6 +16,7 @@ from faceage.distributed import Workers, joined, launch, launched_by_torchrun
 from faceage.ensemble import combine, member_params
 from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.losses import UNKNOWN_GENDER
+from faceage.models import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_json
@@ -44,6 +45,9 @@ def main() -> None:
 def train(params: Params, workers: Workers) -> None:
     manifest, split, images = load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), load_images(INGESTED)
     genders = manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy()
+    networks = member_params(params)
+    for network in networks.values():
+        fetch_pretrained_weights(network.model)
     setups = {
         name: TrainingSetup(
             images,
@@ -55,7 +59,7 @@ def train(params: Params, workers: Workers) -> None:
             member.augment,
             (params.data.min_age, params.data.max_age),
         )
-        for name, member in member_params(params).items()
+        for name, member in networks.items()
     }
     resumes = {name: ResumeFile(state_file(name), setup.fingerprint()) for name, setup in setups.items()}
     if not workers.is_main:

@@ -284,6 +284,18 @@ def test_an_experiment_in_two_processes_logs_one_run(repo):
     assert (repo / "models" / "model.pt").is_file() and not list((repo / "models" / "resume").glob("*.pt"))
 
 
+def test_a_member_whose_weights_cannot_be_had_stops_training_before_it_starts(repo, tmp_path):
+    set_params(repo, {"members": {"wide": {"model": {"pretrained": True}}}})  # ImageNet MobileNetV2
+    dead_proxy = "http://127.0.0.1:9"  # nothing listens: a download fails at once, online or not
+    offline = {"TORCH_HOME": str(tmp_path / "empty"), "HTTPS_PROXY": dead_proxy, "https_proxy": dead_proxy}
+    result = subprocess.run(
+        [sys.executable, "stages/train.py"], cwd=repo, env=tool_env(**offline), capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "epoch 1" not in result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: pretrained weights mobilenet_v2-b0353104.pth are not in"), line
+
+
 def test_an_ensemble_trains_in_two_processes(repo):
     run(["dvc", "exp", "run", "-S", "train.nproc=2", "-S", "+members.small.model.input_size=24"], repo)
     report = read_json(repo / "reports" / "train.json")
