@@ -16,6 +16,7 @@ import yaml
 from faceage.errors import FaceageError
 
 T = TypeVar("T")
+CpuBf16 = Literal["auto", True, False]  # train.cpu_bf16
 Range = tuple[typing.Callable[[Any], bool], str]
 
 AT_LEAST_0: Range = (lambda v: v >= 0, ">= 0")
@@ -36,6 +37,16 @@ def check(condition: bool, key: str, value: Any, allowed: object) -> None:
         raise FaceageError(f"{key}: {value!r} is not allowed; expected {allowed}")
 
 
+def is_choice(value: Any, allowed: tuple) -> bool:
+    """Whether ``value`` is one of ``allowed`` and of its type: ``1`` is not ``true``."""
+    return any(value == choice and type(value) is type(choice) for choice in allowed)
+
+
+def choices(allowed: tuple) -> str:
+    """``allowed`` as params.yaml spells them."""
+    return ", ".join(str(choice).lower() if isinstance(choice, bool) else choice for choice in allowed)
+
+
 class Checked:
     """Checks every field when an instance is made: choices (``Literal`` types), finite floats, and the
     ranges in ``RANGES``; ``check_together`` adds rules that span several fields."""
@@ -48,7 +59,7 @@ class Checked:
         for item in dataclasses.fields(self):
             key, value, hint = f"{self.SECTION}.{item.name}", getattr(self, item.name), hints[item.name]
             if typing.get_origin(hint) is Literal:
-                check(value in typing.get_args(hint), key, value, f"one of {', '.join(typing.get_args(hint))}")
+                check(is_choice(value, typing.get_args(hint)), key, value, f"one of {choices(typing.get_args(hint))}")
             numbers = value if isinstance(value, tuple) else (value,)
             check(all(not isinstance(v, float) or math.isfinite(v) for v in numbers), key, value, "finite numbers")
             if item.name in self.RANGES:
@@ -252,7 +263,7 @@ class TrainParams(Checked):
     label_smoothing: float = 0.0  # classification head
     label_sigma: float = 2.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
     amp: bool = True  # float16 autocast with gradient scaling on CUDA
-    cpu_bf16: bool = True  # bfloat16 autocast on the CPU
+    cpu_bf16: CpuBf16 = "auto"  # bfloat16 autocast on the CPU; auto: only where the CPU computes it natively
     seed: int = 42
     threads: int = 0  # CPU threads; 0 = torch's default
     nproc: int = 1  # training processes on this machine (torchrun, DDP): one per GPU, or share the CPU cores
@@ -484,9 +495,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_convert(item, v, where) for v in value)
     if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise FaceageError(f"{where}: {value!r} is not allowed; expected one of {', '.join(choices)}")
+        allowed = typing.get_args(hint)
+        if not is_choice(value, allowed):
+            raise FaceageError(f"{where}: {value!r} is not allowed; expected one of {choices(allowed)}")
         return value
     if hint is Any:
         return value

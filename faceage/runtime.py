@@ -1,4 +1,4 @@
-"""Device choice, threads and seeds."""
+"""Device choice, precision, threads and seeds."""
 
 from __future__ import annotations
 
@@ -28,3 +28,32 @@ def make_deterministic(seed: int, threads: int = 0) -> None:
     torch.backends.cudnn.benchmark = False
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), as torch detects it."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def cpu_features() -> dict:
+    """What decides speed on this CPU: torch's kernel level (e.g. AVX2, AVX512), native bfloat16, threads."""
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_cpu_bf16(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def use_cpu_bf16(setting: str | bool) -> bool:
+    """Whether to run under bfloat16 autocast on the CPU. ``auto`` takes it only where the CPU computes bfloat16
+    natively: elsewhere autocast emulates it, and a training step is several times slower than in float32."""
+    return native_cpu_bf16() if setting == "auto" else setting
+
+
+def cpu_precision_reason(setting: str | bool) -> str:
+    """The CPU precision chosen for ``setting``, and why, in a few words for logs and reports."""
+    precision = "bfloat16" if use_cpu_bf16(setting) else "float32"
+    if setting != "auto":
+        return f"{precision}: train.cpu_bf16 is {str(setting).lower()}"
+    native = "computes bfloat16 natively" if native_cpu_bf16() else "has no native bfloat16 (it would be emulated)"
+    return f"{precision}: train.cpu_bf16 is auto and this CPU ({torch.backends.cpu.get_cpu_capability()}) {native}"

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import time
@@ -36,6 +37,7 @@ EVALUATE_ARTIFACTS = "evaluate"  # folder of the evaluation's files in the model
 MODEL_IN_RUN = "model"  # name of the run's logged MLflow model
 FLIP_TTA_TAG = "evaluated_with_flip_tta"  # whether the run's evaluation averaged mirror-image predictions
 EPOCH_METRIC = "val_mae"  # logged once per training epoch, at the epoch's step
+PROCESS_TAG = "process"  # host:pid of the process that logs a running run
 PROBE_SECONDS = 5  # a tracking server must answer /health within this, else tracking is skipped
 # Their INFO lines narrate creating and migrating a store and validating a logged model's input example.
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc")
@@ -395,13 +397,51 @@ class RunTracker:
         self._call(log)
 
     def mark_running(self) -> None:
-        """Show a reopened run as running again (an interrupted training goes on)."""
+        """Show the run as running in this process (a reopened one too: an interrupted training goes on)."""
+        self.set_tags({PROCESS_TAG: this_process()})
         if self.status != "RUNNING":
             self._call(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+
+    def close_orphans(self) -> None:
+        """Mark as failed the runs of this run's experiment that a process of this machine left running when
+        it died (killed at once, it could not say so itself)."""
+
+        def close() -> None:
+            host = socket.gethostname()
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+            query = f"attributes.status = 'RUNNING' and tags.{PROCESS_TAG} LIKE '{host}:%'"
+            for run in self.client.search_runs([experiment], filter_string=query, max_results=1000):
+                pid = int(run.data.tags[PROCESS_TAG].rpartition(":")[2])
+                if run.info.run_id != self.run_id and not process_alive(pid):
+                    log.warning("MLflow run %s was left running by a process that died: marked FAILED", run.info.run_id)
+                    self.client.set_terminated(run.info.run_id, "FAILED")
+
+        self._call(close)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run as ended."""
         self._call(lambda: self.client.set_terminated(self.run_id, status))
+
+
+def this_process() -> str:
+    """``host:pid`` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def ended_status(error: BaseException) -> str:
+    """How a run ended by ``error`` is marked: KILLED when it was stopped (Ctrl-C, SIGTERM), else FAILED."""
+    return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
 
 
 def end_run(run_id: str, status: str, uri: str | None = None) -> None:
@@ -457,6 +497,7 @@ def start_pipeline_run(params: Params, fingerprint: str, source: str, run_id: st
     name = "-".join(part for part in (backbone_label(params), model.head, dvc_experiment) if part)
     tracker = RunTracker(params.mlflow.experiment, run_name=name, tags=tags, run_id=run_id)
     tracker.mark_running()
+    tracker.close_orphans()
     return tracker
 
 

@@ -38,7 +38,7 @@ from faceage.models import AgeNet, build_model, count_parameters, freeze_trunk, 
 from faceage.optim import AnchorPull, Schedule, build_optimizer, parameter_groups
 from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.reference import ReferenceAgeModel
-from faceage.runtime import make_deterministic, select_device
+from faceage.runtime import cpu_features, cpu_precision_reason, make_deterministic, select_device, use_cpu_bf16
 
 log = logging.getLogger(__name__)
 FINGERPRINT_BLOCK = 1024  # images hashed at a time
@@ -98,9 +98,16 @@ def autocast(device: torch.device, params: TrainParams) -> contextlib.AbstractCo
     """float16 autocast on CUDA (``amp``), bfloat16 on the CPU (``cpu_bf16``), else nothing."""
     if device.type == "cuda" and params.amp:
         return torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cpu" and params.cpu_bf16:
+    if device.type == "cpu" and use_cpu_bf16(params.cpu_bf16):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def precision(device: torch.device, params: TrainParams) -> str:
+    """The precision :func:`autocast` trains in on ``device``, and why."""
+    if device.type == "cpu":
+        return cpu_precision_reason(params.cpu_bf16)
+    return "float16 autocast (train.amp)" if device.type == "cuda" and params.amp else "float32"
 
 
 class Inputs:
@@ -275,7 +282,7 @@ class ResumeFile:
         temporary.replace(self.path)
 
     def remove(self) -> None:
-        """Forget the state once training has completed."""
+        """Forget the state once the training's outputs are written."""
         self.path.unlink(missing_ok=True)
         self.saved = None
 
@@ -425,6 +432,9 @@ class Trainer:
         params = setup.params
         make_deterministic(params.seed, params.threads)
         self.amp = autocast(device, params)
+        self.precision = precision(device, params)
+        if workers.is_main:
+            log.info("training on %s in %s", device.type, self.precision)
         train_ages = setup.ages[setup.train_ids]
         age_stats = (float(train_ages.mean()), float(train_ages.std() or 1.0))
         model = build_model(setup.model_params, setup.age_range, age_stats)
@@ -454,8 +464,6 @@ class Trainer:
         started = time.perf_counter()
         for index in range(self.state.progress.phase, len(phases)):
             self.run_phase(index, phases[index])
-        if self.resume is not None and self.workers.is_main:
-            self.resume.remove()
         return self.result(time.perf_counter() - started)
 
     def run_phase(self, index: int, phase: Phase) -> None:
@@ -607,6 +615,8 @@ class Trainer:
             "epochs_run": len(self.state.progress.history),
             "parameters": count_parameters(self.model),
             "device": self.device.type,
+            "precision": self.precision,
+            **({"cpu": cpu_features()} if self.device.type == "cpu" else {}),
             "processes": self.workers.size,
             "seconds": round(seconds, 1),
             **speeds,
@@ -628,8 +638,9 @@ def train_model(
 ) -> TrainResult:
     """Train on the ``train`` split and keep the epoch with the best validation MAE.
 
-    With ``resume``, the state after each epoch is saved there and its saved state is resumed; it is removed
-    when training completes. With several ``workers``, every process calls this with the same setup.
+    With ``resume``, the state after each epoch is saved there and its saved state is resumed (a finished one
+    gives its result without training); the caller removes it once the result is safely written. With several
+    ``workers``, every process calls this with the same setup.
     """
     if len(setup.train_ids) == 0 or len(setup.val_ids) == 0:
         raise FaceageError(f"training needs train and val images, got {len(setup.train_ids)} and {len(setup.val_ids)}")

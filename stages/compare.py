@@ -11,7 +11,7 @@ from faceage.compare import compare_with, entry_from_reports, leaderboard, other
 from faceage.ingest import MANIFEST_FILE
 from faceage.metrics import bucket_labels, cs_name
 from faceage.params import load_params
-from faceage.stage import run_stage, write_json
+from faceage.stage import run_stage, write_csv, write_json
 from faceage.tracking import dataset_fingerprint
 
 MANIFEST = Path("data/ingested") / MANIFEST_FILE
@@ -56,12 +56,11 @@ def main() -> None:
         },
         REPORT,
     )
-    PLOTS.mkdir(parents=True, exist_ok=True)
     columns = ["rank", "backbone", "epochs", "pretrained", "input_size", "val_mae", "test_mae", "run_id"]
     table = pd.DataFrame(board)[columns]
     for name in params.test_sources:  # each test source's MAE, empty for runs not evaluated on it
         table[f"{name}_mae"] = [entry["sources"].get(name, {}).get("mae") for entry in board]
-    table.to_csv(PLOTS / "leaderboard.csv", index=False)
+    write_csv(table, PLOTS / "leaderboard.csv")
     plots.mae_by_backbone(board, PLOTS / "test_mae.png")
     plots.bucket_mae_by_backbone(board, PLOTS / "bucket_mae.png")
 

@@ -17,7 +17,7 @@ from faceage.metrics import cs_name
 from faceage.models import AgeModel
 from faceage.params import Params, load_params
 from faceage.runtime import select_device
-from faceage.stage import run_stage, write_json
+from faceage.stage import run_stage, write_csv, write_json
 from faceage.tracking import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
 
 INGESTED = "data/ingested"
@@ -47,7 +47,7 @@ def main() -> None:
     sources = list(params.test_sources)
     others = test_source_predictions(model, checkpoint, params, device)
     predictions = pd.concat([predictions, *others], ignore_index=True)
-    predictions.to_csv(PREDICTIONS, index=False)
+    write_csv(predictions, PREDICTIONS)
     report = evaluate.evaluation_report(predictions, params.evaluate, sources)
     write_json({**report, "inference": {"images_per_second": speed, "flip_tta": params.evaluate.flip_tta}}, REPORT)
     headline = evaluate.headline_metrics(report, cs_name(params.evaluate.cs_threshold), speed, sources)
@@ -73,8 +73,7 @@ def main() -> None:
 
 def write_plots(report: dict, predictions: pd.DataFrame, params: Params) -> None:
     """Per-bucket MAE (CSV for ``dvc plots``, PNG), predicted against true age, errors and age groups."""
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    evaluate.bucket_table(report["test"]).to_csv(PLOTS / "bucket_mae.csv", index=False)
+    write_csv(evaluate.bucket_table(report["test"]), PLOTS / "bucket_mae.csv")
     plots.bucket_mae({name: summary["buckets"] for name, summary in report.items()}, PLOTS / "bucket_mae.png")
     test = predictions[predictions["split"] == "test"]
     ages = (params.data.min_age, params.data.max_age)

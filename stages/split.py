@@ -4,7 +4,7 @@ from faceage.ingest import load_manifest
 from faceage.params import load_params
 from faceage.plots import age_histogram
 from faceage.split import SPLITS, split_manifest, split_report
-from faceage.stage import run_stage, write_json
+from faceage.stage import run_stage, write_csv, write_json
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
@@ -15,7 +15,7 @@ PLOT = "plots/split/age_histogram.png"
 def main() -> None:
     manifest = load_manifest(INGESTED)
     split = split_manifest(manifest, load_params().split)
-    split.to_csv(SPLIT_FILE, index=False)
+    write_csv(split, SPLIT_FILE)
     write_json(split_report(manifest, split), REPORT)
     ages = manifest.merge(split, on="id")
     age_histogram({name: ages.loc[ages["split"] == name, "age"] for name in SPLITS}, PLOT)

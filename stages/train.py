@@ -19,8 +19,15 @@ from faceage.losses import UNKNOWN_GENDER
 from faceage.models import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
-from faceage.stage import run_stage, write_json
-from faceage.tracking import RunTracker, dataset_fingerprint, end_run, start_member_run, start_pipeline_run
+from faceage.stage import run_stage, write_csv, write_json
+from faceage.tracking import (
+    RunTracker,
+    dataset_fingerprint,
+    end_run,
+    ended_status,
+    start_member_run,
+    start_pipeline_run,
+)
 from faceage.train import ResumeFile, TrainingSetup, TrainResult, headline_metrics, history_table, train_model
 
 INGESTED = "data/ingested"
@@ -72,12 +79,14 @@ def train(params: Params, workers: Workers) -> None:
             name: train_member(name, setup, resumes[name], tracker, params, workers) for name, setup in setups.items()
         }
         result = combine(results, setups, params.model.reference_blend) if params.members else results[MAIN_MEMBER]
-    except BaseException:
-        tracker.finish("FAILED")
+        write_outputs(result, tracker, params)
+        tracker.log_model(MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]])
+    except BaseException as error:
+        tracker.finish(ended_status(error))
         raise
-    write_outputs(result, tracker, params)
-    tracker.log_model(MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]])
     tracker.finish()
+    for resume in resumes.values():  # only now: a crash before this point costs no training
+        resume.remove()
 
 
 def state_file(name: str) -> str:
@@ -97,8 +106,8 @@ def train_member(
     resume.run_id = member.run_id
     try:
         result = train_model(setup, resume=resume, on_epoch_end=member.log_epoch, workers=workers)
-    except BaseException:
-        member.finish("FAILED")
+    except BaseException as error:
+        member.finish(ended_status(error))
         raise
     member.log_metrics({**headline_metrics(result.summary), "parameters": result.summary["parameters"]})
     member.finish()
@@ -126,7 +135,7 @@ def write_outputs(result: TrainResult, tracker: RunTracker, params: Params) -> N
     write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
     headline = headline_metrics(result.summary)
     write_json(headline, METRICS)
-    history_table(result.history, result.summary["best_epoch"]).to_csv(HISTORY, index=False)
+    write_csv(history_table(result.history, result.summary["best_epoch"]), HISTORY)
     learning_curves(result.history, result.summary["best_epoch"], CURVES)
     tracker.log_metrics({**headline, "parameters": result.summary["parameters"], "epochs_run": len(result.history)})
     for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
