@@ -27,6 +27,12 @@ The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S 
 TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
 
+SYNTHETIC_WARNING = (
+    "warning: {model} learnt ages from the synthetic demo's drawn faces: its ages of real photos mean nothing. "
+    "Use --model dlib (dlib's age model, trained on real faces), or train on real faces (README: Running on UTKFace)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``faceage`` and its subcommands."""
     parser = argparse.ArgumentParser(prog="faceage", description="Estimate ages from face photos.")
@@ -37,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="ages of the faces in photos or folders", description=PREDICT_HELP, formatter_class=Raw
     )
     predict.add_argument("paths", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="image files or folders")
-    predict.add_argument("--model", type=Path, default=Path("models/model.pt"), help="trained checkpoint")
+    predict.add_argument(
+        "--model",
+        default="models/model.pt",
+        help="trained checkpoint, or dlib: dlib's age model as its authors trained it on real faces (no training)",
+    )
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
     predict.add_argument("--aligned", action="store_true", help="inputs are ready face crops: skip face detection")
@@ -83,6 +93,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.block < 1:
         raise FaceageError(f"--block must be at least 1, got {args.block}")
     estimator = AgeEstimator(args.model, flip=not args.no_flip)
+    if (estimator.dataset or {}).get("kind") == "synthetic":
+        print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     overrides = {"upsample": args.upsample, "min_score": args.min_score}
     estimator.faces = replace(estimator.faces, **{k: v for k, v in overrides.items() if v is not None})
     files = photo_files(args.paths)
@@ -92,21 +104,28 @@ def run_predict(args: argparse.Namespace) -> int:
             progress.update()
             failed += "error" in result
             if args.annotate and "faces" in result:
-                annotate_photo(Path(result["file"]), result["faces"], args.annotate / mirrored(result["file"]))
+                annotate_photo(
+                    Path(result["file"]), result["faces"], args.annotate / annotated_name(result["file"], args.paths)
+                )
             if args.json:
                 results.append(result)
             else:
                 print_result(result)
     if args.json:
         faces = sum(len(r.get("faces", ())) for r in results)
-        print(json.dumps({"model": str(args.model), "photos": len(results), "faces": faces, "results": results}))
+        summary = {"model": str(args.model), "dataset": estimator.dataset, "photos": len(results), "faces": faces}
+        print(json.dumps({**summary, "results": results}))
     return 1 if failed else 0
 
 
-def mirrored(file: str) -> Path:
-    """Where an annotated copy of ``file`` goes below the output folder: its own path, made relative."""
+def annotated_name(file: str, named: Sequence[Path]) -> Path:
+    """Where the annotated copy of ``file`` goes below the output folder: its path below the folder named on the
+    command line that holds it, else (a photo named itself) its file name."""
     path = Path(file)
-    return path.relative_to(path.anchor) if path.is_absolute() else path
+    for folder in named:
+        if folder.is_dir() and path.is_relative_to(folder):
+            return path.relative_to(folder)
+    return Path(path.name)
 
 
 def print_result(result: dict) -> None:

@@ -224,3 +224,20 @@ def promote_leaderboard_best(
         if predictions is None:
             return None
     return {"candidate_run": best, **promote_if_better(best, predictions, params)}
+
+
+def console_summary(table: pd.DataFrame, significance: dict | None, promotion: dict | None) -> str:
+    """The leaderboard, the verdict against the best other run and the registry's decision, for a terminal."""
+    lines = [f"Leaderboard ({len(table)} runs on this data, ranked by validation MAE):", table.to_string(index=False)]
+    if significance is None:
+        lines.append("Verdict: no other run on this data to compare with.")
+    else:
+        interval = f"[{significance['ci_low']:+.3f}, {significance['ci_high']:+.3f}]"
+        lines.append(
+            f"Verdict against {significance['against_backbone']} on {significance['images']} test images: "
+            f"{significance['verdict']} (MAE difference {significance['mae_difference']:+.3f}, "
+            f"{significance['confidence']:.0%} interval {interval})"
+        )
+    if promotion is not None:
+        lines.append(f"Registry: {'promoted' if promotion['promoted'] else 'not promoted'} ({promotion['reason']})")
+    return "\n".join(lines)

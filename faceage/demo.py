@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from faceage.params import DemoParams
+from faceage.sources import SYNTHETIC_MARK
 
 SKIN_TONES = {  # UTKFace race code -> base skin colour
     0: (232, 198, 172),
@@ -215,7 +216,9 @@ def write_demo_archive(path: str | Path, params: DemoParams, restyled: bool = Fa
     with (
         path.open("wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        tarfile.open(
+            fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, pax_headers={SYNTHETIC_MARK: "faces drawn by faceage"}
+        ) as tar,
     ):
         folder = tarfile.TarInfo(ARCHIVE_FOLDER)
         folder.type, folder.mode = tarfile.DIRTYPE, 0o755

@@ -13,9 +13,12 @@ import torch
 from faceage.batches import index_batches, to_input
 from faceage.errors import FaceageError
 from faceage.models import AgeEnsemble, AgeModel, build_model
-from faceage.params import ModelParams, from_dict
+from faceage.params import DataParams, ModelParams, from_dict
+from faceage.reference import REFERENCE_INPUT
 
 CHECKPOINT_KEYS = frozenset({"state_dict", "model", "age_range", "image_size"})
+UNTOUCHED_DLIB = "dlib"  # the model name for dlib's age model as its authors trained it
+UNTOUCHED_DLIB_DATASET = {"name": "dlib's age training faces", "kind": "real"}
 
 
 def make_checkpoint(
@@ -83,6 +86,16 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[AgeModel, d
         kind = "an ensemble" if "members" in checkpoint else f"a {checkpoint['model']['backbone']} model"
         raise FaceageError(f"{path}: its weights do not fit {kind} ({mismatch})") from None
     return model.to(device, memory_format=torch.channels_last).eval(), checkpoint
+
+
+def untouched_dlib(device: torch.device) -> tuple[AgeModel, dict]:
+    """dlib's age model as its authors trained it on real faces (no training of ours), in eval mode on ``device``,
+    and a checkpoint of it: its network and classifier at its own 64 px, on chips stored as ingest stores them."""
+    params = ModelParams(input_size=REFERENCE_INPUT, hidden=0, head_init="dlib", reference_blend=(0.0,))
+    data = DataParams()
+    model = build_model(params, (data.min_age, data.max_age))
+    checkpoint = make_checkpoint(model, params, (data.min_age, data.max_age), data.image_size)
+    return model.to(device).eval(), {**checkpoint, "dataset": UNTOUCHED_DLIB_DATASET}
 
 
 def not_a_checkpoint(path: Path, reason: str) -> FaceageError:

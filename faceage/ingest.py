@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -63,6 +64,8 @@ IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.csv"
 REJECTED_FILE = "rejected.csv"
 UNMATCHED_FILE = "label_rows_without_image.csv"  # label rows that name no file, or several
+DATASET_FILE = "dataset.json"  # what the images are: name and kind (synthetic or real)
+SYNTHETIC_NAME = "faceage synthetic demo"
 MANIFEST_COLUMNS = ["id", "age", "gender", "race", "given_split", "source_path", "content_hash", "pixel_hash"]
 LOGGED_PER_REASON = 10  # rejected files logged one by one per reason; rejected.csv lists them all
 BLOCK_SIZE = 1024  # files held in memory at once while decoding; does not change results
@@ -168,12 +171,15 @@ def ingest(
         raise RuntimeError(f"ingest accounted for {sum(counts.values())} of {files} entries")
     ledger.write(out_dir / REJECTED_FILE)
     _write_unmatched(layout.unmatched_rows, out_dir / UNMATCHED_FILE)
+    dataset = describe_dataset(params.source, source.synthetic)
+    (out_dir / DATASET_FILE).write_text(json.dumps(dataset) + "\n")
     seconds = time.perf_counter() - started
     log.info("kept %d of %d entries in %.1f s", kept, files, seconds)
     if not kept and not allow_empty:
         raise FaceageError(f"no usable image in {params.source}: see {out_dir / REJECTED_FILE} for each file's reason")
     return {
         "source": str(params.source),
+        "dataset": dataset,
         "layout": layout.name,
         "files": files,
         "outcomes": {outcome: counts.get(outcome, 0) for outcome in OUTCOMES},
@@ -290,6 +296,19 @@ def _manifest_row(index: int, result: Decoded, label: Label) -> list:
 def load_images(in_dir: str | Path) -> np.ndarray:
     """The ingested ``(N, H, W, 3)`` uint8 array, memory-mapped."""
     return np.load(Path(in_dir) / IMAGES_FILE, mmap_mode="r")
+
+
+def describe_dataset(source: str | Path, synthetic: bool) -> dict[str, str]:
+    """The data set's ``name`` (the source's file or folder name, or the demo's) and ``kind``: ``synthetic``
+    (faces drawn by the demo stage; a model of them knows nothing of real faces) or ``real``."""
+    if synthetic:
+        return {"name": SYNTHETIC_NAME, "kind": "synthetic"}
+    return {"name": Path(source).name, "kind": "real"}
+
+
+def load_dataset(in_dir: str | Path) -> dict[str, str]:
+    """The ingested data set's :func:`describe_dataset`."""
+    return json.loads((Path(in_dir) / DATASET_FILE).read_text())
 
 
 def load_manifest(in_dir: str | Path) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import torch
 from faceage.chunks import blocks
 from faceage.faces import Face, face_finder
 from faceage.images import ImageDecodeError, decode_image, decode_photo
-from faceage.inference import checkpoint_input_size, load_checkpoint, predict
+from faceage.inference import UNTOUCHED_DLIB, checkpoint_input_size, load_checkpoint, predict, untouched_dlib
 from faceage.layouts import is_image_name
 from faceage.params import FacesParams, from_dict
 from faceage.runtime import select_device
@@ -61,7 +61,8 @@ def years_and_months(age: float) -> str:
 
 
 class AgeEstimator:
-    """A trained model and the face settings to use with it (by default those saved in its checkpoint)."""
+    """A trained model (a checkpoint's path, or ``dlib`` for dlib's untouched age model) and the face settings
+    to use with it (by default those saved in its checkpoint)."""
 
     def __init__(
         self,
@@ -71,9 +72,18 @@ class AgeEstimator:
         device: torch.device | None = None,
     ):
         self.device = device or select_device()
-        self.model, self.checkpoint = load_checkpoint(model_path, self.device)
+        if str(model_path) == UNTOUCHED_DLIB:
+            self.model, self.checkpoint = untouched_dlib(self.device)
+        else:
+            self.model, self.checkpoint = load_checkpoint(model_path, self.device)
         self.faces = faces or from_dict(FacesParams, self.checkpoint.get("faces", {}), f"{model_path}: faces")
         self.flip = flip
+
+    @property
+    def dataset(self) -> dict[str, str] | None:
+        """What the model learnt from (``name``, ``kind``: synthetic or real); None for a checkpoint that predates
+        the record."""
+        return self.checkpoint.get("dataset")
 
     @property
     def chip_size(self) -> int:

@@ -9,6 +9,7 @@ Its input is a DataFrame with a binary column ``image`` (base64 in JSON requests
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +26,7 @@ from faceage.faces import landmarks_path
 from faceage.params import FacesParams, from_dict
 from faceage.photos import AgeEstimator, find_faces
 
+log = logging.getLogger(__name__)
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow")
 OUTPUT_COLUMNS = ["input", "face", "left", "top", "right", "bottom", "score", "age_years", "age"]
 SIGNATURE = ModelSignature(
@@ -45,6 +47,8 @@ class AgeModel(mlflow.pyfunc.PythonModel):
         self.faces = from_dict(FacesParams, dict(context.model_config or {}), "model_config")
         self.landmarks = Path(context.artifacts["landmarks"])
         self.estimator = AgeEstimator(context.artifacts["checkpoint"], self.faces)
+        if (self.estimator.dataset or {}).get("kind") == "synthetic":
+            log.warning("this model learnt ages from synthetic drawn faces: its ages of real photos mean nothing")
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame) -> pd.DataFrame:
         aligned = model_input["aligned"] if "aligned" in model_input else pd.Series(False, index=model_input.index)
@@ -78,11 +82,18 @@ def example_input(chip: np.ndarray) -> pd.DataFrame:
 
 
 def log_age_model(
-    run_id: str, tracking_uri: str, name: str, checkpoint: str | Path, faces: FacesParams, chip: np.ndarray
+    run_id: str,
+    tracking_uri: str,
+    name: str,
+    checkpoint: str | Path,
+    faces: FacesParams,
+    chip: np.ndarray,
+    dataset: dict[str, str],
 ) -> str:
     """Log the checkpoint as the pyfunc model ``name`` of the MLflow run ``run_id``; return the model's URI.
 
-    ``chip``, an aligned face, becomes the input example.
+    ``chip``, an aligned face, becomes the input example; ``dataset`` (what the model learnt from: ``name``,
+    ``kind``) goes into the model's metadata.
     """
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
@@ -95,5 +106,6 @@ def log_age_model(
             input_example=example_input(chip),
             pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
             model_config=asdict(faces),
+            metadata={"dataset": dataset},
         )
     return info.model_uri

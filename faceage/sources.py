@@ -23,6 +23,7 @@ from faceage.errors import FaceageError
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 ZIP_SUFFIXES = (".zip",)
 MAX_FILE_BYTES = 256 * 2**20  # larger members are not read (no face photo is that large; guards zip bombs)
+SYNTHETIC_MARK = "faceage.synthetic"  # PAX header of an archive of faces drawn by faceage's demo stage
 READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
 
 NOT_A_FILE = "not_a_file"
@@ -42,11 +43,13 @@ class Entry:
 
 
 class Source(ABC):
-    """A collection of files addressed by their POSIX path relative to the source's root."""
+    """A collection of files addressed by their POSIX path relative to the source's root; ``synthetic`` when
+    it says its faces were drawn by faceage's demo (known once listed)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.skipped: list[Entry] = []
+        self.synthetic = False
         self._names: list[str] | None = None
 
     def names(self) -> list[str]:
@@ -131,6 +134,7 @@ class TarSource(Source):
                     if not member.isdir():
                         yield member.name, self._problem(member)
                 self._check_end(tar, where)
+                self.synthetic = SYNTHETIC_MARK in tar.pax_headers
         except FaceageError:
             raise
         except READ_ERRORS as error:

@@ -38,6 +38,8 @@ MODEL_IN_RUN = "model"  # name of the run's logged MLflow model
 FLIP_TTA_TAG = "evaluated_with_flip_tta"  # whether the run's evaluation averaged mirror-image predictions
 EPOCH_METRIC = "val_mae"  # logged once per training epoch, at the epoch's step
 PROCESS_TAG = "process"  # host:pid of the process that logs a running run
+# Opens the experiment in MLflow's UI as model training (its runs, charts), not as a GenAI app's evaluations.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 PROBE_SECONDS = 5  # a tracking server must answer /health within this, else tracking is skipped
 # Their INFO lines narrate creating and migrating a store and validating a logged model's input example.
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc")
@@ -284,18 +286,21 @@ class RunTracker:
         self.logged_epochs = {m.step for m in self.client.get_metric_history(run_id, EPOCH_METRIC)}
 
     def _experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it if need be; a process that loses the race to create it uses the winner's."""
+        """The experiment's id, creating it if need be, kind :data:`EXPERIMENT_KIND`; a process that loses the race
+        to create it uses the winner's."""
         from mlflow.exceptions import MlflowException
 
         with store_lock(self.uri):
             found = self.client.get_experiment_by_name(name)
             if found is not None:
+                if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                    self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
                 return found.experiment_id
             location = None
             if self.uri.startswith("sqlite:///"):
                 location = (Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_FOLDER).as_uri()
             try:
-                return self.client.create_experiment(name, artifact_location=location)
+                return self.client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
             except MlflowException:  # RESOURCE_ALREADY_EXISTS from a server, when another client was first
                 found = self.client.get_experiment_by_name(name)
                 if found is None:
@@ -386,13 +391,15 @@ class RunTracker:
         """Copy a file into the run's artifacts."""
         self._call(lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
-    def log_model(self, checkpoint: str | Path, faces: FacesParams, example_chip: np.ndarray) -> None:
-        """Log the checkpoint as the run's MLflow pyfunc model (:mod:`faceage.serving`)."""
+    def log_model(
+        self, checkpoint: str | Path, faces: FacesParams, example_chip: np.ndarray, dataset: dict[str, str]
+    ) -> None:
+        """Log the checkpoint as the run's MLflow pyfunc model (:mod:`faceage.serving`), with what it learnt from."""
 
         def log() -> None:
             from faceage.serving import log_age_model
 
-            log_age_model(self.run_id, self.uri, MODEL_IN_RUN, checkpoint, faces, example_chip)
+            log_age_model(self.run_id, self.uri, MODEL_IN_RUN, checkpoint, faces, example_chip, dataset)
 
         self._call(log)
 

@@ -7,7 +7,14 @@ from pathlib import Path
 import pandas as pd
 
 from faceage import plots
-from faceage.compare import compare_with, entry_from_reports, leaderboard, other_runs, promote_leaderboard_best
+from faceage.compare import (
+    compare_with,
+    console_summary,
+    entry_from_reports,
+    leaderboard,
+    other_runs,
+    promote_leaderboard_best,
+)
 from faceage.ingest import MANIFEST_FILE
 from faceage.metrics import bucket_labels, cs_name
 from faceage.params import load_params
@@ -63,6 +70,7 @@ def main() -> None:
     write_csv(table, PLOTS / "leaderboard.csv")
     plots.mae_by_backbone(board, PLOTS / "test_mae.png")
     plots.bucket_mae_by_backbone(board, PLOTS / "bucket_mae.png")
+    print(console_summary(table, significance, promotion))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 
 from faceage.distributed import Workers, joined, launch, launched_by_torchrun
 from faceage.ensemble import combine, member_params
-from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
+from faceage.ingest import MANIFEST_FILE, load_dataset, load_images, load_manifest
 from faceage.losses import UNKNOWN_GENDER
 from faceage.models import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params
@@ -73,14 +73,15 @@ def train(params: Params, workers: Workers) -> None:
         for name, setup in setups.items():
             train_model(setup, resume=resumes[name], workers=workers)
         return
-    tracker = open_run(params, resumes[MAIN_MEMBER], len(manifest))
+    dataset = load_dataset(INGESTED)
+    tracker = open_run(params, resumes[MAIN_MEMBER], dataset, len(manifest))
     try:
         results = {
             name: train_member(name, setup, resumes[name], tracker, params, workers) for name, setup in setups.items()
         }
         result = combine(results, setups, params.model.reference_blend) if params.members else results[MAIN_MEMBER]
-        write_outputs(result, tracker, params)
-        tracker.log_model(MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]])
+        write_outputs(result, tracker, params, dataset)
+        tracker.log_model(MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]], dataset)
     except BaseException as error:
         tracker.finish(ended_status(error))
         raise
@@ -114,13 +115,14 @@ def train_member(
     return result
 
 
-def open_run(params: Params, resume: ResumeFile, rows: int) -> RunTracker:
+def open_run(params: Params, resume: ResumeFile, dataset: dict[str, str], rows: int) -> RunTracker:
     """The MLflow run of this training: the one an interrupted training started, else a new one."""
     if resume.abandoned_run_id:
         end_run(resume.abandoned_run_id, "KILLED")
     fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
     tracker = start_pipeline_run(params, fingerprint, "stages/train.py", run_id=resume.run_id)
-    tracker.log_dataset(Path(params.data.source).name, fingerprint, params.data.source, rows)
+    tracker.log_dataset(dataset["name"], fingerprint, params.data.source, rows)
+    tracker.set_tags({"dataset_kind": dataset["kind"]})
     resume.run_id = tracker.run_id
     tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
     for row in resume.history:  # epochs logged before an interruption are kept; any the run lacks are added
@@ -128,10 +130,12 @@ def open_run(params: Params, resume: ResumeFile, rows: int) -> RunTracker:
     return tracker
 
 
-def write_outputs(result: TrainResult, tracker: RunTracker, params: Params) -> None:
-    """The checkpoint, metrics, report and plots, each also logged to the run."""
+def write_outputs(result: TrainResult, tracker: RunTracker, params: Params, dataset: dict[str, str]) -> None:
+    """The checkpoint (with the face settings and what it learnt from), metrics, report and plots, each also
+    logged to the run."""
     Path(MODEL).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**result.checkpoint, "faces": asdict(params.faces), "mlflow_run_id": tracker.run_id}, MODEL)
+    extra = {"faces": asdict(params.faces), "dataset": dataset, "mlflow_run_id": tracker.run_id}
+    torch.save({**result.checkpoint, **extra}, MODEL)
     write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
     headline = headline_metrics(result.summary)
     write_json(headline, METRICS)

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ from faceage.photos import AgeEstimator, find_faces
 from faceage.serving import example_input
 from faceage.tracking import MODEL_IN_RUN, RunTracker, register_with_alias
 
+DATASET = {"name": "noise faces", "kind": "real"}
 LOAD_AND_PREDICT = """
 import json, sys, mlflow, pandas as pd
 model = mlflow.pyfunc.load_model("models:/faceage@champion")
@@ -37,7 +39,7 @@ def champion(tiny_model, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracker = RunTracker("serving", run_name="tiny", uri=uri)
-    tracker.log_model(tiny_model, FacesParams(), np.zeros((32, 32, 3), np.uint8))
+    tracker.log_model(tiny_model, FacesParams(), np.zeros((32, 32, 3), np.uint8), DATASET)
     tracker.finish()
     version = register_with_alias(tracker.run_id, "faceage", "champion", uri)
     return {"uri": uri, "version": version, "run_id": tracker.run_id, "folder": folder}
@@ -69,6 +71,11 @@ def test_champion_loads_and_predicts_in_a_fresh_process_outside_the_repository(c
     assert face["age_years"] == pytest.approx(expected_age(tiny_model, ASTRONAUT.read_bytes(), False)[0], abs=0.01)
     assert broken["face"] == -1 and broken["error"].startswith("not an image")
     assert crop["age_years"] == pytest.approx(expected_age(tiny_model, chip.read_bytes(), True)[0], abs=0.01)
+
+
+def test_the_logged_model_says_what_it_learnt_from(champion):
+    mlflow.set_tracking_uri(champion["uri"])
+    assert mlflow.models.get_model_info("models:/faceage@champion").metadata["dataset"] == DATASET
 
 
 def free_port() -> int:
