@@ -1,14 +1,16 @@
 """Started by torchrun from test_distributed.py: one of the processes that train the tiny setup of
 :func:`tiny_setup`; each saves the weights, history and summary it ends with as ``rank<N>.pt``.
 
-Usage: distributed_training.py OUT {exact,default,sync_bn} [CRASH_AFTER_EPOCH]. ``exact`` turns off what
-makes processes differ from one process (augmentation, dropout, batch statistics, bfloat16); ``sync_bn``
+Usage: distributed_training.py OUT {exact,one_step,default,sync_bn} [CRASH_AFTER_EPOCH]. ``exact`` turns off what
+makes processes differ from one process (augmentation, dropout, batch statistics, bfloat16); ``one_step`` is
+``exact`` for a single plain SGD step on one batch of all 40 training images; ``sync_bn``
 is the default with BatchNorm statistics over the whole batch (CUDA only); with a crash epoch,
 process 1 exits after that epoch in the first attempt, so torchrun must restart both.
 """
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ NO_AUGMENTATION = AugmentParams(
 )
 
 
-def tiny_setup(exact: bool, sync_bn: bool = False) -> TrainingSetup:
+def tiny_setup(exact: bool, sync_bn: bool = False, one_step: bool = False) -> TrainingSetup:
     """60 16-pixel images whose brightness follows the age; 40 to train on (batches of 16, the last of 8)."""
     rng = np.random.default_rng(0)
     ages = rng.integers(1, 90, 60)
@@ -34,6 +36,8 @@ def tiny_setup(exact: bool, sync_bn: bool = False) -> TrainingSetup:
     params = TrainParams(
         head_epochs=1, epochs=3, batch_size=16, seed=5, freeze_bn=exact, cpu_bf16=not exact, sync_bn=sync_bn
     )
+    if one_step:
+        params = replace(params, head_epochs=0, epochs=1, batch_size=40, optimizer="sgd", scheduler="none")
     return TrainingSetup(
         images, ages, np.zeros(60), split, model, params, NO_AUGMENTATION if exact else AugmentParams(), (1, 100)
     )
@@ -41,7 +45,7 @@ def tiny_setup(exact: bool, sync_bn: bool = False) -> TrainingSetup:
 
 def main(out: Path, mode: str, crash_after: int | None) -> None:
     with joined() as workers:
-        setup = tiny_setup(exact=mode == "exact", sync_bn=mode == "sync_bn")
+        setup = tiny_setup(exact=mode in ("exact", "one_step"), sync_bn=mode == "sync_bn", one_step=mode == "one_step")
 
         def crash(row: dict) -> None:
             first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

