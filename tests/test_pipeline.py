@@ -223,8 +223,8 @@ def test_the_verdict_is_against_the_best_other_run_on_validation(repo):
     assert significance["verdict"] == ("better" if high < 0 else "worse" if low > 0 else NO_DIFFERENCE)
 
 
-def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
-    set_params(repo, {"train": {"head_epochs": 2, "epochs": 3}})
+def kill_training_after_an_epoch(repo):
+    """Start the train stage and kill it (SIGKILL: it cannot say so) once it has saved its state."""
     state = repo / "models" / "resume" / "train_state.pt"
     training = subprocess.Popen(
         [sys.executable, "stages/train.py"],
@@ -237,8 +237,15 @@ def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
         time.sleep(0.01)
     training.send_signal(signal.SIGKILL)
     assert training.wait() == -signal.SIGKILL
+    return state
+
+
+def test_a_killed_training_resumes_into_the_same_mlflow_run_and_remakes_lost_outputs(repo):
+    set_params(repo, {"train": {"head_epochs": 2, "epochs": 3}})
+    kill_training_after_an_epoch(repo)
     (killed,) = mlflow_runs(repo)
     assert killed.info.status == "RUNNING"
+    shutil.rmtree(repo / "plots" / "train")  # a tracked output folder gone, as an interrupted run can leave it
 
     output = run(["dvc", "repro", "train"], repo)
     assert "resuming from models/resume/train_state.pt" in output
@@ -247,6 +254,33 @@ def test_a_killed_training_resumes_into_the_same_mlflow_run(repo):
     history = mlflow_client(repo).get_metric_history(resumed.info.run_id, "val_mae")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert read_json(repo / "reports" / "train.json")["mlflow_run_id"] == resumed.info.run_id
+    assert len(pd.read_csv(repo / "plots" / "train" / "history.csv")) == 5
+    assert not list((repo / "models" / "resume").iterdir())
+
+
+def test_training_lost_at_its_outputs_is_kept_and_a_dead_process_run_is_closed(repo):
+    """Outputs that cannot be written fail the stage and its MLflow run, but keep the finished training: the
+    next run writes them without training again. A run whose process died unresumable is marked FAILED."""
+    set_params(repo, {"train": {"head_epochs": 1, "epochs": 1}})
+    (repo / "reports" / "train.json").unlink(missing_ok=True)
+    (repo / "reports" / "train.json").mkdir(parents=True)  # the report cannot be written
+    failed = subprocess.run([sys.executable, "stages/train.py"], cwd=repo, env=tool_env(), capture_output=True)
+    assert failed.returncode != 0
+    (run_failed,) = mlflow_runs(repo)
+    assert run_failed.info.status == "FAILED" and (repo / "models" / "resume" / "train_state.pt").is_file()
+    (repo / "reports" / "train.json").rmdir()
+    output = run([sys.executable, "stages/train.py"], repo)
+    assert "resuming from models/resume/train_state.pt after epoch 2" in output and "epoch 1 (" not in output
+    assert read_json(repo / "reports" / "train.json")["mlflow_run_id"] == run_failed.info.run_id
+    assert not (repo / "models" / "resume" / "train_state.pt").exists()
+
+    set_params(repo, {"train": {"head_epochs": 2, "epochs": 1}})
+    kill_training_after_an_epoch(repo).unlink()  # killed, and its state lost: that run can never resume
+    run([sys.executable, "stages/train.py"], repo)
+    statuses = {r.info.run_id: r.info.status for r in mlflow_runs(repo)}
+    newest = read_json(repo / "reports" / "train.json")["mlflow_run_id"]
+    assert statuses.pop(newest) == "FINISHED" and statuses.pop(run_failed.info.run_id) == "FINISHED"
+    assert list(statuses.values()) == ["FAILED"]
 
 
 def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo):
