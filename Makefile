@@ -9,7 +9,7 @@ SHARED_TORCH := $(abspath ../shared/torch)
 export TORCH_HOME ?= $(if $(wildcard $(SHARED_TORCH)/hub/checkpoints),$(SHARED_TORCH),$(HOME)/.cache/torch)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro sweep benchmark test services lint format mlflow-ui clean
+.PHONY: setup repro metrics serve sweep benchmark test services lint format mlflow-ui clean
 
 setup: $(INSTALLED)
 
@@ -22,6 +22,16 @@ $(INSTALLED): requirements.txt pyproject.toml
 
 repro: setup
 	dvc repro
+
+# The headline figures, one per line, against the last commit's (dvc metrics diff of every metric).
+metrics: setup
+	dvc metrics diff --all
+
+# A REST endpoint (POST /invocations) for the model the last `make repro` trained: its MLflow run's model.
+TRAINED_RUN = $(shell python3 -c 'import json; print(json.load(open("reports/train.json"))["mlflow_run_id"])')
+serve: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} mlflow models serve \
+	  -m runs:/$(TRAINED_RUN)/model --env-manager local --host 127.0.0.1 --port $(or $(PORT),5001)
 
 # One queued DVC experiment per backbone, run one after the other; add settings with SWEEP_SET,
 # e.g. make sweep SWEEP_SET="-S model.pretrained=false" where only some ImageNet weights are on disk.
@@ -39,9 +49,9 @@ test: setup services lint
 	python -m pytest
 
 # PostgreSQL for the team tests (tests/test_team.py), from Debian's packages where it is missing and we may
-# install it; otherwise those tests are skipped and say why.
+# install it (as root, with apt-get); otherwise, or with NO_SERVICES=1, those tests are skipped and say why.
 services:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	@[ -n "$(NO_SERVICES)" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL is not installed: the team tests will be skipped"

@@ -228,7 +228,8 @@ def promote_leaderboard_best(
 
 def console_summary(table: pd.DataFrame, significance: dict | None, promotion: dict | None) -> str:
     """The leaderboard, the verdict against the best other run and the registry's decision, for a terminal."""
-    lines = [f"Leaderboard ({len(table)} runs on this data, ranked by validation MAE):", table.to_string(index=False)]
+    runs = f"{len(table)} run{'s' * (len(table) != 1)}"
+    lines = [f"Leaderboard ({runs} on this data, ranked by validation MAE):", table.to_string(index=False)]
     if significance is None:
         lines.append("Verdict: no other run on this data to compare with.")
     else:

@@ -23,7 +23,6 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from faceage.params import DemoParams
-from faceage.sources import SYNTHETIC_MARK
 
 SKIN_TONES = {  # UTKFace race code -> base skin colour
     0: (232, 198, 172),
@@ -36,6 +35,7 @@ HAIR_COLOURS = ((38, 28, 22), (88, 58, 36), (18, 16, 16), (150, 108, 62), (110, 
 GREY = np.array((205, 205, 205))
 ARCHIVE_FOLDER = "UTKFace"
 FIRST_TIMESTAMP = datetime(2017, 1, 1)
+SYNTHETIC_MARK = "faceage.synthetic"  # PAX header of the archives the demo writes: their faces are drawn
 
 
 @dataclass(frozen=True)

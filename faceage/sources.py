@@ -18,12 +18,12 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from faceage.demo import SYNTHETIC_MARK
 from faceage.errors import FaceageError
 
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 ZIP_SUFFIXES = (".zip",)
 MAX_FILE_BYTES = 256 * 2**20  # larger members are not read (no face photo is that large; guards zip bombs)
-SYNTHETIC_MARK = "faceage.synthetic"  # PAX header of an archive of faces drawn by faceage's demo stage
 READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
 
 NOT_A_FILE = "not_a_file"

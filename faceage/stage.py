@@ -14,6 +14,8 @@ import pandas as pd
 
 from faceage.errors import FaceageError
 
+log = logging.getLogger(__name__)
+
 
 def write_json(data: dict, path: str | Path) -> None:
     """Write ``data`` as indented JSON, creating the folder."""
@@ -35,6 +37,23 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def forget_later_metrics(stage: str) -> None:
+    """Remove the DVC metrics of the stages that run after ``stage`` (which failed): they belong to an earlier
+    run, and ``dvc exp show`` would show them as the failed experiment's figures."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        failed = next(node for node in graph if node.addressing == stage)
+        later = [out for node in nx.ancestors(graph, failed) for out in node.outs if out.metric]
+        for out in later:
+            path = Path(out.fs_path)
+            if path.is_file():
+                path.unlink()
+                log.info("removed %s: its figures are an earlier run's", os.path.relpath(path))
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``: log to stderr and turn a :class:`FaceageError` into a one-line exit. Progress
     bars (ours and MLflow's) show only on terminals; a log gets a line per epoch instead."""
@@ -44,5 +63,12 @@ def run_stage(main: Callable[[], None]) -> None:
     stop_on_sigterm()
     try:
         main()
-    except FaceageError as error:
-        sys.exit(f"error: {error}")
+    except BaseException as error:
+        if os.environ.get("DVC_STAGE"):  # run by dvc repro or dvc exp run
+            try:
+                forget_later_metrics(os.environ["DVC_STAGE"])
+            except Exception as failure:  # the stage's own error is the one to report
+                log.warning("cannot remove the metrics of later stages: %s", failure)
+        if isinstance(error, FaceageError):
+            sys.exit(f"error: {error}")
+        raise

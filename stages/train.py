@@ -142,6 +142,7 @@ def write_outputs(result: TrainResult, tracker: RunTracker, params: Params, data
     write_csv(history_table(result.history, result.summary["best_epoch"]), HISTORY)
     learning_curves(result.history, result.summary["best_epoch"], CURVES)
     tracker.log_metrics({**headline, "parameters": result.summary["parameters"], "epochs_run": len(result.history)})
+    tracker.set_tags({"precision": result.summary["precision"]})
     for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
         tracker.log_artifact(path, folder)
 

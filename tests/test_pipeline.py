@@ -330,6 +330,20 @@ def test_a_member_whose_weights_cannot_be_had_stops_training_before_it_starts(re
     assert line.startswith("error: pretrained weights mobilenet_v2-b0353104.pth are not in"), line
 
 
+def test_a_failed_experiment_shows_no_figures_of_an_earlier_run(repo, tmp_path):
+    run(["dvc", "repro"], repo)
+    commit(repo, "repro")
+    dead_proxy = "http://127.0.0.1:9"  # the ImageNet weights can be neither found nor downloaded: train fails
+    offline = {"TORCH_HOME": str(tmp_path / "empty"), "HTTPS_PROXY": dead_proxy, "https_proxy": dead_proxy}
+    failed = subprocess.run(
+        ["dvc", "exp", "run", "-S", "model.pretrained=true"], cwd=repo, env=tool_env(**offline), capture_output=True
+    )
+    assert failed.returncode != 0 and not (repo / "metrics" / "evaluate.json").exists()
+    (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], repo))
+    shown = workspace["data"]["metrics"]["metrics/evaluate.json"]  # DVC shows "!" in its table
+    assert workspace["rev"] == "workspace" and "data" not in shown and "No such file" in shown["error"]["msg"]
+
+
 def test_an_ensemble_trains_in_two_processes(repo):
     run(["dvc", "exp", "run", "-S", "train.nproc=2", "-S", "+members.small.model.input_size=24"], repo)
     report = read_json(repo / "reports" / "train.json")
