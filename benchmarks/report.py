@@ -75,7 +75,8 @@ def markdown_report(report: dict) -> str:
     lines += [
         "",
         f"Hardware: {hw['cpu']}, {hw['cpu_cores']} cores, torch {hw['torch']} with {hw['torch_threads']} "
-        f"threads, GPU: {hw['gpu'] or 'none'}.",
+        f"threads, GPU: {hw['gpu'] or 'none'}. CPU class: {hw['cpu_capability']} kernels, "
+        f"{'native' if hw['native_bf16'] else 'no native'} bfloat16; training precision {hw['precision']}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ from benchmarks.workspace import copy_worktree
 from faceage.evaluate import split_report
 from faceage.metrics import cs_name
 from faceage.params import Params, load_params
+from faceage.runtime import cpu_features, cpu_precision_reason, use_cpu_bf16
 from faceage.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,10 +68,13 @@ def hardware() -> dict:
         if Path("/proc/cpuinfo").exists()
         else ""
     )
+    features = cpu_features()
     return {
         "cpu": cpu,
         "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": features["capability"],  # torch's kernel level: the CPU class the speed holds for
+        "native_bf16": features["native_bf16"],
+        "torch_threads": features["threads"],
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -108,7 +112,7 @@ def baseline_loops(
     folder: Path, train: pd.DataFrame, files: dict[str, bytes], params: Params, batches: int
 ) -> tuple[dict, dict | None]:
     """The plain baseline loop over ``train``'s images written as JPEG files, and the same loop under the
-    pipeline's bfloat16 autocast when it trains under it."""
+    pipeline's bfloat16 autocast when it trains under it on this CPU."""
     folder.mkdir()
     paths = []
     for index, name in enumerate(train["source_path"]):
@@ -117,7 +121,7 @@ def baseline_loops(
     age_range, ages = (params.data.min_age, params.data.max_age), train["age"].to_numpy(float)
     baseline = training_throughput(paths, ages, params, age_range, batches, 2)
     same_precision = None
-    if params.train.cpu_bf16:
+    if use_cpu_bf16(params.train.cpu_bf16):
         same_precision = training_throughput(paths, ages, params, age_range, batches, 2, pipeline_precision=True)
     return baseline, same_precision
 
@@ -166,7 +170,7 @@ def benchmark(
         )
 
     report = {
-        "hardware": hardware(),
+        "hardware": {**hardware(), "precision": cpu_precision_reason(params.train.cpu_bf16)},
         "source": str(source),
         "params": {
             "model": vars(params.model),

@@ -31,8 +31,15 @@ def make_deterministic(seed: int, threads: int = 0) -> None:
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), as torch detects it."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    """Whether torch computes bfloat16 in hardware here: the CPU has AVX-512 BF16 or AMX, and neither torch's
+    kernels (``ATEN_CPU_CAPABILITY``) nor oneDNN's (``ONEDNN_MAX_CPU_ISA``) are held below AVX-512."""
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return (
+        hardware
+        and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        and onednn.startswith(("ALL", "AVX512", "AMX"))
+    )
 
 
 def cpu_features() -> dict:

