@@ -33,8 +33,18 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> None:
 
 def stop_on_sigterm() -> None:
     """Turn SIGTERM (a scheduler or ``kill``) into :class:`SystemExit`, so a stage ends as on Ctrl-C: its
-    ``finally`` and ``except`` blocks run (an MLflow run is marked as killed) instead of dying on the spot."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    ``finally`` and ``except`` blocks run (an MLflow run is marked as killed) instead of dying on the spot.
+    Worker processes forked from the stage die on SIGTERM as usual (a pool stops its workers so)."""
+    stage = os.getpid()
+
+    def stop(signum: int, frame: object) -> None:
+        if os.getpid() != stage:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def forget_later_metrics(stage: str) -> None:

@@ -5,6 +5,7 @@ one names the test that runs it (or what runs it instead)."""
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -48,7 +49,7 @@ def commands(block: str) -> list[str]:
     while lines:
         command = lines.pop(0)
         heredoc = re.search(r"<<'?(\w+)'?", command)
-        while lines and (command.endswith("\\") or command.count("'") % 2 or heredoc):
+        while lines and (command.endswith("\\") or heredoc or not balanced(command)):
             line = lines.pop(0)
             command += "\n" + line
             if heredoc and line.strip() == heredoc[1]:
@@ -56,6 +57,15 @@ def commands(block: str) -> list[str]:
         if command.strip() and not command.lstrip().startswith("#"):
             found.append(command)
     return found
+
+
+def balanced(command: str) -> bool:
+    """Whether the command's quotes are closed (an apostrophe in a comment is no quote)."""
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:
+        return False
+    return True
 
 
 def page_commands(page: str) -> list[str]:
@@ -71,8 +81,8 @@ def covered_by(command: str, page: str) -> str | None:
 
 def test_the_pages_show_commands_and_the_parser_joins_what_belongs_together():
     assert len(page_commands("README.md")) >= 10 and len(page_commands("docs/predicting.md")) >= 8
-    joined = commands("a \\\n  b\npython - <<'PY'\nprint(1)\nPY\npython -c 'x\ny'\n# note\n\nz &")
-    assert joined == ["a \\\n  b", "python - <<'PY'\nprint(1)\nPY", "python -c 'x\ny'", "z &"]
+    joined = commands("a \\\n  b\npython - <<'PY'\nprint(1)\nPY\npython -c 'x\ny'\n# note\n\nz &  # it's\nw")
+    assert joined == ["a \\\n  b", "python - <<'PY'\nprint(1)\nPY", "python -c 'x\ny'", "z &  # it's", "w"]
 
 
 def test_every_covering_test_exists():
