@@ -106,7 +106,7 @@ def workspace(tmp_path_factory):
         (root / "shared" / "torch").mkdir(parents=True)
     run(["dvc", "repro"], repo)
     commit(repo, "repro")
-    return repo
+    return repo, run(["git", "rev-parse", "HEAD"], repo).strip()
 
 
 def user_env() -> dict[str, str]:
@@ -145,6 +145,9 @@ def script(page: str) -> tuple[str, list[str]]:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_each_command_of_the_page_works_as_written(workspace, page):
+    """Each page starts from the committed params.yaml, as its commands assume; the rest is as the last left it."""
+    workspace, committed = workspace
+    run(["git", "checkout", committed, "--", "params.yaml"], workspace)
     text, ran = script(page)
     shell = subprocess.Popen(
         ["bash"], cwd=workspace, env=user_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -187,6 +190,7 @@ def test_every_link_between_the_pages_leads_somewhere():
 
 def test_the_served_model_answers_the_readme_request(workspace):
     """The quick start's request, read back: one face, with an age."""
+    workspace, _ = workspace
     shell = subprocess.Popen(
         ["make", "serve", "PORT=5013"], cwd=workspace, env=user_env(), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
