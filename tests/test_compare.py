@@ -10,6 +10,7 @@ from faceage.compare import (
     CHAMPION,
     NO_DIFFERENCE,
     WORSE,
+    console_summary,
     entry_from_reports,
     leaderboard,
     leaderboard_entry,
@@ -252,3 +253,19 @@ def test_an_interval_that_ends_at_0_is_no_significant_difference():
     result = paired_comparison(errors_frame([1.0, 1.0, 2.0]), errors_frame([2.0, 2.0, 2.0]), 2000, 0, 0.95)
     assert result["ci_high"] == 0 and result["ci_low"] < 0
     assert result["verdict"] == NO_DIFFERENCE
+
+
+def test_the_console_shows_the_leaderboard_the_verdict_and_the_registrys_decision():
+    table = pd.DataFrame({"rank": [1, 2], "backbone": ["resnet18", "mobilenet_v2"], "val_mae": [5.1, 5.4]})
+    significance = {**paired_comparison(*errors_pair(), 200, 0, 0.95), "against_backbone": "mobilenet_v2"}
+    shown = console_summary(table, significance, {"promoted": False, "reason": "already the champion"})
+    assert "Leaderboard (2 runs on this data" in shown and "mobilenet_v2" in shown and "5.4" in shown
+    assert f"Verdict against mobilenet_v2 on 50 test images: {significance['verdict']}" in shown
+    assert shown.endswith("Registry: not promoted (already the champion)")
+    alone = console_summary(table.head(1), None, None)
+    assert "(1 run on this data" in alone and "no other run on this data" in alone and "Registry" not in alone
+
+
+def errors_pair() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    return tuple(pd.DataFrame({"id": range(50), "error": rng.normal(0, 5, 50)}) for _ in range(2))

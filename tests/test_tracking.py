@@ -270,3 +270,13 @@ def test_the_run_user_is_the_servers_user_else_the_systems_else_unknown(monkeypa
 
     monkeypatch.setattr("getpass.getuser", nameless)
     assert user_name() == "unknown"
+
+
+def test_the_experiment_opens_in_mlflows_model_training_view_new_or_old(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    RunTracker("new", uri=uri).finish()
+    client.create_experiment("old")  # made before faceage set the kind
+    RunTracker("old", uri=uri).finish()
+    for name in ("new", "old"):
+        assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
