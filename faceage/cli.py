@@ -93,7 +93,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.block < 1:
         raise FaceageError(f"--block must be at least 1, got {args.block}")
     estimator = AgeEstimator(args.model, flip=not args.no_flip)
-    if (estimator.dataset or {}).get("kind") == "synthetic":
+    if estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     overrides = {"upsample": args.upsample, "min_score": args.min_score}
     estimator.faces = replace(estimator.faces, **{k: v for k, v in overrides.items() if v is not None})

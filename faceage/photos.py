@@ -86,6 +86,11 @@ class AgeEstimator:
         return self.checkpoint.get("dataset")
 
     @property
+    def synthetic(self) -> bool:
+        """Whether the model learnt only from faces the demo drew: its ages of real photos mean nothing."""
+        return (self.dataset or {}).get("kind") == "synthetic"
+
+    @property
     def chip_size(self) -> int:
         """Side of the face chips the model was trained on (``data.image_size`` at training)."""
         return int(self.checkpoint["image_size"])

@@ -47,7 +47,7 @@ class AgeModel(mlflow.pyfunc.PythonModel):
         self.faces = from_dict(FacesParams, dict(context.model_config or {}), "model_config")
         self.landmarks = Path(context.artifacts["landmarks"])
         self.estimator = AgeEstimator(context.artifacts["checkpoint"], self.faces)
-        if (self.estimator.dataset or {}).get("kind") == "synthetic":
+        if self.estimator.synthetic:
             log.warning("this model learnt ages from synthetic drawn faces: its ages of real photos mean nothing")
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame) -> pd.DataFrame:
