@@ -34,17 +34,19 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> None:
 def stop_on_sigterm() -> None:
     """Turn SIGTERM (a scheduler or ``kill``) into :class:`SystemExit`, so a stage ends as on Ctrl-C: its
     ``finally`` and ``except`` blocks run (an MLflow run is marked as killed) instead of dying on the spot.
-    Worker processes forked from the stage die on SIGTERM as usual (a pool stops its workers so)."""
+    Processes forked from the stage get SIGTERM's default back at once: a pool stops its workers with SIGTERM,
+    and a worker blocked on a lock could not run a Python handler, so the pool would wait for it forever."""
     stage = os.getpid()
 
     def stop(signum: int, frame: object) -> None:
-        if os.getpid() != stage:
+        if os.getpid() != stage:  # forked before the reset below ran: die as SIGTERM's default does
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def forget_later_metrics(stage: str) -> None:
