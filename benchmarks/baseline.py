@@ -15,12 +15,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from faceage.batches import IMAGENET_MEAN, IMAGENET_STD
-from faceage.losses import UNKNOWN_GENDER, total_loss
-from faceage.models import build_model, set_train_mode
-from faceage.optim import build_optimizer, parameter_groups
+from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
+from faceage.model.networks import build_model, set_train_mode
 from faceage.params import AugmentParams, Params
-from faceage.train import autocast
+from faceage.training.loop import autocast
+from faceage.training.losses import UNKNOWN_GENDER, total_loss
+from faceage.training.optim import build_optimizer, parameter_groups
 
 
 class JpegFaces(Dataset):

@@ -33,13 +33,13 @@ import yaml
 from benchmarks.photos import add_photo_sources
 from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
-from faceage.evaluate import reference_ages
-from faceage.inference import checkpoint_input_size, load_checkpoint, predict
-from faceage.ingest import load_images, load_manifest
-from faceage.metrics import group_confusion
+from faceage.data.ingest import load_images, load_manifest
+from faceage.data.sources import open_source
+from faceage.evaluation.evaluate import reference_ages
+from faceage.evaluation.metrics import group_confusion
+from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
 from faceage.params import EvaluateParams
 from faceage.runtime import select_device
-from faceage.sources import open_source
 
 CODE = ("faceage", "stages")
 PHOTOS = "photos_val"

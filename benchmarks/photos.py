@@ -17,9 +17,9 @@ from PIL import Image, ImageFilter
 
 from benchmarks.peer import peer_predictions
 from benchmarks.workspace import set_params
-from faceage.ingest import worker_count
-from faceage.metrics import bootstrap_interval, with_interval
-from faceage.photos import AgeEstimator
+from faceage.data.ingest import worker_count
+from faceage.evaluation.metrics import bootstrap_interval, with_interval
+from faceage.serving.photos import AgeEstimator
 
 PHOTO_SIZE = (1024, 768)
 MAX_ANGLE = 20.0

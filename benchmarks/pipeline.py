@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from benchmarks.workspace import tool_env
-from faceage.images import decode_image
-from faceage.inference import checkpoint_input_size, load_checkpoint, predict
+from faceage.data.images import decode_image
+from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
 from faceage.params import MAIN_MEMBER, load_params
 from faceage.runtime import select_device
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from faceage.models import build_model
-from faceage.optim import build_optimizer
+from faceage.model.networks import build_model
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.runtime import cpu_features, make_deterministic, use_cpu_bf16
+from faceage.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # variables that hold torch below what the CPU can do

@@ -32,11 +32,11 @@ from benchmarks.photos import add_photo_sources, photo_benchmark
 from benchmarks.pipeline import repro, single_image_latency
 from benchmarks.report import markdown_report
 from benchmarks.workspace import copy_worktree
-from faceage.evaluate import split_report
-from faceage.metrics import cs_name
+from faceage.data.sources import open_source
+from faceage.evaluation.evaluate import split_report
+from faceage.evaluation.metrics import cs_name
 from faceage.params import Params, load_params
 from faceage.runtime import cpu_features, cpu_precision_reason, use_cpu_bf16
-from faceage.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz"

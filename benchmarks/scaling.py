@@ -31,12 +31,12 @@ import pandas as pd
 import torch
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
-from faceage.inference import predict
-from faceage.ingest import load_images, load_manifest
-from faceage.models import build_model
+from faceage.data.ingest import load_images, load_manifest
+from faceage.model.inference import predict
+from faceage.model.networks import build_model
 from faceage.params import load_params
 from faceage.runtime import make_deterministic
-from faceage.train import TrainingSetup, autocast, train_model
+from faceage.training.loop import TrainingSetup, autocast, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"demo": {"image_size": 64}, "data": {"image_size": 48}}  # small stored size, the default model

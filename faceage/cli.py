@@ -85,10 +85,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from faceage.annotate import annotate_photo
+    from faceage.data.ingest import worker_count
     from faceage.errors import FaceageError
-    from faceage.ingest import worker_count
-    from faceage.photos import AgeEstimator, photo_files
+    from faceage.serving.annotate import annotate_photo
+    from faceage.serving.photos import AgeEstimator, photo_files
 
     if args.block < 1:
         raise FaceageError(f"--block must be at least 1, got {args.block}")
@@ -145,7 +145,7 @@ def print_result(result: dict) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from faceage.export import export_model
+    from faceage.serving.export import export_model
 
     output = args.output or args.model.with_suffix(".onnx" if args.format == "onnx" else ".ts")
     input_size = export_model(args.model, output, args.format, flip=not args.no_flip)

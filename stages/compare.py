@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from faceage import plots
-from faceage.compare import (
+from faceage.data.ingest import MANIFEST_FILE
+from faceage.evaluation.compare import (
     compare_with,
     console_summary,
     entry_from_reports,
@@ -15,11 +16,10 @@ from faceage.compare import (
     other_runs,
     promote_leaderboard_best,
 )
-from faceage.ingest import MANIFEST_FILE
-from faceage.metrics import bucket_labels, cs_name
+from faceage.evaluation.metrics import bucket_labels, cs_name
 from faceage.params import load_params
 from faceage.stage import run_stage, write_csv, write_json
-from faceage.tracking import dataset_fingerprint
+from faceage.tracking.store import dataset_fingerprint
 
 MANIFEST = Path("data/ingested") / MANIFEST_FILE
 SPLIT_FILE = "data/split.csv"

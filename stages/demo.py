@@ -1,7 +1,7 @@
 """Stage demo: write the synthetic demo data set as a UTKFace-style archive, and a smaller one of other people
 drawn in another style (a test source)."""
 
-from faceage.demo import write_demo_archive
+from faceage.data.demo import write_demo_archive
 from faceage.params import load_params
 from faceage.stage import run_stage
 

@@ -9,16 +9,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from faceage import evaluate, plots
+from faceage import plots
+from faceage.data.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.errors import FaceageError
-from faceage.inference import checkpoint_input_size, load_checkpoint
-from faceage.ingest import MANIFEST_FILE, load_images, load_manifest
-from faceage.metrics import cs_name
-from faceage.models import AgeModel
+from faceage.evaluation import evaluate
+from faceage.evaluation.metrics import cs_name
+from faceage.model.inference import checkpoint_input_size, load_checkpoint
+from faceage.model.networks import AgeModel
 from faceage.params import Params, load_params
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_csv, write_json
-from faceage.tracking import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
+from faceage.tracking.store import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
 
 INGESTED = "data/ingested"
 TEST_SOURCES = Path("data/test_sources")  # one ingested folder per test source, by name
@@ -30,7 +31,7 @@ METRICS = "metrics/evaluate.json"  # headline figures, tracked by DVC and charte
 REPORT = "reports/evaluate.json"  # every figure
 PLOTS = Path("plots/evaluate")
 GALLERIES = Path("data/galleries")  # face images: DVC-cached, never committed
-log = logging.getLogger("faceage.evaluate")
+log = logging.getLogger("faceage.evaluation.evaluate")
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ that source into data/test_sources/NAME/ instead, with the same image size and a
 import sys
 from dataclasses import replace
 
+from faceage.data.ingest import ingest
 from faceage.errors import FaceageError
-from faceage.ingest import ingest
 from faceage.params import load_params
 from faceage.stage import run_stage, write_json
 

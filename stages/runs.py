@@ -3,7 +3,7 @@
 
 from faceage.params import load_params
 from faceage.stage import run_stage, write_json
-from faceage.tracking import dataset_fingerprint, finished_run_ids
+from faceage.tracking.store import dataset_fingerprint, finished_run_ids
 
 MANIFEST = "data/ingested/manifest.csv"
 SPLIT_FILE = "data/split.csv"

@@ -1,9 +1,9 @@
 """Stage split: reproducible, age-stratified train/val/test split of the ingested images."""
 
-from faceage.ingest import load_manifest
+from faceage.data.ingest import load_manifest
+from faceage.data.split import SPLITS, split_manifest, split_report
 from faceage.params import load_params
 from faceage.plots import age_histogram
-from faceage.split import SPLITS, split_manifest, split_report
 from faceage.stage import run_stage, write_csv, write_json
 
 INGESTED = "data/ingested"

@@ -1,5 +1,5 @@
 """Stage train: fit the model on the train split, keep the best epoch, and log the run and the model
-(as a servable MLflow model, see faceage.serving) to MLflow. With ``members`` in params.yaml, each member is
+(as a servable MLflow model, see faceage.serving.pyfunc) to MLflow. With ``members`` in params.yaml, each member is
 trained next, logged to a run nested in the stage's, and the networks are kept as one ensemble model.
 With ``train.nproc`` > 1 the stage starts itself that many times under torchrun; started by torchrun (or a
 scheduler's torchrun across nodes), it is one of the training processes, and only the first of them logs and
@@ -12,15 +12,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from faceage.distributed import Workers, joined, launch, launched_by_torchrun
-from faceage.ensemble import combine, member_params
-from faceage.ingest import MANIFEST_FILE, load_dataset, load_images, load_manifest
-from faceage.losses import UNKNOWN_GENDER
-from faceage.models import fetch_pretrained_weights
+from faceage.data.ingest import MANIFEST_FILE, load_dataset, load_images, load_manifest
+from faceage.model.networks import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
 from faceage.stage import run_stage, write_csv, write_json
-from faceage.tracking import (
+from faceage.tracking.store import (
     RunTracker,
     dataset_fingerprint,
     end_run,
@@ -28,7 +25,10 @@ from faceage.tracking import (
     start_member_run,
     start_pipeline_run,
 )
-from faceage.train import ResumeFile, TrainingSetup, TrainResult, headline_metrics, history_table, train_model
+from faceage.training.distributed import Workers, joined, launch, launched_by_torchrun
+from faceage.training.loop import ResumeFile, TrainingSetup, TrainResult, headline_metrics, history_table, train_model
+from faceage.training.losses import UNKNOWN_GENDER
+from faceage.training.members import combine, member_params
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"

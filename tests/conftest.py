@@ -117,7 +117,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
 
     from faceage.params import AugmentParams, FacesParams, ModelParams, TrainParams
-    from faceage.train import TrainingSetup, train_model
+    from faceage.training.loop import TrainingSetup, train_model
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
@@ -145,7 +145,7 @@ def assert_onnx_export_predicts_as_the_model(checkpoint: dict, images: np.ndarra
     import torch
 
     from faceage.cli import main
-    from faceage.inference import checkpoint_input_size, load_checkpoint, predict
+    from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
 
     model_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
     torch.save({**checkpoint, "faces": {}}, model_path)

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from faceage.distributed import joined
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.train import ResumeFile, TrainingSetup, train_model
+from faceage.training.distributed import joined
+from faceage.training.loop import ResumeFile, TrainingSetup, train_model
 
 NO_AUGMENTATION = AugmentParams(
     hflip=0, crop_scale=1, shift=0, rotate=0, brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, erasing=0

@@ -1,8 +1,8 @@
 import torch
 
-from faceage.augment import BatchAugmenter, is_active
-from faceage.batches import IMAGENET_MEAN
+from faceage.model.batches import IMAGENET_MEAN
 from faceage.params import AugmentParams
+from faceage.training.augment import BatchAugmenter, is_active
 
 GEOMETRY_AND_COLOUR = ("hflip", "shift", "rotate", "brightness", "contrast", "saturation", "hue", "grayscale")
 OFF = AugmentParams(crop_scale=1, **dict.fromkeys((*GEOMETRY_AND_COLOUR, "erasing", "blur", "noise", "jpeg"), 0))

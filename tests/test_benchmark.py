@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.run import benchmark, parse_settings
-from faceage.demo import write_demo_archive
+from faceage.data.demo import write_demo_archive
 from faceage.params import DemoParams, Params
 from faceage.runtime import native_cpu_bf16
 

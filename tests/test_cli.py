@@ -9,12 +9,12 @@ import torch
 from conftest import ASTRONAUT, ASTRONAUT_FACE, encode
 from PIL import Image
 
-from faceage.batches import to_input
 from faceage.cli import main
-from faceage.faces import Face
-from faceage.inference import UNTOUCHED_DLIB_DATASET
-from faceage.photos import AgeEstimator, PhotoFaces, find_faces, years_and_months
-from faceage.reference import ReferenceAgeModel
+from faceage.data.faces import Face
+from faceage.model.batches import to_input
+from faceage.model.inference import UNTOUCHED_DLIB_DATASET
+from faceage.model.reference import ReferenceAgeModel
+from faceage.serving.photos import AgeEstimator, PhotoFaces, find_faces, years_and_months
 
 
 @pytest.fixture

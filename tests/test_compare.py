@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from faceage.compare import (
+from faceage.evaluation.compare import (
     BETTER,
     CHAMPION,
     NO_DIFFERENCE,
@@ -20,7 +20,7 @@ from faceage.compare import (
     promotion_decision,
 )
 from faceage.params import CompareParams, FacesParams
-from faceage.tracking import RunTracker, champion_run
+from faceage.tracking.store import RunTracker, champion_run
 
 
 def entry(backbone, val_mae, test_mae, run_id=None):
@@ -116,10 +116,10 @@ def test_an_ensemble_is_ranked_under_its_networks_backbones():
 def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, monkeypatch):
     from dataclasses import asdict
 
-    from faceage.evaluate import evaluation_report, headline_metrics
-    from faceage.metrics import bucket_labels, cs_name
+    from faceage.evaluation.evaluate import evaluation_report, headline_metrics
+    from faceage.evaluation.metrics import bucket_labels, cs_name
     from faceage.params import EvaluateParams, Params
-    from faceage.tracking import backbone_label, flatten, metric_key
+    from faceage.tracking.store import backbone_label, flatten, metric_key
 
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
     params = Params(evaluate=EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50))

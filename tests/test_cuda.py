@@ -6,7 +6,7 @@ import pytest
 import torch
 from distributed_training import tiny_setup
 
-from faceage.train import autocast, train_model
+from faceage.training.loop import autocast, train_model
 
 pytestmark = [
     pytest.mark.cuda,

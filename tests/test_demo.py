@@ -5,8 +5,8 @@ import numpy as np
 from PIL import Image
 from sklearn.linear_model import RidgeCV
 
-from faceage.demo import draw_face, sample_person, write_demo_archive
-from faceage.layouts import UTKFaceLayout
+from faceage.data.demo import draw_face, sample_person, write_demo_archive
+from faceage.data.layouts import UTKFaceLayout
 from faceage.params import DemoParams
 
 

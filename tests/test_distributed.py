@@ -10,9 +10,9 @@ import pytest
 import torch
 from distributed_training import tiny_setup
 
-from faceage.distributed import Workers
 from faceage.errors import FaceageError
-from faceage.train import train_model
+from faceage.training.distributed import Workers
+from faceage.training.loop import train_model
 
 SCRIPT = Path(__file__).with_name("distributed_training.py")
 

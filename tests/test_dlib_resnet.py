@@ -3,8 +3,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from faceage.batches import IMAGENET_MEAN, IMAGENET_STD, to_input
-from faceage.dlib_resnet import (
+from faceage.errors import FaceageError
+from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD, to_input
+from faceage.model.dlib_resnet import (
     DLIB_MEANS,
     DlibAgeResNet10,
     add_zero_padded,
@@ -13,8 +14,7 @@ from faceage.dlib_resnet import (
     onnx_path,
     onnx_state_dict,
 )
-from faceage.errors import FaceageError
-from faceage.models import build_model
+from faceage.model.networks import build_model
 from faceage.params import ModelParams
 
 
@@ -93,7 +93,7 @@ def test_dlib_head_init_predicts_as_dlibs_age_model():
     from conftest import ASTRONAUT, ASTRONAUT_FACE
     from PIL import Image
 
-    from faceage.dlib_resnet import AGE_CLASSES
+    from faceage.model.dlib_resnet import AGE_CLASSES
 
     face = Image.open(ASTRONAUT).crop(ASTRONAUT_FACE).resize((64, 64))
     pixels = np.stack([np.asarray(face), np.asarray(face)[:, ::-1]])

@@ -8,16 +8,21 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "faceage"
-LOADED_BY_PATH = {"faceage/serving.py": {"faceage/mlflow_model.py"}}  # files used by path, not imported
+LOADED_BY_PATH = {"faceage/serving/pyfunc.py": {"faceage/serving/mlflow_model.py"}}  # files used by path, not imported
 
 
-def module_file(name: str) -> str | None:
-    """``faceage/x.py`` for module ``faceage.x`` (or the package's ``__init__``), None outside the package."""
+def module_files(name: str) -> list[str]:
+    """The package files that importing module ``name`` runs: its own (``x.py`` or ``x/__init__.py``) and the
+    ``__init__.py`` of every package above it; none outside the package or for a name that is no module."""
     parts = name.split(".")
     if parts[0] != PACKAGE:
-        return None
-    path = Path(*parts).with_suffix(".py") if len(parts) > 1 else Path(PACKAGE, "__init__.py")
-    return path.as_posix() if (REPO / path).is_file() else None
+        return []
+    path = Path(*parts)
+    own = path / "__init__.py" if (REPO / path).is_dir() else path.with_suffix(".py")
+    if not (REPO / own).is_file():
+        return []
+    packages = [Path(*parts[:end], "__init__.py") for end in range(1, len(parts))]
+    return [p.as_posix() for p in (own, *packages) if (REPO / p).is_file()]
 
 
 def imported_files(path: str) -> set[str]:
@@ -36,9 +41,7 @@ def imported_files(path: str) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             for name in names:
-                found = module_file(name)
-                if found:
-                    todo += [found, f"{PACKAGE}/__init__.py"]
+                todo += module_files(name)
     return seen
 
 
@@ -58,4 +61,9 @@ def test_stage_deps_cover_the_code_it_runs(name):
 
 def test_the_check_sees_imports_inside_functions_and_transitive_ones():
     files = imported_files("stages/train.py")
-    assert {"faceage/serving.py", "faceage/mlflow_model.py", "faceage/faces.py", "faceage/weights.py"} <= files
+    assert {
+        "faceage/serving/pyfunc.py",
+        "faceage/serving/mlflow_model.py",
+        "faceage/data/faces.py",
+        "faceage/model/weights.py",
+    } <= files

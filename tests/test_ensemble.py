@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import assert_onnx_export_predicts_as_the_model
 
-from faceage.ensemble import combine, member_params
 from faceage.errors import FaceageError
-from faceage.evaluate import reference_ages
-from faceage.inference import checkpoint_input_size, load_checkpoint, predict
-from faceage.models import AgeEnsemble, build_model
+from faceage.evaluation.evaluate import reference_ages
+from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
+from faceage.model.networks import AgeEnsemble, build_model
 from faceage.params import MAIN_MEMBER, EvaluateParams, Params, from_dict
-from faceage.train import TrainingSetup, blend_errors, train_model
+from faceage.training.loop import TrainingSetup, blend_errors, train_model
+from faceage.training.members import combine, member_params
 
 AGES = (1, 100)
 CPU = torch.device("cpu")

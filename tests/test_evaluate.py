@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from faceage.evaluate import gradcam_examples, gradcam_maps, split_report, worst_errors
-from faceage.gradcam import grad_cam
-from faceage.inference import predict
-from faceage.models import build_model
+from faceage.evaluation.evaluate import gradcam_examples, gradcam_maps, split_report, worst_errors
+from faceage.evaluation.gradcam import grad_cam
+from faceage.model.inference import predict
+from faceage.model.networks import build_model
 from faceage.params import EvaluateParams, ModelParams
 from faceage.plots import face_gallery
 

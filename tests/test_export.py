@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from faceage.cli import main
-from faceage.inference import load_checkpoint, predict
+from faceage.model.inference import load_checkpoint, predict
 
 
 @pytest.fixture(scope="module")

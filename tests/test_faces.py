@@ -8,12 +8,12 @@ import torch
 from conftest import ASTRONAUT, ASTRONAUT_FACE, SHARED, encode, paste
 from PIL import Image
 
+from faceage.data.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
 from faceage.errors import FaceageError
-from faceage.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
-from faceage.inference import make_checkpoint
-from faceage.models import build_model
+from faceage.model.inference import make_checkpoint
+from faceage.model.networks import build_model
 from faceage.params import FacesParams, ModelParams
-from faceage.photos import AgeEstimator, find_faces
+from faceage.serving.photos import AgeEstimator, find_faces
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 from conftest import image_bytes, noise_jpeg
 from PIL import Image
 
-from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
+from faceage.data.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
 
 
 def test_rgb_jpeg_is_resized_to_a_square_uint8_array():

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from conftest import ASTRONAUT, REPO, SHARED, encode, noise_jpeg, pack, paste, write_files
 
+from faceage.data.faces import FaceFinder
+from faceage.data.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest, load_images, load_manifest
 from faceage.errors import FaceageError
-from faceage.faces import FaceFinder
-from faceage.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest, load_images, load_manifest
 from faceage.params import DataParams, FacesParams
 
 EXPECTED_UTKFACE_OUTCOMES = {

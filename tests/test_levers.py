@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import assert_onnx_export_predicts_as_the_model
 
-from faceage import train as training
-from faceage.inference import load_checkpoint, predict
-from faceage.losses import total_loss
-from faceage.models import build_model, freeze_trunk
-from faceage.optim import parameter_groups, trunk_blocks
+from faceage.model.inference import load_checkpoint, predict
+from faceage.model.networks import build_model, freeze_trunk
+from faceage.model.reference import ReferenceAgeModel
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.reference import ReferenceAgeModel
-from faceage.train import TrainingSetup, train_model
+from faceage.training import loop as training
+from faceage.training.loop import TrainingSetup, train_model
+from faceage.training.losses import total_loss
+from faceage.training.optim import parameter_groups, trunk_blocks
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
@@ -132,7 +132,7 @@ def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference
 
 
 def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
-    from faceage.evaluate import predict_source, split_report
+    from faceage.evaluation.evaluate import predict_source, split_report
     from faceage.params import EvaluateParams
 
     images, ages = data[0], data[1]
@@ -154,7 +154,7 @@ def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp
 
 
 def test_training_keeps_the_blend_weight_with_the_lowest_validation_mae(data, tmp_path):
-    from faceage.train import blend_errors
+    from faceage.training.loop import blend_errors
 
     weights = (0.0, 0.25, 1.0)
     result = train(data, model=replace(DLIB, reference_blend=weights), params=replace(TRAIN, cpu_bf16=False))
@@ -179,7 +179,7 @@ def test_training_keeps_the_blend_weight_with_the_lowest_validation_mae(data, tm
 
 
 def test_blend_errors_are_the_mae_of_each_weighted_mean():
-    from faceage.train import blend_errors
+    from faceage.training.loop import blend_errors
 
     errors = blend_errors(np.array([10.0, 20.0]), np.array([60.0, 70.0]), np.array([10.0, 21.0]), (0.0, 0.5))
     assert errors == {0.0: 0.5, 0.5: 24.5}

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from faceage.losses import UNKNOWN_GENDER, age_groups, age_loss, gaussian_label_distribution, total_loss
-from faceage.models import build_model
+from faceage.model.networks import build_model
 from faceage.params import ModelParams, TrainParams
+from faceage.training.losses import UNKNOWN_GENDER, age_groups, age_loss, gaussian_label_distribution, total_loss
 
 
 def test_age_groups_follow_the_edges():

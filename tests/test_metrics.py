@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faceage.metrics import (
+from faceage.evaluation.metrics import (
     bias,
     bucket_labels,
     bucket_mae,

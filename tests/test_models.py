@@ -4,7 +4,7 @@ from conftest import SHARED
 from torchvision.models import MobileNet_V2_Weights
 
 from faceage.errors import FaceageError
-from faceage.models import BACKBONES, build_model, freeze_trunk, set_train_mode, weights_file
+from faceage.model.networks import BACKBONES, build_model, freeze_trunk, set_train_mode, weights_file
 from faceage.params import ModelParams
 
 AGES = (1, 100)

@@ -16,8 +16,8 @@ from conftest import REPO, TINY, commit, run
 from mlflow import MlflowClient
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
-from faceage.compare import NO_DIFFERENCE
-from faceage.tracking import flatten
+from faceage.evaluation.compare import NO_DIFFERENCE
+from faceage.tracking.store import flatten
 
 pytestmark = pytest.mark.slow
 

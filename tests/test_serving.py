@@ -19,9 +19,9 @@ import pytest
 from conftest import ASTRONAUT, ASTRONAUT_FACE
 
 from faceage.params import FacesParams
-from faceage.photos import AgeEstimator, find_faces
-from faceage.serving import example_input
-from faceage.tracking import MODEL_IN_RUN, RunTracker, register_with_alias
+from faceage.serving.photos import AgeEstimator, find_faces
+from faceage.serving.pyfunc import example_input
+from faceage.tracking.store import MODEL_IN_RUN, RunTracker, register_with_alias
 
 DATASET = {"name": "noise faces", "kind": "real"}
 LOAD_AND_PREDICT = """

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import noise_jpeg, pack, write_files
 
-from faceage import sources
+from faceage.data import sources
+from faceage.data.ingest import ingest
+from faceage.data.sources import open_source
 from faceage.errors import FaceageError
-from faceage.ingest import ingest
 from faceage.params import DataParams
-from faceage.sources import open_source
 
 FILES = {f"faces/{age}/{age}.jpg": noise_jpeg(age, size=16) for age in range(1, 31)}
 

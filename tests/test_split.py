@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from faceage.data.split import split_manifest, split_report
 from faceage.errors import FaceageError
 from faceage.params import SplitParams
-from faceage.split import split_manifest, split_report
 
 
 def make_manifest(n=600, duplicates=40, given=None, seed=0):

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from faceage.params import MlflowParams, ModelParams, Params
-from faceage.tracking import (
+from faceage.tracking.store import (
     RunTracker,
     end_run,
     finished_run_ids,
@@ -207,7 +207,7 @@ def accept():
 threading.Thread(target=accept, daemon=True).start()
 import os
 os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
-from faceage.tracking import RunTracker, finished_run_ids, finished_runs
+from faceage.tracking.store import RunTracker, finished_run_ids, finished_runs
 tracker = RunTracker("exp", run_name="x")
 tracker.log_metrics({"a": 1.0})
 tracker.finish()
@@ -228,7 +228,7 @@ def test_a_server_that_does_not_answer_is_given_up_after_one_probe(tmp_path):
 
 RACER = """
 import sys, time
-from faceage.tracking import RunTracker
+from faceage.tracking.store import RunTracker
 start = float(sys.argv[2])
 while time.time() < start:
     pass

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from faceage.errors import FaceageError
-from faceage.inference import load_checkpoint, predict
-from faceage.models import build_model
+from faceage.model.inference import load_checkpoint, predict
+from faceage.model.networks import build_model
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.train import Inputs, ResumeFile, TrainingSetup, autocast, plan_phases, split_ids, train_model
+from faceage.training.loop import Inputs, ResumeFile, TrainingSetup, autocast, plan_phases, split_ids, train_model
 
 MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, reference_blend=(0.0,))
 TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
@@ -266,7 +266,9 @@ def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
 
 
 def test_a_non_finite_loss_stops_training_with_advice(data, monkeypatch):
-    monkeypatch.setattr("faceage.train.total_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        "faceage.training.loop.total_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True)
+    )
     with pytest.raises(FaceageError, match=r"training loss is nan in epoch 1 \(head 1/2\): lower train\.lr"):
         train(data)
 

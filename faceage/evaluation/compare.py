@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from faceage.metrics import bootstrap_interval
+from faceage.evaluation.metrics import bootstrap_interval
 from faceage.params import CompareParams, Params
-from faceage.tracking import (
+from faceage.tracking.store import (
     EVALUATE_ARTIFACTS,
     FLIP_TTA_TAG,
     RunTracker,

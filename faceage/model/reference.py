@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceage.batches import resized
-from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
+from faceage.model.batches import resized
+from faceage.model.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 
 REFERENCE_INPUT = 64  # pixels: dlib's age model was trained on 64x64 face chips
 

@@ -394,10 +394,10 @@ class RunTracker:
     def log_model(
         self, checkpoint: str | Path, faces: FacesParams, example_chip: np.ndarray, dataset: dict[str, str]
     ) -> None:
-        """Log the checkpoint as the run's MLflow pyfunc model (:mod:`faceage.serving`), with what it learnt from."""
+        """Log the checkpoint as the run's MLflow pyfunc model (:mod:`faceage.serving.pyfunc`), with what it learnt from."""
 
         def log() -> None:
-            from faceage.serving import log_age_model
+            from faceage.serving.pyfunc import log_age_model
 
             log_age_model(self.run_id, self.uri, MODEL_IN_RUN, checkpoint, faces, example_chip, dataset)
 

@@ -13,11 +13,11 @@ from torch import nn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
-from faceage.batches import resized
-from faceage.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 from faceage.errors import FaceageError
+from faceage.model.batches import resized
+from faceage.model.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
+from faceage.model.reference import ReferenceAgeModel
 from faceage.params import ModelParams
-from faceage.reference import ReferenceAgeModel
 
 ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
 
@@ -94,7 +94,7 @@ class AgeNet(nn.Module):
     The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
     to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
     outputs into years are buffers, so a state dict is self-contained. When ``reference_blend`` holds a weight
-    above 0, the model holds dlib's untouched age model (:class:`~faceage.reference.ReferenceAgeModel`), and
+    above 0, the model holds dlib's untouched age model (:class:`~faceage.model.reference.ReferenceAgeModel`), and
     with ``blend`` b (the first weight, until training chooses) it predicts in evaluation mode from images the
     age (1 - b) * its own + b * the reference's: an ensemble in one network.
     """

@@ -1,16 +1,16 @@
 """Ensembles: networks trained apart on the same data (``members`` in ``params.yaml``), kept as one model
-(:class:`~faceage.models.AgeEnsemble`) whose blend with dlib's untouched model is chosen on validation."""
+(:class:`~faceage.model.networks.AgeEnsemble`) whose blend with dlib's untouched model is chosen on validation."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 
-from faceage.inference import make_checkpoint, model_from_checkpoint, predict
-from faceage.models import AgeEnsemble, count_parameters
+from faceage.model.inference import make_checkpoint, model_from_checkpoint, predict
+from faceage.model.networks import AgeEnsemble, count_parameters
 from faceage.params import MAIN_MEMBER, Params
 from faceage.runtime import select_device
-from faceage.train import TrainingSetup, TrainResult, autocast, blend_errors
+from faceage.training.loop import TrainingSetup, TrainResult, autocast, blend_errors
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceage.chunks import blocks
-from faceage.faces import Face, face_finder
-from faceage.images import ImageDecodeError, decode_image, decode_photo
-from faceage.inference import UNTOUCHED_DLIB, checkpoint_input_size, load_checkpoint, predict, untouched_dlib
-from faceage.layouts import is_image_name
+from faceage.data.chunks import blocks
+from faceage.data.faces import Face, face_finder
+from faceage.data.images import ImageDecodeError, decode_image, decode_photo
+from faceage.data.layouts import is_image_name
+from faceage.model.inference import UNTOUCHED_DLIB, checkpoint_input_size, load_checkpoint, predict, untouched_dlib
 from faceage.params import FacesParams, from_dict
 from faceage.runtime import select_device
 

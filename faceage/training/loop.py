@@ -3,7 +3,7 @@
 The epoch with the best validation MAE is kept; with ``train.ema_decay``, an exponential moving average
 of the weights is what is validated and kept. After every epoch the full training state is saved, so an
 interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one. With several
-processes (``faceage.distributed``), each takes its share of every batch and DistributedDataParallel averages
+processes (``faceage.training.distributed``), each takes its share of every batch and DistributedDataParallel averages
 their gradients.
 """
 
@@ -28,17 +28,17 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from faceage.augment import BatchAugmenter, is_active
-from faceage.batches import index_batches, to_input
-from faceage.distributed import SINGLE, Workers
 from faceage.errors import FaceageError
-from faceage.inference import make_checkpoint, predict
-from faceage.losses import total_loss
-from faceage.models import AgeNet, build_model, count_parameters, freeze_trunk, set_train_mode, trunk_is_frozen
-from faceage.optim import AnchorPull, Schedule, build_optimizer, parameter_groups
+from faceage.model.batches import index_batches, to_input
+from faceage.model.inference import make_checkpoint, predict
+from faceage.model.networks import AgeNet, build_model, count_parameters, freeze_trunk, set_train_mode, trunk_is_frozen
+from faceage.model.reference import ReferenceAgeModel
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.reference import ReferenceAgeModel
 from faceage.runtime import cpu_features, cpu_precision_reason, make_deterministic, select_device, use_cpu_bf16
+from faceage.training.augment import BatchAugmenter, is_active
+from faceage.training.distributed import SINGLE, Workers
+from faceage.training.losses import total_loss
+from faceage.training.optim import AnchorPull, Schedule, build_optimizer, parameter_groups
 
 log = logging.getLogger(__name__)
 FINGERPRINT_BLOCK = 1024  # images hashed at a time

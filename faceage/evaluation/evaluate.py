@@ -8,10 +8,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from faceage.batches import to_input
-from faceage.gradcam import grad_cam
-from faceage.inference import checkpoint_input_size, predict
-from faceage.metrics import (
+from faceage.evaluation.gradcam import grad_cam
+from faceage.evaluation.metrics import (
     GENDER_NAMES,
     RACE_NAMES,
     bias,
@@ -26,9 +24,11 @@ from faceage.metrics import (
     subgroup_mae,
     with_interval,
 )
-from faceage.models import AgeModel
+from faceage.model.batches import to_input
+from faceage.model.inference import checkpoint_input_size, predict
+from faceage.model.networks import AgeModel
+from faceage.model.reference import REFERENCE_INPUT, ReferenceAgeModel
 from faceage.params import EvaluateParams
-from faceage.reference import REFERENCE_INPUT, ReferenceAgeModel
 
 EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
 

@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from faceage.chunks import blocks
-from faceage.errors import FaceageError
-from faceage.faces import face_finder, largest
-from faceage.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
-from faceage.layouts import (
+from faceage.data.chunks import blocks
+from faceage.data.faces import face_finder, largest
+from faceage.data.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
+from faceage.data.layouts import (
     CONFLICTING_LABELS,
     MALFORMED_LABEL,
     MALFORMED_NAME,
@@ -33,8 +32,9 @@ from faceage.layouts import (
     Layout,
     detect_layout,
 )
+from faceage.data.sources import LISTING_OUTCOMES, Entry, Source, open_source
+from faceage.errors import FaceageError
 from faceage.params import DataParams, FacesParams
-from faceage.sources import LISTING_OUTCOMES, Entry, Source, open_source
 
 log = logging.getLogger(__name__)
 

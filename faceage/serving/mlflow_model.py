@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from faceage.serving import AgeModel
+from faceage.serving.pyfunc import AgeModel
 
 set_model(AgeModel())

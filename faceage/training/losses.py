@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from faceage.models import AgeNet
+from faceage.model.networks import AgeNet
 from faceage.params import ModelParams, TrainParams
 
 REGRESSION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from faceage.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.errors import FaceageError
-from faceage.inference import checkpoint_input_size, load_checkpoint
-from faceage.models import AgeModel
+from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
+from faceage.model.inference import checkpoint_input_size, load_checkpoint
+from faceage.model.networks import AgeModel
 
 EXAMPLE_BATCH = 2
 OPSET = 18

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from faceage.batches import IMAGENET_MEAN
+from faceage.model.batches import IMAGENET_MEAN
 from faceage.params import AugmentParams
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)

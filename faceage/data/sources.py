@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from faceage.demo import SYNTHETIC_MARK
+from faceage.data.demo import SYNTHETIC_MARK
 from faceage.errors import FaceageError
 
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")

@@ -22,8 +22,8 @@ from pathlib import PurePosixPath
 
 import pandas as pd
 
+from faceage.data.sources import Source
 from faceage.errors import FaceageError
-from faceage.sources import Source
 
 MALFORMED_NAME = "malformed_name"
 NO_LABEL = "no_label"

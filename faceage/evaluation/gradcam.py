@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from faceage.models import AgeModel
+from faceage.model.networks import AgeModel
 
 
 def grad_cam(model: AgeModel, x: torch.Tensor) -> torch.Tensor:

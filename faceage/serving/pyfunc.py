@@ -22,9 +22,9 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 import faceage
-from faceage.faces import landmarks_path
+from faceage.data.faces import landmarks_path
 from faceage.params import FacesParams, from_dict
-from faceage.photos import AgeEstimator, find_faces
+from faceage.serving.photos import AgeEstimator, find_faces
 
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceage.batches import index_batches, to_input
 from faceage.errors import FaceageError
-from faceage.models import AgeEnsemble, AgeModel, build_model
+from faceage.model.batches import index_batches, to_input
+from faceage.model.networks import AgeEnsemble, AgeModel, build_model
+from faceage.model.reference import REFERENCE_INPUT
 from faceage.params import DataParams, ModelParams, from_dict
-from faceage.reference import REFERENCE_INPUT
 
 CHECKPOINT_KEYS = frozenset({"state_dict", "model", "age_range", "image_size"})
 UNTOUCHED_DLIB = "dlib"  # the model name for dlib's age model as its authors trained it
@@ -31,7 +31,7 @@ def make_checkpoint(
 ) -> dict:
     """Everything needed to rebuild ``model`` and its preprocessing (``image_size``: the size images are
     stored at before the network resizes them); loadable with ``torch.load(..., weights_only=True)``.
-    For an :class:`~faceage.models.AgeEnsemble`, ``params`` are its first member's with the ensemble's blend,
+    For an :class:`~faceage.model.networks.AgeEnsemble`, ``params`` are its first member's with the ensemble's blend,
     and ``members`` the params of the others."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
