@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
-from faceage.model.networks import build_model, set_train_mode
+from faceage.model.networks import build_network, set_train_mode
 from faceage.params import AugmentParams, Params
-from faceage.training.loop import autocast
 from faceage.training.losses import UNKNOWN_GENDER, total_loss
 from faceage.training.optim import build_optimizer, parameter_groups
+from faceage.training.setup import autocast
 
 
 class JpegFaces(Dataset):
@@ -64,7 +64,7 @@ def training_throughput(
     """Images per second of ``batches`` fine-tuning steps on the CPU (data loading included) after one warm-up
     step: in float32, or with ``pipeline_precision`` under the autocast the pipeline's training uses."""
     torch.manual_seed(params.train.seed)
-    model = build_model(params.model, age_range, (float(ages.mean()), float(ages.std())))
+    model = build_network(params.model, age_range, (float(ages.mean()), float(ages.std())))
     set_train_mode(model)
     optimizer = build_optimizer(parameter_groups(model, params.train.lr, params.train), params.train)
     dataset = JpegFaces(files, ages, training_transform(params.model.input_size, params.augment))

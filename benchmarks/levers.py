@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from benchmarks.photos import add_photo_sources
@@ -35,17 +34,17 @@ from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.data.ingest import load_images, load_manifest
 from faceage.data.sources import open_source
-from faceage.evaluation.evaluate import reference_ages
 from faceage.evaluation.metrics import group_confusion
-from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
-from faceage.params import EvaluateParams
+from faceage.model.age_model import untouched_dlib
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import predict
+from faceage.params import load_params
 from faceage.runtime import select_device
 
 CODE = ("faceage", "stages")
 PHOTOS = "photos_val"
 PHOTO_FACES = 1000
 REFERENCE = "dlib_untouched"  # the name of dlib's age model, as it was trained, in the table
-EVALUATE = EvaluateParams(flip_tta=False)
 
 
 def prepare(workspace: Path, source: Path) -> None:
@@ -77,6 +76,7 @@ class Scorer:
             "val": (load_images(workspace / "data" / "ingested"), manifest.sort_values("id")),
             PHOTOS: (load_images(workspace / "data" / "test_sources" / PHOTOS), photos.sort_values("id")),
         }
+        self.params = load_params(workspace / "params.yaml")
         self.device = select_device()
 
     def predictions(self, name: str) -> dict[str, np.ndarray]:
@@ -84,18 +84,13 @@ class Scorer:
         path = self.workspace / "levers" / f"{name}.predictions.npz"
         if not path.is_file():
             if name == REFERENCE:
-                bins = torch.arange(1, 117, dtype=torch.float32)
-                found = {
-                    key: reference_ages(images, rows["id"].to_numpy(), bins, EVALUATE, self.device)
-                    for key, (images, rows) in self.sets.items()
-                }
+                model = untouched_dlib((self.params.data.min_age, self.params.data.max_age)).to(self.device)
             else:
-                model, checkpoint = load_checkpoint(path.with_name(f"{name}.pt"), self.device)
-                size = checkpoint_input_size(checkpoint)
-                found = {
-                    key: predict(model, images, rows["id"].to_numpy(), size, 128, self.device)["age"]
-                    for key, (images, rows) in self.sets.items()
-                }
+                model, _ = load_model(path.with_name(f"{name}.pt"), self.device)
+            found = {
+                key: predict(model, images, rows["id"].to_numpy(), 128, self.device)["age"]
+                for key, (images, rows) in self.sets.items()
+            }
             np.savez(path, **found)
         return dict(np.load(path))
 
@@ -107,7 +102,7 @@ class Scorer:
             predicted, true = np.mean([f[key] for f in found], axis=0), rows["age"].to_numpy(float)
             figures[f"{key}_mae"] = round(float(np.abs(predicted - true).mean()), 4)
         photos = np.mean([f[PHOTOS] for f in found], axis=0)
-        accuracy = group_confusion(self.sets[PHOTOS][1]["age"].to_numpy(float), photos, EVALUATE.age_groups)
+        accuracy = group_confusion(self.sets[PHOTOS][1]["age"].to_numpy(float), photos, self.params.evaluate.age_groups)
         return {**figures, f"{PHOTOS}_age_group_accuracy": accuracy["accuracy"], f"{PHOTOS}_faces": len(photos)}
 
 

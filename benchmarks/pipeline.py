@@ -13,7 +13,8 @@ import torch
 
 from benchmarks.workspace import tool_env
 from faceage.data.images import decode_image
-from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import predict
 from faceage.params import MAIN_MEMBER, load_params
 from faceage.runtime import select_device
 
@@ -73,13 +74,12 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
 def single_image_latency(model_path: Path, image: bytes, flip: bool, repeats: int) -> dict:
     """Milliseconds to predict one JPEG (decode, resize, forward passes), model loaded once, after a warm-up."""
     device = select_device()
-    model, checkpoint = load_checkpoint(model_path, device)
-    input_size = checkpoint_input_size(checkpoint)
+    model, _ = load_model(model_path, device)
 
     def once() -> float:
         started = time.perf_counter()
-        face = decode_image(image, checkpoint["image_size"])[None]
-        predict(model, face, np.arange(1), input_size, 1, device, flip=flip)
+        face = decode_image(image, model.image_size)[None]
+        predict(model, face, np.arange(1), 1, device, flip=flip)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - started) * 1000

@@ -33,10 +33,11 @@ import torch
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.data.ingest import load_images, load_manifest
 from faceage.model.inference import predict
-from faceage.model.networks import build_model
+from faceage.model.networks import build_network
 from faceage.params import load_params
 from faceage.runtime import make_deterministic
-from faceage.training.loop import TrainingSetup, autocast, train_model
+from faceage.training.loop import train_network
+from faceage.training.setup import TrainingSetup, autocast
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"demo": {"image_size": 64}, "data": {"image_size": 48}}  # small stored size, the default model
@@ -64,9 +65,9 @@ def per_image_costs(repo: Path, seed: int = 0) -> dict:
     age_range = (params.data.min_age, params.data.max_age)
     setup = TrainingSetup(images, ages, np.zeros(len(ages)), split, params.model, train, params.augment, age_range)
     device = torch.device("cpu")
-    trained = train_model(setup, device)
+    trained = train_network(setup, device)
     make_deterministic(0, params.train.threads)
-    model = build_model(params.model, age_range).to(device)
+    model = build_network(params.model, age_range).to(device)
     started = time.perf_counter()
     amp, flip = autocast(device, train), params.evaluate.flip_tta
     predict(model, images, ids, params.model.input_size, params.evaluate.batch_size, device, amp, flip)

@@ -437,8 +437,7 @@ class Params:
         self.check_training()
 
     def member(self, name: str) -> Params:
-        """These params as member ``name`` of the ensemble trains with: its changes applied, no members, and
-        no blend (the ensemble is blended as a whole)."""
+        """These params as member ``name`` of the ensemble trains with: its changes applied, and no members."""
         member, changed = self.members[name], {}
         for section in ("model", "train", "augment"):
             changes, where = getattr(member, section), f"members.{name}.{section}"
@@ -447,7 +446,6 @@ class Params:
                 raise FaceageError(f"{where}: {', '.join(fixed)} cannot differ between members; set it in {section}")
             current = dataclasses.asdict(getattr(self, section))
             changed[section] = from_dict(type(getattr(self, section)), {**current, **changes}, where)
-        changed["model"] = dataclasses.replace(changed["model"], reference_blend=(0.0,))
         return dataclasses.replace(self, members={}, **changed)
 
     def check_training(self) -> None:

@@ -14,12 +14,12 @@ from faceage.data.ingest import MANIFEST_FILE, load_images, load_manifest
 from faceage.errors import FaceageError
 from faceage.evaluation import evaluate
 from faceage.evaluation.metrics import cs_name
-from faceage.model.inference import checkpoint_input_size, load_checkpoint
-from faceage.model.networks import AgeModel
+from faceage.model.age_model import AgeModel
+from faceage.model.checkpoint import load_model
 from faceage.params import Params, load_params
 from faceage.runtime import select_device
 from faceage.stage import run_stage, write_csv, write_json
-from faceage.tracking.store import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
+from faceage.tracking.runs import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
 
 INGESTED = "data/ingested"
 TEST_SOURCES = Path("data/test_sources")  # one ingested folder per test source, by name
@@ -37,16 +37,16 @@ log = logging.getLogger("faceage.evaluation.evaluate")
 def main() -> None:
     params = load_params()
     device = select_device()
-    model, checkpoint = load_checkpoint(MODEL, device)
+    model, checkpoint = load_model(MODEL, device)
     images = load_images(INGESTED)
     started = time.perf_counter()
     predictions = evaluate.predict_splits(
-        model, checkpoint, images, load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), params.evaluate, device
+        model, images, load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), params.evaluate, device
     )
     speed = round(len(predictions) / (time.perf_counter() - started), 1)
     predictions = evaluate.with_reference_ages(predictions, images, model, params.evaluate)
     sources = list(params.test_sources)
-    others = test_source_predictions(model, checkpoint, params, device)
+    others = test_source_predictions(model, params, device)
     predictions = pd.concat([predictions, *others], ignore_index=True)
     write_csv(predictions, PREDICTIONS)
     report = evaluate.evaluation_report(predictions, params.evaluate, sources)
@@ -55,9 +55,9 @@ def main() -> None:
     write_json(headline, METRICS)
 
     write_plots(report, predictions, params)
-    write_galleries(predictions, images, model, checkpoint, params, device)
+    write_galleries(predictions, images, model, params, device)
 
-    run_id = checkpoint.get("mlflow_run_id")
+    run_id = checkpoint.run_id
     if run_id:
         tracker = RunTracker(run_id=run_id)
         tracker.log_metrics(headline)
@@ -89,7 +89,6 @@ def write_galleries(
     predictions: pd.DataFrame,
     images: np.ndarray,
     model: AgeModel,
-    checkpoint: dict,
     params: Params,
     device: torch.device,
 ) -> None:
@@ -99,14 +98,12 @@ def write_galleries(
     plots.face_gallery(images[worst["id"].to_numpy()], captions, GALLERIES / "worst_errors.png")
     examples = evaluate.gradcam_examples(predictions, params.evaluate)
     ids = examples["id"].to_numpy()
-    heat = evaluate.gradcam_maps(model, images, ids, checkpoint_input_size(checkpoint), device)
+    heat = evaluate.gradcam_maps(model, images, ids, device)
     captions = [evaluate.caption(row) for _, row in examples.iterrows()]
     plots.face_gallery(images[ids], captions, GALLERIES / "gradcam.png", heat_maps=heat)
 
 
-def test_source_predictions(
-    model: AgeModel, checkpoint: dict, params: Params, device: torch.device
-) -> list[pd.DataFrame]:
+def test_source_predictions(model: AgeModel, params: Params, device: torch.device) -> list[pd.DataFrame]:
     """The predictions on each test source that has images; a warning names each that has none."""
     found = []
     for name in params.test_sources:
@@ -118,7 +115,7 @@ def test_source_predictions(
             log.warning("test source %r has no images: %s says why", name, TEST_SOURCE_REPORTS / f"{name}.json")
             continue
         images = load_images(folder)
-        found.append(evaluate.predict_source(model, checkpoint, images, manifest, name, params.evaluate, device))
+        found.append(evaluate.predict_source(model, images, manifest, name, params.evaluate, device))
     return found
 
 

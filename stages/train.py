@@ -1,34 +1,33 @@
 """Stage train: fit the model on the train split, keep the best epoch, and log the run and the model
 (as a servable MLflow model, see faceage.serving.pyfunc) to MLflow. With ``members`` in params.yaml, each member is
-trained next, logged to a run nested in the stage's, and the networks are kept as one ensemble model.
+trained next, logged to a run nested in the stage's, and the networks are kept as one model.
 With ``train.nproc`` > 1 the stage starts itself that many times under torchrun; started by torchrun (or a
 scheduler's torchrun across nodes), it is one of the training processes, and only the first of them logs and
 writes outputs."""
 
+import functools
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from faceage.data.ingest import MANIFEST_FILE, load_dataset, load_images, load_manifest
+from faceage.model.checkpoint import Checkpoint, checkpoint_of, save_checkpoint
 from faceage.model.networks import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
+from faceage.serving.pyfunc import log_age_model
 from faceage.stage import run_stage, write_csv, write_json
-from faceage.tracking.store import (
-    RunTracker,
-    dataset_fingerprint,
-    end_run,
-    ended_status,
-    start_member_run,
-    start_pipeline_run,
-)
+from faceage.tracking.runs import RunTracker, resumable_run, start_member_run, start_pipeline_run
+from faceage.tracking.store import dataset_fingerprint
 from faceage.training.distributed import Workers, joined, launch, launched_by_torchrun
-from faceage.training.loop import ResumeFile, TrainingSetup, TrainResult, headline_metrics, history_table, train_model
+from faceage.training.loop import train_network
 from faceage.training.losses import UNKNOWN_GENDER
-from faceage.training.members import combine, member_params
+from faceage.training.members import assemble, member_params
+from faceage.training.reports import headline_metrics, history_table
+from faceage.training.resume import ResumeFile
+from faceage.training.setup import TrainingSetup
 
 INGESTED = "data/ingested"
 SPLIT_FILE = "data/split.csv"
@@ -71,21 +70,34 @@ def train(params: Params, workers: Workers) -> None:
     resumes = {name: ResumeFile(state_file(name), setup.fingerprint()) for name, setup in setups.items()}
     if not workers.is_main:
         for name, setup in setups.items():
-            train_model(setup, resume=resumes[name], workers=workers)
+            train_network(setup, resume=resumes[name], workers=workers)
         return
     dataset = load_dataset(INGESTED)
-    tracker = open_run(params, resumes[MAIN_MEMBER], dataset, len(manifest))
-    try:
-        results = {
-            name: train_member(name, setup, resumes[name], tracker, params, workers) for name, setup in setups.items()
-        }
-        result = combine(results, setups, params.model.reference_blend) if params.members else results[MAIN_MEMBER]
-        write_outputs(result, tracker, params, dataset)
-        tracker.log_model(MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]], dataset)
-    except BaseException as error:
-        tracker.finish(ended_status(error))
-        raise
-    tracker.finish()
+    fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
+    start = functools.partial(start_pipeline_run, params, fingerprint, "stages/train.py")
+    with resumable_run(resumes[MAIN_MEMBER], start) as tracker:
+        tracker.log_dataset(dataset["name"], fingerprint, params.data.source, len(manifest))
+        tracker.set_tags({"dataset_kind": dataset["kind"]})
+        tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
+        results = {}
+        for name, setup in setups.items():
+            if name == MAIN_MEMBER:
+                results[name] = train_network(
+                    setup, resume=resumes[name], on_epoch_end=tracker.log_epoch, workers=workers
+                )
+                continue
+            member = functools.partial(start_member_run, tracker, params.member(name), name)
+            with resumable_run(resumes[name], member) as run:
+                results[name] = train_network(setup, resume=resumes[name], on_epoch_end=run.log_epoch, workers=workers)
+                run.log_metrics(
+                    {**headline_metrics(results[name].summary), "parameters": results[name].summary["parameters"]}
+                )
+        model, summary = assemble(results, setups, params.model.reference_blend)
+        best = results[MAIN_MEMBER].summary["best_epoch"]
+        info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id, "epoch": best}
+        checkpoint = checkpoint_of(model, [setup.model_params for setup in setups.values()], **info)
+        write_outputs(checkpoint, summary, results[MAIN_MEMBER].history, tracker)
+        log_age_model(tracker, MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]], dataset)
     for resume in resumes.values():  # only now: a crash before this point costs no training
         resume.remove()
 
@@ -95,54 +107,16 @@ def state_file(name: str) -> str:
     return STATE if name == MAIN_MEMBER else f"{Path(STATE).parent}/member_{name}.pt"
 
 
-def train_member(
-    name: str, setup: TrainingSetup, resume: ResumeFile, tracker: RunTracker, params: Params, workers: Workers
-) -> TrainResult:
-    """Train one network: the main one logs to the stage's run, each other member to a run nested in it."""
-    if name == MAIN_MEMBER:
-        return train_model(setup, resume=resume, on_epoch_end=tracker.log_epoch, workers=workers)
-    if resume.abandoned_run_id:
-        end_run(resume.abandoned_run_id, "KILLED")
-    member = start_member_run(tracker, params.member(name), name, run_id=resume.run_id)
-    resume.run_id = member.run_id
-    try:
-        result = train_model(setup, resume=resume, on_epoch_end=member.log_epoch, workers=workers)
-    except BaseException as error:
-        member.finish(ended_status(error))
-        raise
-    member.log_metrics({**headline_metrics(result.summary), "parameters": result.summary["parameters"]})
-    member.finish()
-    return result
-
-
-def open_run(params: Params, resume: ResumeFile, dataset: dict[str, str], rows: int) -> RunTracker:
-    """The MLflow run of this training: the one an interrupted training started, else a new one."""
-    if resume.abandoned_run_id:
-        end_run(resume.abandoned_run_id, "KILLED")
-    fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
-    tracker = start_pipeline_run(params, fingerprint, "stages/train.py", run_id=resume.run_id)
-    tracker.log_dataset(dataset["name"], fingerprint, params.data.source, rows)
-    tracker.set_tags({"dataset_kind": dataset["kind"]})
-    resume.run_id = tracker.run_id
-    tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})
-    for row in resume.history:  # epochs logged before an interruption are kept; any the run lacks are added
-        tracker.log_epoch(row)
-    return tracker
-
-
-def write_outputs(result: TrainResult, tracker: RunTracker, params: Params, dataset: dict[str, str]) -> None:
-    """The checkpoint (with the face settings and what it learnt from), metrics, report and plots, each also
-    logged to the run."""
-    Path(MODEL).parent.mkdir(parents=True, exist_ok=True)
-    extra = {"faces": asdict(params.faces), "dataset": dataset, "mlflow_run_id": tracker.run_id}
-    torch.save({**result.checkpoint, **extra}, MODEL)
-    write_json({**result.summary, "mlflow_run_id": tracker.run_id}, REPORT)
-    headline = headline_metrics(result.summary)
+def write_outputs(checkpoint: Checkpoint, summary: dict, history: list[dict], tracker: RunTracker) -> None:
+    """The checkpoint, metrics, report and plots, each also logged to the run."""
+    save_checkpoint(replace(checkpoint, val_mae=summary["best_val_mae"]), MODEL)
+    write_json({**summary, "mlflow_run_id": tracker.run_id}, REPORT)
+    headline = headline_metrics(summary)
     write_json(headline, METRICS)
-    write_csv(history_table(result.history, result.summary["best_epoch"]), HISTORY)
-    learning_curves(result.history, result.summary["best_epoch"], CURVES)
-    tracker.log_metrics({**headline, "parameters": result.summary["parameters"], "epochs_run": len(result.history)})
-    tracker.set_tags({"precision": result.summary["precision"]})
+    write_csv(history_table(history, summary["best_epoch"]), HISTORY)
+    learning_curves(history, summary["best_epoch"], CURVES)
+    tracker.log_metrics({**headline, "parameters": summary["parameters"], "epochs_run": len(history)})
+    tracker.set_tags({"precision": summary["precision"]})
     for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
         tracker.log_artifact(path, folder)
 

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.workspace import copy_worktree, tool_env
+from faceage.model.checkpoint import load_model
+from faceage.training.loop import train_network
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -117,7 +119,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
 
     from faceage.params import AugmentParams, FacesParams, ModelParams, TrainParams
-    from faceage.training.loop import TrainingSetup, train_model
+    from faceage.training.setup import TrainingSetup
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
@@ -132,27 +134,26 @@ def tiny_model(tmp_path_factory) -> Path:
         AugmentParams(),
         (1, 100),
     )
-    result = train_model(setup, torch.device("cpu"))
+    result = train_network(setup, torch.device("cpu"))
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save({**result.checkpoint, "faces": asdict(FacesParams())}, path)
     return path
 
 
-def assert_onnx_export_predicts_as_the_model(checkpoint: dict, images: np.ndarray, tmp_path: Path) -> None:
-    """``faceage export`` of ``checkpoint`` to ONNX gives, under onnxruntime, the ages the checkpoint's model
+def assert_onnx_export_predicts_as_the_model(model_path: Path, images: np.ndarray, tmp_path: Path) -> None:
+    """``faceage export`` of the checkpoint at ``model_path`` to ONNX gives, under onnxruntime, the ages its model
     predicts for ``images`` (uint8 chips at the model's input size), mirror images averaged in both."""
     import onnxruntime as ort
     import torch
 
     from faceage.cli import main
-    from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
+    from faceage.model.checkpoint import load_model
+    from faceage.model.inference import predict
 
-    model_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
-    torch.save({**checkpoint, "faces": {}}, model_path)
+    onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--format", "onnx", "--model", str(model_path), "--output", str(onnx_path)]) == 0
-    model, loaded = load_checkpoint(model_path, torch.device("cpu"))
-    ids = np.arange(len(images))
-    expected = predict(model, images, ids, checkpoint_input_size(loaded), 8, torch.device("cpu"), flip=True)["age"]
+    model, _ = load_model(model_path, torch.device("cpu"))
+    expected = predict(model, images, np.arange(len(images)), 8, torch.device("cpu"), flip=True)["age"]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
     (age,) = session.run(["age"], {"chips": chips})

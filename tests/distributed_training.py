@@ -19,7 +19,9 @@ import torch
 
 from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.training.distributed import joined
-from faceage.training.loop import ResumeFile, TrainingSetup, train_model
+from faceage.training.loop import train_network
+from faceage.training.resume import ResumeFile
+from faceage.training.setup import TrainingSetup
 
 NO_AUGMENTATION = AugmentParams(
     hflip=0, crop_scale=1, shift=0, rotate=0, brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, erasing=0
@@ -54,7 +56,7 @@ def main(out: Path, mode: str, crash_after: int | None) -> None:
                 os._exit(3)
 
         resume = ResumeFile(out / "state.pt", setup.fingerprint())
-        result = train_model(setup, resume=resume, on_epoch_end=crash, workers=workers)
+        result = train_network(setup, resume=resume, on_epoch_end=crash, workers=workers)
         saved = {"state_dict": result.checkpoint["state_dict"], "history": result.history, "summary": result.summary}
         torch.save(saved, out / f"rank{workers.rank}.pt")
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from faceage.cli import main
 from faceage.data.faces import Face
+from faceage.model.age_model import UNTOUCHED_DLIB_DATASET
 from faceage.model.batches import to_input
-from faceage.model.inference import UNTOUCHED_DLIB_DATASET
 from faceage.model.reference import ReferenceAgeModel
 from faceage.serving.photos import AgeEstimator, PhotoFaces, find_faces, years_and_months
 

@@ -20,7 +20,8 @@ from faceage.evaluation.compare import (
     promotion_decision,
 )
 from faceage.params import CompareParams, FacesParams
-from faceage.tracking.store import RunTracker, champion_run
+from faceage.tracking.registry import champion_run
+from faceage.tracking.runs import RunTracker
 
 
 def entry(backbone, val_mae, test_mae, run_id=None):
@@ -119,7 +120,7 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     from faceage.evaluation.evaluate import evaluation_report, headline_metrics
     from faceage.evaluation.metrics import bucket_labels, cs_name
     from faceage.params import EvaluateParams, Params
-    from faceage.tracking.store import backbone_label, flatten, metric_key
+    from faceage.tracking.runs import backbone_label, flatten, metric_key
 
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
     params = Params(evaluate=EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50))

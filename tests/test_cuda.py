@@ -6,7 +6,8 @@ import pytest
 import torch
 from distributed_training import tiny_setup
 
-from faceage.training.loop import autocast, train_model
+from faceage.training.loop import train_network
+from faceage.training.setup import autocast
 
 pytestmark = [
     pytest.mark.cuda,
@@ -19,7 +20,7 @@ def test_float16_training_with_gradient_scaling_learns_on_the_gpu():
     device = torch.device("cuda")
     with autocast(device, setup.params):
         assert torch.get_autocast_dtype("cuda") == torch.float16
-    result = train_model(setup, device)
+    result = train_network(setup, device)
     assert result.summary["device"] == "cuda"
     losses = [row["train_loss"] for row in result.history]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]

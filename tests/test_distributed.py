@@ -12,7 +12,7 @@ from distributed_training import tiny_setup
 
 from faceage.errors import FaceageError
 from faceage.training.distributed import Workers
-from faceage.training.loop import train_model
+from faceage.training.loop import train_network
 
 SCRIPT = Path(__file__).with_name("distributed_training.py")
 
@@ -55,7 +55,7 @@ def test_one_step_in_two_processes_is_one_process_step_to_float32_rounding(tmp_p
     the weights differ from one process's only by the order float32 sums in (about 1e-7 of each value)."""
     ranks = torchrun(tmp_path / "run", "one_step")
     assert_identical(*ranks)
-    one = train_model(tiny_setup(exact=True, one_step=True), torch.device("cpu"))
+    one = train_network(tiny_setup(exact=True, one_step=True), torch.device("cpu"))
     assert ranks[0]["summary"]["processes"] == 2 and one.summary["processes"] == 1
     for key, value in one.checkpoint["state_dict"].items():
         torch.testing.assert_close(ranks[0]["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
@@ -67,7 +67,7 @@ def test_two_processes_train_as_one_on_the_same_batches(tmp_path):
     predicts. The validation MAE agreed to 8e-4 years there; 0.01 allows for any CPU's summation order."""
     ranks = torchrun(tmp_path / "run", "exact")
     assert_identical(*ranks)
-    one = train_model(tiny_setup(exact=True), torch.device("cpu"))
+    one = train_network(tiny_setup(exact=True), torch.device("cpu"))
     assert [row["epoch"] for row in ranks[0]["history"]] == [1, 2, 3, 4]
     np.testing.assert_allclose(
         [row["val_mae"] for row in ranks[0]["history"]], [row["val_mae"] for row in one.history], atol=0.01
@@ -88,7 +88,7 @@ def test_a_crashed_process_is_restarted_and_training_resumes_to_the_same_weights
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_sync_bn_without_cuda_stops_with_one_line():
     with pytest.raises(FaceageError, match=r"train\.sync_bn needs CUDA"):
-        train_model(tiny_setup(exact=False, sync_bn=True), workers=Workers(0, 2))
+        train_network(tiny_setup(exact=False, sync_bn=True), workers=Workers(0, 2))
 
 
 @pytest.mark.cuda

@@ -1,4 +1,5 @@
-"""Ensembles: members' params, one model from networks trained apart, its blend, loading and export."""
+"""Models of several networks: members' params, one model from networks trained apart, its blend, loading and
+export."""
 
 from dataclasses import replace
 
@@ -9,12 +10,14 @@ import torch
 from conftest import assert_onnx_export_predicts_as_the_model
 
 from faceage.errors import FaceageError
-from faceage.evaluation.evaluate import reference_ages
-from faceage.model.inference import checkpoint_input_size, load_checkpoint, predict
-from faceage.model.networks import AgeEnsemble, build_model
-from faceage.params import MAIN_MEMBER, EvaluateParams, Params, from_dict
-from faceage.training.loop import TrainingSetup, blend_errors, train_model
-from faceage.training.members import combine, member_params
+from faceage.model.age_model import AgeModel, untouched_dlib
+from faceage.model.checkpoint import checkpoint_of, load_model, save_checkpoint
+from faceage.model.inference import predict
+from faceage.params import MAIN_MEMBER, Params, from_dict
+from faceage.training.blend import blend_errors
+from faceage.training.loop import train_network
+from faceage.training.members import assemble, member_params
+from faceage.training.setup import TrainingSetup
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
@@ -43,24 +46,34 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """The members of :func:`params` trained, their setups, and the ensemble made of them."""
+    """The members of :func:`params` trained, their setups, and the model made of them with its summary."""
     setups = {
         name: TrainingSetup(*data, member.model, member.train, member.augment, AGES)
         for name, member in member_params(params()).items()
     }
-    results = {name: train_model(setup, CPU) for name, setup in setups.items()}
-    return results, setups, combine(results, setups, params().model.reference_blend)
+    results = {name: train_network(setup, CPU) for name, setup in setups.items()}
+    return results, setups, assemble(results, setups, params().model.reference_blend)
 
 
-def test_a_member_trains_with_its_changes_on_top_of_the_sections_and_without_a_blend():
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+    """The trained model's checkpoint, saved."""
+    results, setups, (model, _) = trained
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(checkpoint_of(model, [setup.model_params for setup in setups.values()]), path)
+    return path
+
+
+def test_a_member_trains_with_its_changes_on_top_of_the_sections():
     configs = member_params(params())
     assert list(configs) == [MAIN_MEMBER, "wide", "small"]
     wide, small = configs["wide"].model, configs["small"]
     assert (wide.backbone, wide.pretrained, wide.input_size, wide.hidden) == ("mobilenet_v2", False, 40, 0)
     assert configs["wide"].train.seed == 9 and configs["wide"].train.head_epochs == 1
     assert small.model.input_size == 32 and small.augment.hflip == 0.0 and small.train.seed == 3
-    assert all(config.model.reference_blend == (0.0,) and not config.members for config in configs.values())
-    assert configs[MAIN_MEMBER].model == replace(params().model, reference_blend=(0.0,))
+    blend = params().model.reference_blend
+    assert all(config.model.reference_blend == blend and not config.members for config in configs.values())
+    assert configs[MAIN_MEMBER] == replace(params(), members={})
     assert member_params(params(members={})) == {MAIN_MEMBER: params(members={})}
 
 
@@ -85,42 +98,41 @@ def test_bad_members_are_refused_in_one_line_naming_the_member(members, message)
     assert str(error.value).startswith(message), str(error.value)
 
 
-def test_the_ensemble_predicts_the_mean_of_its_members_blended_as_validation_chose(trained, data, tmp_path):
-    results, setups, ensemble_result = trained
+def test_the_model_predicts_the_mean_of_its_networks_blended_as_validation_chose(trained, saved, data):
+    results, setups, (model, summary) = trained
     images, ages = data[0], data[1]
     val_ids = np.arange(32, 48)
-    own = []
-    for name, result in results.items():
-        network = build_model(setups[name].model_params, AGES)
-        network.load_state_dict(result.checkpoint["state_dict"])
-        own.append(predict(network, images, val_ids, setups[name].model_params.input_size, 8, CPU)["age"])
+    own = [
+        predict(AgeModel.of(result.network, setups[name].model_params.input_size), images, val_ids, 8, CPU)["age"]
+        for name, result in results.items()
+    ]
     mean = np.mean(own, axis=0)
     # dlib's model sees the faces as stored, resized straight to its 64 px, as evaluate scores it
-    bins = torch.arange(AGES[0], AGES[1] + 1, dtype=torch.float32)
-    reference = reference_ages(images, val_ids, bins, EvaluateParams(flip_tta=False), CPU)
+    reference = predict(untouched_dlib(AGES), images, val_ids, 8, CPU)["age"]
     errors = blend_errors(mean, reference, ages[val_ids], (0.0, 0.5, 1.0))
-    chosen = ensemble_result.summary["reference_blend"]
-    assert chosen == min(errors, key=errors.get)
-    assert ensemble_result.summary["best_val_mae"] == pytest.approx(errors[chosen], abs=1e-3)
-    assert {name: s["best_val_mae"] for name, s in ensemble_result.summary["members"].items()} == {
+    chosen = summary["reference_blend"]
+    assert chosen == model.blend == min(errors, key=errors.get)
+    assert summary["best_val_mae"] == pytest.approx(errors[chosen], abs=1e-3)
+    assert {name: s["best_val_mae"] for name, s in summary["members"].items()} == {
         name: r.summary["best_val_mae"] for name, r in results.items()
     }
-    torch.save(ensemble_result.checkpoint, tmp_path / "model.pt")
-    loaded, checkpoint = load_checkpoint(tmp_path / "model.pt", CPU)
-    assert isinstance(loaded, AgeEnsemble) and loaded.input_sizes == (48, 40, 32)
-    assert checkpoint_input_size(checkpoint) == 56  # faces as stored: each member resizes them
-    ages_loaded = predict(loaded, images, val_ids, 56, 8, CPU)["age"]
+    loaded, checkpoint = load_model(saved, CPU)
+    assert isinstance(loaded, AgeModel) and loaded.input_sizes == (48, 40, 32)
+    assert loaded.input_size == 56 and checkpoint.blend == chosen  # faces as stored: each network resizes them
+    ages_loaded = predict(loaded, images, val_ids, 8, CPU)["age"]
     np.testing.assert_allclose(ages_loaded, (1 - chosen) * mean + chosen * reference, atol=1e-3)
 
 
-def test_the_ensemble_exports_as_one_graph_that_predicts_as_it_does(trained, data, tmp_path):
-    assert_onnx_export_predicts_as_the_model(trained[2].checkpoint, data[0][:3], tmp_path)
+def test_the_model_exports_as_one_graph_that_predicts_as_it_does(saved, data, tmp_path):
+    assert_onnx_export_predicts_as_the_model(saved, data[0][:3], tmp_path)
 
 
-def test_a_checkpoint_whose_members_do_not_fit_its_weights_is_refused_in_one_line(trained, tmp_path):
-    checkpoint = trained[2].checkpoint
-    members = [{**checkpoint["members"][0], "backbone": "resnet18"}, checkpoint["members"][1]]
-    torch.save({**checkpoint, "members": members}, tmp_path / "model.pt")
-    with pytest.raises(FaceageError, match=r"model.pt: its weights do not fit an ensemble \(") as error:
-        load_checkpoint(tmp_path / "model.pt", CPU)
+def test_a_checkpoint_whose_networks_do_not_fit_its_weights_is_refused_in_one_line(saved, tmp_path):
+    values = torch.load(saved, weights_only=True)
+    values["networks"][1] = {**values["networks"][1], "backbone": "resnet18"}
+    torch.save(values, tmp_path / "model.pt")
+    with pytest.raises(
+        FaceageError, match=r"model.pt: its weights do not fit a dlib_age_resnet10\+resnet18\+"
+    ) as error:
+        load_model(tmp_path / "model.pt", CPU)
     assert "\n" not in str(error.value)

@@ -7,7 +7,7 @@ from PIL import Image
 from faceage.evaluation.evaluate import gradcam_examples, gradcam_maps, split_report, worst_errors
 from faceage.evaluation.gradcam import grad_cam
 from faceage.model.inference import predict
-from faceage.model.networks import build_model
+from faceage.model.networks import build_network
 from faceage.params import EvaluateParams, ModelParams
 from faceage.plots import face_gallery
 
@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return build_model(ModelParams(backbone="resnet18", pretrained=False, gender_weight=1.0), (1, 100)).eval()
+    return build_network(ModelParams(backbone="resnet18", pretrained=False, gender_weight=1.0), (1, 100)).eval()
 
 
 @pytest.fixture

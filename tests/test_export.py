@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from faceage.cli import main
-from faceage.model.inference import load_checkpoint, predict
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import predict
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +14,7 @@ def chips() -> np.ndarray:
 
 
 def reference(model_path, chips: np.ndarray, flip: bool) -> dict[str, np.ndarray]:
-    model, checkpoint = load_checkpoint(model_path, torch.device("cpu"))
+    model, checkpoint = load_model(model_path, torch.device("cpu"))
     return predict(
         model, chips, np.arange(len(chips)), checkpoint["model"]["input_size"], 8, torch.device("cpu"), flip=flip
     )

@@ -11,7 +11,7 @@ from PIL import Image
 from faceage.data.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
 from faceage.errors import FaceageError
 from faceage.model.inference import make_checkpoint
-from faceage.model.networks import build_model
+from faceage.model.networks import build_network
 from faceage.params import FacesParams, ModelParams
 from faceage.serving.photos import AgeEstimator, find_faces
 
@@ -112,7 +112,7 @@ def dlib_age_model(tmp_path_factory) -> Path:
     """dlib's own age model as a checkpoint (head started from its classifier, no training)."""
     params = ModelParams(input_size=64, hidden=0, dropout=0.0, head_init="dlib")
     path = tmp_path_factory.mktemp("dlib") / "model.pt"
-    torch.save({**make_checkpoint(build_model(params, (1, 116)), params, (1, 116), 128), "faces": {}}, path)
+    torch.save({**make_checkpoint(build_network(params, (1, 116)), params, (1, 116), 128), "faces": {}}, path)
     return path
 
 

@@ -9,14 +9,16 @@ import pytest
 import torch
 from conftest import assert_onnx_export_predicts_as_the_model
 
-from faceage.model.inference import load_checkpoint, predict
-from faceage.model.networks import build_model, freeze_trunk
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import predict
+from faceage.model.networks import build_network, freeze_trunk
 from faceage.model.reference import ReferenceAgeModel
 from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.training import loop as training
-from faceage.training.loop import TrainingSetup, train_model
+from faceage.training.loop import train_network
 from faceage.training.losses import total_loss
 from faceage.training.optim import parameter_groups, trunk_blocks
+from faceage.training.setup import TrainingSetup
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
@@ -34,12 +36,12 @@ def data():
 
 
 def train(data, model=DLIB, params=TRAIN):
-    return train_model(TrainingSetup(*data, model, params, AugmentParams(), AGES), CPU)
+    return train_network(TrainingSetup(*data, model, params, AugmentParams(), AGES), CPU)
 
 
 @pytest.mark.parametrize("backbone", ["dlib_age_resnet10", "resnet18", "mobilenet_v2"])
 def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone):
-    model = build_model(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)
+    model = build_network(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)
     freeze_trunk(model, "none")
     groups = parameter_groups(model, 0.01, TrainParams(layer_decay=0.5))
     assert groups[0]["lr"] == 0.01 and not groups[0].get("trunk")
@@ -54,7 +56,7 @@ def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone
 
 
 def test_frozen_blocks_are_left_out_of_the_groups():
-    model = build_model(ModelParams(pretrained=False), AGES)
+    model = build_network(ModelParams(pretrained=False), AGES)
     freeze_trunk(model, "layer3")
     groups = parameter_groups(model, 0.01, TrainParams(layer_decay=0.5))
     trainable = sorted(id(p) for p in model.parameters() if p.requires_grad)
@@ -66,7 +68,7 @@ def trunk_distance(state: dict, start: dict) -> float:
 
 
 def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(data):
-    start = build_model(DLIB, AGES).trunk.state_dict()
+    start = build_network(DLIB, AGES).trunk.state_dict()
     free = train(data).checkpoint["state_dict"]
     held = train(data, params=replace(TRAIN, l2sp=300.0)).checkpoint["state_dict"]
     snapped = train(data, params=replace(TRAIN, l2sp=1 / TRAIN.lr, scheduler="none")).checkpoint["state_dict"]
@@ -75,7 +77,7 @@ def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(data):
 
 
 def test_the_distillation_term_is_the_weighted_kl_divergence_from_the_reference():
-    model = build_model(DLIB, AGES)
+    model = build_network(DLIB, AGES)
     logits, reference = torch.randn(4, 100), torch.softmax(torch.randn(4, 100), dim=1)
     ages, genders = torch.tensor([5.0, 20, 40, 70]), torch.zeros(4, dtype=torch.long)
     plain = total_loss(model, {"age": logits}, ages, genders, DLIB, TRAIN)
@@ -88,7 +90,7 @@ def test_the_distillation_term_is_the_weighted_kl_divergence_from_the_reference(
 
 def reference_gap(checkpoint: dict, images: np.ndarray) -> float:
     """Mean KL divergence of the model's age distributions from dlib's untouched model on ``images``."""
-    model = build_model(DLIB, AGES)
+    model = build_network(DLIB, AGES)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -115,10 +117,10 @@ def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference
     result = train(data, model=blended, params=replace(TRAIN, epochs=1, cpu_bf16=False))
     path = tmp_path / "model.pt"
     torch.save(result.checkpoint, path)
-    model, _ = load_checkpoint(path, CPU)  # the reference is part of the saved model
+    model, _ = load_model(path, CPU)  # the reference is part of the saved model
     ids = np.arange(32, 48)
     ages = predict(model, images, ids, 32, 8, CPU)["age"]
-    alone = build_model(replace(DLIB, head=head, reference_blend=(0.0,)), AGES)
+    alone = build_network(replace(DLIB, head=head, reference_blend=(0.0,)), AGES)
     alone.load_state_dict({k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")})
     own = predict(alone, images, ids, 32, 8, CPU)["age"]
     x = (
@@ -136,7 +138,7 @@ def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
     from faceage.params import EvaluateParams
 
     images, ages = data[0], data[1]
-    model = build_model(replace(DLIB, input_size=64, reference_blend=(1.0,)), AGES).eval()
+    model = build_network(replace(DLIB, input_size=64, reference_blend=(1.0,)), AGES).eval()
     manifest = pd.DataFrame({"id": range(48), "age": ages, "gender": 0, "race": 0})
     params = EvaluateParams(bootstrap_resamples=20, batch_size=16)
     rows = predict_source(model, {"model": {"input_size": 64}}, images, manifest, "photos", params, CPU)
@@ -154,32 +156,32 @@ def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp
 
 
 def test_training_keeps_the_blend_weight_with_the_lowest_validation_mae(data, tmp_path):
-    from faceage.training.loop import blend_errors
+    from faceage.training.blend import blend_errors
 
     weights = (0.0, 0.25, 1.0)
     result = train(data, model=replace(DLIB, reference_blend=weights), params=replace(TRAIN, cpu_bf16=False))
     chosen = result.summary["reference_blend"]
     # recompute every weight's validation MAE from the kept weights' own ages and the reference's
     state = {k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")}
-    own_model = build_model(DLIB, AGES)
+    own_model = build_network(DLIB, AGES)
     own_model.load_state_dict(state)
     ids, ages = np.arange(32, 48), data[1][32:]
     own = predict(own_model, data[0], ids, 32, 8, CPU)["age"]
-    reference = predict(build_model(replace(DLIB, reference_blend=(1.0,)), AGES), data[0], ids, 32, 8, CPU)["age"]
+    reference = predict(build_network(replace(DLIB, reference_blend=(1.0,)), AGES), data[0], ids, 32, 8, CPU)["age"]
     errors = blend_errors(own, reference, ages, weights)
     assert chosen == min(errors, key=errors.get)
     assert result.summary["best_val_mae"] == pytest.approx(errors[chosen], abs=1e-3)
     assert result.checkpoint["model"]["reference_blend"] == (chosen,)
     assert any(k.startswith("reference.") for k in result.checkpoint["state_dict"]) == (chosen > 0)
     torch.save(result.checkpoint, tmp_path / "model.pt")
-    loaded, _ = load_checkpoint(tmp_path / "model.pt", CPU)
+    loaded, _ = load_model(tmp_path / "model.pt", CPU)
     np.testing.assert_allclose(
         predict(loaded, data[0], ids, 32, 8, CPU)["age"], (1 - chosen) * own + chosen * reference, atol=1e-3
     )
 
 
 def test_blend_errors_are_the_mae_of_each_weighted_mean():
-    from faceage.training.loop import blend_errors
+    from faceage.training.blend import blend_errors
 
     errors = blend_errors(np.array([10.0, 20.0]), np.array([60.0, 70.0]), np.array([10.0, 21.0]), (0.0, 0.5))
     assert errors == {0.0: 0.5, 0.5: 24.5}

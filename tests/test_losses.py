@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from faceage.model.networks import build_model
+from faceage.model.networks import build_network
 from faceage.params import ModelParams, TrainParams
 from faceage.training.losses import UNKNOWN_GENDER, age_groups, age_loss, gaussian_label_distribution, total_loss
 
@@ -20,7 +20,7 @@ def test_gaussian_label_distribution_is_centred_and_normalised():
 
 
 def test_classification_loss_is_lowest_at_the_true_bin():
-    model = build_model(ModelParams(backbone="resnet18", pretrained=False), (1, 10))
+    model = build_network(ModelParams(backbone="resnet18", pretrained=False), (1, 10))
     logits = torch.full((1, 10), -10.0)
     right, wrong = logits.clone(), logits.clone()
     right[0, 4], wrong[0, 8] = 10.0, 10.0  # bins of ages 5 and 9
@@ -30,7 +30,7 @@ def test_classification_loss_is_lowest_at_the_true_bin():
 
 def test_unknown_genders_add_no_loss():
     params = ModelParams(backbone="resnet18", pretrained=False, gender_weight=1.0)
-    model = build_model(params, (1, 10))
+    model = build_network(params, (1, 10))
     outputs = {"age": torch.zeros(2, 10), "gender": torch.tensor([5.0, -5.0])}
     ages = torch.tensor([3.0, 4.0])
     unknown = torch.full((2,), UNKNOWN_GENDER)
@@ -42,7 +42,7 @@ def test_unknown_genders_add_no_loss():
 
 
 def regression_model():
-    return build_model(ModelParams(backbone="resnet18", pretrained=False, head="regression"), (1, 100), (40.0, 10.0))
+    return build_network(ModelParams(backbone="resnet18", pretrained=False, head="regression"), (1, 100), (40.0, 10.0))
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_regression_read_out_undoes_the_normalisation():
 
 
 def classification_model():
-    return build_model(ModelParams(backbone="resnet18", pretrained=False), (1, 10))
+    return build_network(ModelParams(backbone="resnet18", pretrained=False), (1, 10))
 
 
 @pytest.mark.parametrize("age, target_bin", [(5.0, 4), (5.4, 4), (5.6, 5), (1.0, 0), (0.0, 0), (10.0, 9), (37.0, 9)])

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.evaluation.compare import NO_DIFFERENCE
-from faceage.tracking.store import flatten
+from faceage.tracking.runs import flatten
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,8 @@ from conftest import ASTRONAUT, ASTRONAUT_FACE
 from faceage.params import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.serving.pyfunc import example_input
-from faceage.tracking.store import MODEL_IN_RUN, RunTracker, register_with_alias
+from faceage.tracking.registry import MODEL_IN_RUN, register_with_alias
+from faceage.tracking.runs import RunTracker
 
 DATASET = {"name": "noise faces", "kind": "real"}
 LOAD_AND_PREDICT = """

@@ -26,7 +26,7 @@ from team_services import (
 )
 
 from benchmarks.workspace import tool_env
-from faceage.tracking.store import RunTracker
+from faceage.tracking.runs import RunTracker
 
 pytestmark = pytest.mark.slow
 MISSING = [name for name in ("moto_server", "initdb", "postgres", "mlflow") if tool(name) is None]

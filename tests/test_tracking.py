@@ -7,18 +7,8 @@ import pytest
 from mlflow import MlflowClient
 
 from faceage.params import MlflowParams, ModelParams, Params
-from faceage.tracking.store import (
-    RunTracker,
-    end_run,
-    finished_run_ids,
-    finished_runs,
-    flatten,
-    git_commit,
-    start_pipeline_run,
-    tracking_uri,
-    user_name,
-    workspace_root,
-)
+from faceage.tracking.runs import RunTracker, end_run, flatten, git_commit, start_pipeline_run, user_name
+from faceage.tracking.store import finished_run_ids, finished_runs, tracking_uri, workspace_root
 
 
 @pytest.fixture
@@ -207,7 +197,8 @@ def accept():
 threading.Thread(target=accept, daemon=True).start()
 import os
 os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
-from faceage.tracking.store import RunTracker, finished_run_ids, finished_runs
+from faceage.tracking.runs import RunTracker
+from faceage.tracking.store import finished_run_ids, finished_runs
 tracker = RunTracker("exp", run_name="x")
 tracker.log_metrics({"a": 1.0})
 tracker.finish()
@@ -228,7 +219,7 @@ def test_a_server_that_does_not_answer_is_given_up_after_one_probe(tmp_path):
 
 RACER = """
 import sys, time
-from faceage.tracking.store import RunTracker
+from faceage.tracking.runs import RunTracker
 start = float(sys.argv[2])
 while time.time() < start:
     pass

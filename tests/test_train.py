@@ -7,10 +7,14 @@ import pytest
 import torch
 
 from faceage.errors import FaceageError
-from faceage.model.inference import load_checkpoint, predict
-from faceage.model.networks import build_model
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import predict
+from faceage.model.networks import build_network
 from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.training.loop import Inputs, ResumeFile, TrainingSetup, autocast, plan_phases, split_ids, train_model
+from faceage.training.features import Inputs
+from faceage.training.loop import train_network
+from faceage.training.resume import ResumeFile
+from faceage.training.setup import TrainingSetup, autocast, plan_phases, split_ids
 
 MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, reference_blend=(0.0,))
 TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
@@ -33,7 +37,7 @@ def train(data, model=MODEL, params=TRAIN, augment=AUGMENT, state=None, **kwargs
     """Train on ``data``; with ``state`` (a path), save and resume the training state there."""
     setup = TrainingSetup(*data, model, params, augment, AGES)
     resume = ResumeFile(state, setup.fingerprint()) if state else None
-    return train_model(setup, CPU, resume=resume, **kwargs)
+    return train_network(setup, CPU, resume=resume, **kwargs)
 
 
 def test_two_stages_report_every_epoch_and_keep_the_best(data):
@@ -51,13 +55,13 @@ def test_two_stages_report_every_epoch_and_keep_the_best(data):
 
 
 def test_the_head_stage_leaves_the_backbone_untouched(data):
-    torch.manual_seed(5)  # train_model seeds the same way before building the model
-    initial = build_model(MODEL, AGES).trunk.state_dict()
+    torch.manual_seed(5)  # train_network seeds the same way before building the model
+    initial = build_network(MODEL, AGES).trunk.state_dict()
     result = train(data, params=TrainParams(head_epochs=2, epochs=0, batch_size=16, seed=5, threads=1))
     trained = result.checkpoint["state_dict"]
     for name, value in initial.items():
         assert torch.equal(trained[f"trunk.{name}"], value), name
-    assert not torch.equal(trained["age.weight"], build_model(MODEL, AGES).state_dict()["age.weight"])
+    assert not torch.equal(trained["age.weight"], build_network(MODEL, AGES).state_dict()["age.weight"])
 
 
 def test_training_is_deterministic(data):
@@ -113,7 +117,7 @@ def test_the_weight_average_is_validated_and_kept_without_changing_training(data
     assert [row["train_loss"] for row in averaged.history] == [row["train_loss"] for row in plain.history]
     assert [row["val_mae"] for row in averaged.history] != [row["val_mae"] for row in plain.history]
     # What was validated is what is kept.
-    model = build_model(MODEL, AGES).to(memory_format=torch.channels_last)
+    model = build_network(MODEL, AGES).to(memory_format=torch.channels_last)
     model.load_state_dict(averaged.checkpoint["state_dict"])
     images, ages, _, split = data
     val_ids = split_ids(split, "val")
@@ -252,7 +256,7 @@ def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
     params = TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=5, threads=1)
     result = train(data, params=params)
     torch.save(result.checkpoint, tmp_path / "model.pt")
-    model, checkpoint = load_checkpoint(tmp_path / "model.pt", CPU)
+    model, checkpoint = load_model(tmp_path / "model.pt", CPU)
     assert checkpoint["epoch"] == result.summary["best_epoch"] and checkpoint["image_size"] == 16
     # The loaded model predicts what the trained one did when it was validated.
     images, ages, _, split = data

@@ -15,18 +15,9 @@ from scipy.stats import wilcoxon
 
 from faceage.evaluation.metrics import bootstrap_interval
 from faceage.params import CompareParams, Params
-from faceage.tracking.store import (
-    EVALUATE_ARTIFACTS,
-    FLIP_TTA_TAG,
-    RunTracker,
-    backbone_label,
-    champion_run,
-    download_artifact,
-    finished_runs,
-    flatten,
-    metric_key,
-    register_with_alias,
-)
+from faceage.tracking.registry import champion_run, register_with_alias
+from faceage.tracking.runs import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker, backbone_label, flatten, metric_key
+from faceage.tracking.store import download_artifact, finished_runs
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,9 @@ from faceage.evaluation.metrics import (
     subgroup_mae,
     with_interval,
 )
+from faceage.model.age_model import AgeModel, untouched_dlib
 from faceage.model.batches import to_input
-from faceage.model.inference import checkpoint_input_size, predict
-from faceage.model.networks import AgeModel
-from faceage.model.reference import REFERENCE_INPUT, ReferenceAgeModel
+from faceage.model.inference import predict
 from faceage.params import EvaluateParams
 
 EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
@@ -35,7 +34,6 @@ EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation
 
 def predict_splits(
     model: AgeModel,
-    checkpoint: dict,
     images: np.ndarray,
     manifest: pd.DataFrame,
     split: pd.DataFrame,
@@ -45,12 +43,11 @@ def predict_splits(
     """One row per validation and test image: see :func:`predict_rows`."""
     rows = manifest[["id", "age", "gender", "race"]].merge(split, on="id")
     rows = rows[rows["split"].isin(EVALUATED_SPLITS)]
-    return predict_rows(model, checkpoint, images, rows, params, device)
+    return predict_rows(model, images, rows, params, device)
 
 
 def predict_source(
     model: AgeModel,
-    checkpoint: dict,
     images: np.ndarray,
     manifest: pd.DataFrame,
     name: str,
@@ -60,12 +57,11 @@ def predict_source(
     """One row per image of the test source ``name`` (all of its images), its ``split`` the source's name, with
     dlib's untouched model's ``reference_age``."""
     rows = manifest[["id", "age", "gender", "race"]].assign(split=name)
-    return with_reference_ages(predict_rows(model, checkpoint, images, rows, params, device), images, model, params)
+    return with_reference_ages(predict_rows(model, images, rows, params, device), images, model, params)
 
 
 def predict_rows(
     model: AgeModel,
-    checkpoint: dict,
     images: np.ndarray,
     rows: pd.DataFrame,
     params: EvaluateParams,
@@ -75,13 +71,12 @@ def predict_rows(
     predicted probability of gender 1 when the model has a gender head."""
     rows = rows.sort_values("id").reset_index(drop=True)
     ids = rows["id"].to_numpy()
-    input_size = checkpoint_input_size(checkpoint)
-    outputs = predict(model, images, ids, input_size, params.batch_size, device, flip=params.flip_tta)
+    outputs = predict(model, images, ids, params.batch_size, device, flip=params.flip_tta)
     rows["predicted_age"] = outputs["age"]
     rows["error"] = rows["predicted_age"] - rows["age"]
     columns = ["id", "split", "true_age", "predicted_age", "error", "gender", "race"]
-    if "gender" in outputs:
-        rows["female_probability"] = outputs["gender"]
+    if "female_probability" in outputs:
+        rows["female_probability"] = outputs["female_probability"]
         columns.append("female_probability")
     return rows.rename(columns={"age": "true_age"})[columns]
 
@@ -89,24 +84,13 @@ def predict_rows(
 def with_reference_ages(
     predictions: pd.DataFrame, images: np.ndarray, model: AgeModel, params: EvaluateParams
 ) -> pd.DataFrame:
-    """``predictions`` of ``images`` with a ``reference_age`` column after ``error``: dlib's untouched model's."""
+    """``predictions`` of ``images`` with a ``reference_age`` column after ``error``: what dlib's untouched age
+    model predicts at its own 64 px, on ``model``'s bins and with the same mirror-image TTA."""
     device = model.bin_ages.device
-    ages = reference_ages(images, predictions["id"].to_numpy(), model.bin_ages, params, device)
+    reference = untouched_dlib(model.age_range).to(device)
+    ids = predictions["id"].to_numpy()
+    ages = predict(reference, images, ids, params.batch_size, device, flip=params.flip_tta)["age"]
     return predictions.assign(reference_age=ages)[[*predictions.columns[:5], "reference_age", *predictions.columns[5:]]]
-
-
-@torch.no_grad()
-def reference_ages(
-    images: np.ndarray, ids: np.ndarray, bin_ages: torch.Tensor, params: EvaluateParams, device: torch.device
-) -> np.ndarray:
-    """What dlib's untouched age model predicts for ``images[ids]`` at its own 64 px (with the same flip TTA)."""
-    reference = ReferenceAgeModel(bin_ages.cpu()).to(device)
-    ages = []
-    for start in range(0, len(ids), params.batch_size):
-        x = to_input(images[ids[start : start + params.batch_size]], REFERENCE_INPUT, device)
-        views = (x, x.flip(-1)) if params.flip_tta else (x,)
-        ages.append(torch.stack([reference.years(view, bin_ages.to(device)) for view in views]).mean(0).cpu())
-    return torch.cat(ages).numpy() if ages else np.empty(0)
 
 
 def split_report(predictions: pd.DataFrame, params: EvaluateParams) -> dict:
@@ -202,13 +186,11 @@ def gradcam_examples(predictions: pd.DataFrame, params: EvaluateParams) -> pd.Da
     return chosen.sort_values(["true_age", "id"])
 
 
-def gradcam_maps(
-    model: AgeModel, images: np.ndarray, ids: np.ndarray, input_size: int, device: torch.device
-) -> np.ndarray:
+def gradcam_maps(model: AgeModel, images: np.ndarray, ids: np.ndarray, device: torch.device) -> np.ndarray:
     """Grad-CAM heat maps for ``images[ids]`` at the stored image size."""
     ids = np.asarray(ids)
     order = np.argsort(ids)
-    maps = grad_cam(model, to_input(images[ids[order]], input_size, device))
+    maps = grad_cam(model, to_input(images[ids[order]], model.input_size, device))
     maps = F.interpolate(maps[:, None], size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
     result = np.empty((len(ids), *images.shape[1:3]), dtype=np.float32)
     result[order] = maps.cpu().numpy()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from faceage.model.networks import AgeModel
+from faceage.model.age_model import AgeModel
 
 
 def grad_cam(model: AgeModel, x: torch.Tensor) -> torch.Tensor:
     """Heat maps in ``[0, 1]`` of shape ``(B, H, W)`` for the predicted age of each input of ``x``.
 
-    The activations of the backbone's last convolutional block are weighted by the spatial mean of
+    The activations of the first network's last convolutional block are weighted by the spatial mean of
     the gradient of the predicted age (in years) with respect to them (Selvaraju et al., 2017).
     """
     layer = model.trunk.get_submodule(model.last_conv)
@@ -26,7 +26,7 @@ def grad_cam(model: AgeModel, x: torch.Tensor) -> torch.Tensor:
     handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            years = model.years(model(x.detach().requires_grad_(True))["age"])
+            years = model(x.detach().requires_grad_(True))["age"]
             model.zero_grad(set_to_none=True)
             years.sum().backward()
     finally:

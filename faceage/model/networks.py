@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,9 +14,7 @@ from torchvision import models
 from torchvision.models import WeightsEnum
 
 from faceage.errors import FaceageError
-from faceage.model.batches import resized
 from faceage.model.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
-from faceage.model.reference import ReferenceAgeModel
 from faceage.params import ModelParams
 
 ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
@@ -93,10 +91,8 @@ class AgeNet(nn.Module):
 
     The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
     to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
-    outputs into years are buffers, so a state dict is self-contained. When ``reference_blend`` holds a weight
-    above 0, the model holds dlib's untouched age model (:class:`~faceage.model.reference.ReferenceAgeModel`), and
-    with ``blend`` b (the first weight, until training chooses) it predicts in evaluation mode from images the
-    age (1 - b) * its own + b * the reference's: an ensemble in one network.
+    outputs into years are buffers, so a state dict is self-contained. It predicts on its own: models blend
+    networks (:class:`~faceage.model.age_model.AgeModel`).
     """
 
     def __init__(
@@ -123,8 +119,6 @@ class AgeNet(nn.Module):
         self.register_buffer("bin_ages", bins)
         self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
         self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
-        self.blend = params.reference_blend[0]
-        self.reference = ReferenceAgeModel(bins) if max(params.reference_blend) > 0 else None
 
     def head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs from pooled backbone features."""
@@ -137,71 +131,14 @@ class AgeNet(nn.Module):
         return outputs
 
     def forward(self, x: torch.Tensor, pooled: bool = False) -> dict[str, torch.Tensor]:
-        """Outputs from images, or from pooled backbone features with ``pooled`` (never blended)."""
-        if pooled:
-            return self.head(x)
-        outputs = self.head(self.trunk(x))
-        if self.reference is not None and self.blend > 0 and not self.training:
-            outputs["age"] = self.blended(outputs["age"], self.reference(x))
-        return outputs
-
-    def blended(self, age_output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """The age output blended with the ``reference`` model's distribution over the bins, so that the
-        predicted age is (1 - b) x this model's + b x the reference's: log-probabilities of the mixture
-        (classification), or the weighted mean of the normalised ages (regression)."""
-        if self.classification:
-            mixture = (1 - self.blend) * age_output.float().softmax(dim=1) + self.blend * reference
-            return mixture.clamp(min=1e-12).log()
-        reference_age = ((reference @ self.bin_ages - self.age_mean) / self.age_std).unsqueeze(1)
-        return (1 - self.blend) * age_output.float() + self.blend * reference_age
+        """Outputs from images, or from pooled backbone features with ``pooled``."""
+        return self.head(x if pooled else self.trunk(x))
 
     def years(self, age_output: torch.Tensor) -> torch.Tensor:
         """Predicted age in years from the age output."""
         if self.classification:
             return age_output.float().softmax(dim=1) @ self.bin_ages
         return age_output.float().squeeze(1) * self.age_std + self.age_mean
-
-
-class AgeEnsemble(nn.Module):
-    """Age networks trained apart that predict as one: faces come in at the size they are stored at, each
-    member sees them resized to its own input size (as in its training), and the predicted age is the mean of
-    the members', blended with dlib's untouched model by ``blend`` as :class:`AgeNet` blends. Its ``age`` output
-    is in years; the gender output, if any, is the first member's, and Grad-CAM explains the first member."""
-
-    def __init__(self, members: Sequence[AgeNet], input_sizes: Sequence[int], blend: float = 0.0):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.input_sizes = tuple(input_sizes)
-        self.last_conv = members[0].last_conv
-        self.blend = blend
-        self.reference = ReferenceAgeModel(members[0].bin_ages) if blend > 0 else None
-
-    @property
-    def trunk(self) -> nn.Module:
-        return self.members[0].trunk
-
-    @property
-    def bin_ages(self) -> torch.Tensor:
-        return self.members[0].bin_ages
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        ages = []
-        for index, (member, size) in enumerate(zip(self.members, self.input_sizes, strict=True)):
-            outputs = member(resized(x, size))
-            ages.append(member.years(outputs["age"]))
-            if index == 0:
-                first = outputs
-        age = torch.stack(ages).mean(0)
-        if self.reference is not None and self.blend > 0:
-            age = (1 - self.blend) * age + self.blend * (self.reference(x) @ self.bin_ages)
-        return {**first, "age": age.unsqueeze(1)}
-
-    def years(self, age_output: torch.Tensor) -> torch.Tensor:
-        """Predicted age in years from the age output."""
-        return age_output.float().squeeze(1)
-
-
-AgeModel = AgeNet | AgeEnsemble  # what a checkpoint holds
 
 
 def backbone(name: str) -> Backbone:
@@ -218,7 +155,7 @@ def fetch_pretrained_weights(params: ModelParams) -> None:
         backbone(params.backbone).pretrained_state_dict()
 
 
-def build_model(params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)) -> AgeNet:
+def build_network(params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)) -> AgeNet:
     """The backbone named by ``params.backbone`` with age heads; ``age_stats`` normalise regression targets."""
     spec = backbone(params.backbone)
     trunk = spec.build()

@@ -9,15 +9,16 @@ import torch
 from torch import nn
 
 from faceage.errors import FaceageError
+from faceage.model.age_model import AgeModel
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
-from faceage.model.inference import checkpoint_input_size, load_checkpoint
-from faceage.model.networks import AgeModel
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import mirrored
 
 EXAMPLE_BATCH = 2
 OPSET = 18
 
 
-class ExportableAgeNet(nn.Module):
+class ExportableModel(nn.Module):
     """RGB chips in ``[0, 1]`` at the model's input size to ages in years (and the probability of female).
 
     The ImageNet normalisation and the read-out of the age head are part of the graph; with ``flip``, so is
@@ -32,21 +33,15 @@ class ExportableAgeNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, chips: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = (chips - self.mean) / self.std
-        views = [x, x.flip(-1)] if self.flip else [x]
-        outputs = [self.model(view) for view in views]
-        result = {"age": torch.stack([self.model.years(o["age"]) for o in outputs]).mean(0)}
-        if "gender" in outputs[0]:
-            result["female_probability"] = torch.stack([o["gender"].sigmoid() for o in outputs]).mean(0)
-        return result
+        return mirrored(self.model, (chips - self.mean) / self.std, self.flip)
 
 
-def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableAgeNet, int]:
-    """The checkpoint's network wrapped for export, in float32 on the CPU, and its input size."""
-    model, checkpoint = load_checkpoint(model_path, torch.device("cpu"))
+def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableModel, int]:
+    """The checkpoint's model wrapped for export, in float32 on the CPU, and its input size."""
+    model, _ = load_model(model_path, torch.device("cpu"))
     model.requires_grad_(False)
-    wrapped = ExportableAgeNet(model.to(memory_format=torch.contiguous_format), flip)
-    return wrapped.eval(), checkpoint_input_size(checkpoint)
+    wrapped = ExportableModel(model.to(memory_format=torch.contiguous_format), flip)
+    return wrapped.eval(), model.input_size
 
 
 def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool = True) -> int:

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from faceage.serving.pyfunc import AgeModel
+from faceage.serving.pyfunc import PhotoAgeModel
 
-set_model(AgeModel())
+set_model(PhotoAgeModel())

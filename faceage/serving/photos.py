@@ -18,8 +18,11 @@ from faceage.data.chunks import blocks
 from faceage.data.faces import Face, face_finder
 from faceage.data.images import ImageDecodeError, decode_image, decode_photo
 from faceage.data.layouts import is_image_name
-from faceage.model.inference import UNTOUCHED_DLIB, checkpoint_input_size, load_checkpoint, predict, untouched_dlib
-from faceage.params import FacesParams, from_dict
+from faceage.errors import FaceageError
+from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, untouched_dlib
+from faceage.model.checkpoint import load_model
+from faceage.model.inference import predict
+from faceage.params import FacesParams
 from faceage.runtime import select_device
 
 
@@ -73,17 +76,15 @@ class AgeEstimator:
     ):
         self.device = device or select_device()
         if str(model_path) == UNTOUCHED_DLIB:
-            self.model, self.checkpoint = untouched_dlib(self.device)
+            self.model, self.dataset = untouched_dlib().to(self.device), UNTOUCHED_DLIB_DATASET
+            self.faces = faces
         else:
-            self.model, self.checkpoint = load_checkpoint(model_path, self.device)
-        self.faces = faces or from_dict(FacesParams, self.checkpoint.get("faces", {}), f"{model_path}: faces")
+            self.model, checkpoint = load_model(model_path, self.device)
+            self.dataset = checkpoint.dataset  # None for a checkpoint that predates the record
+            self.faces = faces or checkpoint.faces
+        if self.faces is None:
+            raise FaceageError(f"{model_path} holds no face settings: give them (the faces section of params.yaml)")
         self.flip = flip
-
-    @property
-    def dataset(self) -> dict[str, str] | None:
-        """What the model learnt from (``name``, ``kind``: synthetic or real); None for a checkpoint that predates
-        the record."""
-        return self.checkpoint.get("dataset")
 
     @property
     def synthetic(self) -> bool:
@@ -93,7 +94,7 @@ class AgeEstimator:
     @property
     def chip_size(self) -> int:
         """Side of the face chips the model was trained on (``data.image_size`` at training)."""
-        return int(self.checkpoint["image_size"])
+        return self.model.image_size
 
     def results(self, photos: Sequence[PhotoFaces], batch_size: int = 64) -> list[dict]:
         """One result per photo: ``file``, ``faces`` (``face``, ``box``, ``score``, ``age_years``, ``age`` and,
@@ -101,15 +102,7 @@ class AgeEstimator:
         chips = [face.chip for photo in photos for face in photo.faces]
         outputs: dict[str, np.ndarray] = {}
         if chips:
-            outputs = predict(
-                self.model,
-                np.stack(chips),
-                np.arange(len(chips)),
-                checkpoint_input_size(self.checkpoint),
-                batch_size,
-                self.device,
-                flip=self.flip,
-            )
+            outputs = predict(self.model, np.stack(chips), np.arange(len(chips)), batch_size, self.device, flip=self.flip)
         results, row = [], 0
         for photo in photos:
             if photo.error is not None:
@@ -141,8 +134,8 @@ def face_result(index: int, face: Face, outputs: dict[str, float]) -> dict:
     result: dict = {"face": index, "box": list(face.box) if face.box else None, "score": face.score}
     result["age_years"] = round(outputs["age"], 2)
     result["age"] = years_and_months(outputs["age"])
-    if "gender" in outputs:
-        result["female_probability"] = round(outputs["gender"], 4)
+    if "female_probability" in outputs:
+        result["female_probability"] = round(outputs["female_probability"], 4)
     return result
 
 

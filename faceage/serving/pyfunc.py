@@ -25,6 +25,8 @@ import faceage
 from faceage.data.faces import landmarks_path
 from faceage.params import FacesParams, from_dict
 from faceage.serving.photos import AgeEstimator, find_faces
+from faceage.tracking.registry import MODEL_IN_RUN
+from faceage.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow")
@@ -39,7 +41,7 @@ SIGNATURE = ModelSignature(
 )
 
 
-class AgeModel(mlflow.pyfunc.PythonModel):
+class PhotoAgeModel(mlflow.pyfunc.PythonModel):
     """Decode, detect, align and predict: one output row per face, a row with ``face`` -1 for a photo without
     one, and a row with ``error`` for bytes that are not a readable image."""
 
@@ -82,30 +84,27 @@ def example_input(chip: np.ndarray) -> pd.DataFrame:
 
 
 def log_age_model(
-    run_id: str,
-    tracking_uri: str,
-    name: str,
-    checkpoint: str | Path,
-    faces: FacesParams,
-    chip: np.ndarray,
-    dataset: dict[str, str],
-) -> str:
-    """Log the checkpoint as the pyfunc model ``name`` of the MLflow run ``run_id``; return the model's URI.
+    tracker: RunTracker, checkpoint: str | Path, faces: FacesParams, chip: np.ndarray, dataset: dict[str, str]
+) -> None:
+    """Log the checkpoint as the pyfunc model :data:`MODEL_IN_RUN` of ``tracker``'s run (a failure only warns).
 
     ``chip``, an aligned face, becomes the input example; ``dataset`` (what the model learnt from: ``name``,
     ``kind``) goes into the model's metadata.
     """
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("mlflow_model.py")),
-            artifacts={"checkpoint": str(checkpoint), "landmarks": str(landmarks_path())},
-            code_paths=[str(Path(faceage.__file__).parent)],
-            signature=SIGNATURE,
-            input_example=example_input(chip),
-            pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
-            model_config=asdict(faces),
-            metadata={"dataset": dataset},
-        )
-    return info.model_uri
+
+    def log() -> None:
+        mlflow.set_tracking_uri(tracker.uri)
+        with mlflow.start_run(run_id=tracker.run_id):
+            mlflow.pyfunc.log_model(
+                name=MODEL_IN_RUN,
+                python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                artifacts={"checkpoint": str(checkpoint), "landmarks": str(landmarks_path())},
+                code_paths=[str(Path(faceage.__file__).parent)],
+                signature=SIGNATURE,
+                input_example=example_input(chip),
+                pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
+                model_config=asdict(faces),
+                metadata={"dataset": dataset},
+            )
+
+    tracker.call(log)
