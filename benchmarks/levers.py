@@ -32,7 +32,7 @@ import yaml
 from benchmarks.photos import add_photo_sources
 from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
-from faceage.data.ingest import load_images, load_manifest
+from faceage.data.manifest import load_images, load_manifest
 from faceage.data.sources import open_source
 from faceage.evaluation.metrics import group_confusion
 from faceage.model.age_model import untouched_dlib

@@ -33,7 +33,9 @@ def step_speed(params: Params, name: str, bf16: bool, steps: int) -> float:
     network = params if name == MAIN_MEMBER else params.member(name)
     make_deterministic(network.train.seed, network.train.threads)
     size, batch = network.model.input_size, network.train.batch_size
-    model = build_network(network.model, (params.data.min_age, params.data.max_age)).to(memory_format=torch.channels_last)
+    model = build_network(network.model, (params.data.min_age, params.data.max_age)).to(
+        memory_format=torch.channels_last
+    )
     model.train()
     optimizer = build_optimizer([{"params": list(model.parameters()), "lr": network.train.lr}], network.train)
     images = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)

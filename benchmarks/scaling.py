@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
-from faceage.data.ingest import load_images, load_manifest
+from faceage.data.manifest import load_images, load_manifest
 from faceage.model.inference import predict
 from faceage.model.networks import build_network
 from faceage.params import load_params

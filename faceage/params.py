@@ -26,6 +26,7 @@ PROBABILITY: Range = (lambda v: 0 <= v <= 1, "0..1")
 FRACTION_BELOW_1: Range = (lambda v: 0 <= v < 1, "0 <= value < 1")
 OPEN_UNIT: Range = (lambda v: 0 < v < 1, "0 < value < 1")
 UP_TO_1: Range = (lambda v: 0 < v <= 1, "0 < value <= 1")
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the settings of faceage's own pipeline
 MAIN_MEMBER = "main"  # the ensemble's name for the network the model section describes
 DLIB_MIN_INPUT = 32  # pixels: smaller inputs vanish in dlib's age network before its last convolution
 INCREASING: Range = (lambda v: len(v) > 0 and all(a < b for a, b in itertools.pairwise(v)), "increasing values")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from faceage import plots
-from faceage.data.ingest import MANIFEST_FILE
+from faceage.data.manifest import MANIFEST_FILE
 from faceage.evaluation.compare import (
     compare_with,
     console_summary,

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from faceage import plots
-from faceage.data.ingest import MANIFEST_FILE, load_images, load_manifest
+from faceage.data.manifest import MANIFEST_FILE, load_images, load_manifest
 from faceage.errors import FaceageError
 from faceage.evaluation import evaluate
 from faceage.evaluation.metrics import cs_name

@@ -1,6 +1,6 @@
 """Stage split: reproducible, age-stratified train/val/test split of the ingested images."""
 
-from faceage.data.ingest import load_manifest
+from faceage.data.manifest import load_manifest
 from faceage.data.split import SPLITS, split_manifest, split_report
 from faceage.params import load_params
 from faceage.plots import age_histogram

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from faceage.data.ingest import MANIFEST_FILE, load_dataset, load_images, load_manifest
+from faceage.data.manifest import MANIFEST_FILE, load_dataset, load_images, load_manifest
 from faceage.model.checkpoint import Checkpoint, checkpoint_of, save_checkpoint
 from faceage.model.networks import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params

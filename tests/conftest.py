@@ -6,7 +6,6 @@ import io
 import subprocess
 import tarfile
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +117,8 @@ def tiny_model(tmp_path_factory) -> Path:
     import pandas as pd
     import torch
 
+    from faceage.model.age_model import AgeModel
+    from faceage.model.checkpoint import checkpoint_of, save_checkpoint
     from faceage.params import AugmentParams, FacesParams, ModelParams, TrainParams
     from faceage.training.setup import TrainingSetup
 
@@ -136,7 +137,7 @@ def tiny_model(tmp_path_factory) -> Path:
     )
     result = train_network(setup, torch.device("cpu"))
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save({**result.checkpoint, "faces": asdict(FacesParams())}, path)
+    save_checkpoint(checkpoint_of(AgeModel.of(result.network, 32), [setup.model_params], faces=FacesParams()), path)
     return path
 
 
@@ -147,7 +148,6 @@ def assert_onnx_export_predicts_as_the_model(model_path: Path, images: np.ndarra
     import torch
 
     from faceage.cli import main
-    from faceage.model.checkpoint import load_model
     from faceage.model.inference import predict
 
     onnx_path = tmp_path / "model.onnx"

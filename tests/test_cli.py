@@ -143,7 +143,7 @@ def damaged_checkpoints(model: Path, folder: Path) -> list[Path]:
     checkpoint = torch.load(model, weights_only=True)
     for name, changed in {
         "no-state": {k: v for k, v in checkpoint.items() if k != "state_dict"},
-        "other-backbone": {**checkpoint, "model": {**checkpoint["model"], "backbone": "mobilenet_v2"}},
+        "other-backbone": {**checkpoint, "networks": [{**checkpoint["networks"][0], "backbone": "mobilenet_v2"}]},
         "missing-weight": {**checkpoint, "state_dict": dict(list(checkpoint["state_dict"].items())[1:])},
     }.items():
         paths.append(folder / f"{name}.pt")

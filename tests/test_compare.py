@@ -20,6 +20,7 @@ from faceage.evaluation.compare import (
     promotion_decision,
 )
 from faceage.params import CompareParams, FacesParams
+from faceage.serving.pyfunc import log_age_model
 from faceage.tracking.registry import champion_run
 from faceage.tracking.runs import RunTracker
 
@@ -183,7 +184,7 @@ def logged_run(tmp_path, name, val_errors, model):
     folder.mkdir()
     predictions = pd.DataFrame({"id": range(len(val_errors)), "split": "val", "error": val_errors})
     predictions.to_csv(folder / "predictions.csv", index=False)
-    tracker.log_model(model, FacesParams(), np.zeros((32, 32, 3), np.uint8), {"name": "noise", "kind": "real"})
+    log_age_model(tracker, model, FacesParams(), np.zeros((32, 32, 3), np.uint8), {"name": "noise", "kind": "real"})
     tracker.log_artifact(folder / "predictions.csv", "evaluate")
     tracker.finish()
     return tracker.run_id, predictions

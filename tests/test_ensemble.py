@@ -58,7 +58,7 @@ def trained(data):
 @pytest.fixture(scope="module")
 def saved(trained, tmp_path_factory):
     """The trained model's checkpoint, saved."""
-    results, setups, (model, _) = trained
+    _, setups, (model, _) = trained
     path = tmp_path_factory.mktemp("model") / "model.pt"
     save_checkpoint(checkpoint_of(model, [setup.model_params for setup in setups.values()]), path)
     return path

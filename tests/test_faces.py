@@ -4,13 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import ASTRONAUT, ASTRONAUT_FACE, SHARED, encode, paste
 from PIL import Image
 
 from faceage.data.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
 from faceage.errors import FaceageError
-from faceage.model.inference import make_checkpoint
+from faceage.model.age_model import AgeModel
+from faceage.model.checkpoint import checkpoint_of, save_checkpoint
 from faceage.model.networks import build_network
 from faceage.params import FacesParams, ModelParams
 from faceage.serving.photos import AgeEstimator, find_faces
@@ -112,7 +112,8 @@ def dlib_age_model(tmp_path_factory) -> Path:
     """dlib's own age model as a checkpoint (head started from its classifier, no training)."""
     params = ModelParams(input_size=64, hidden=0, dropout=0.0, head_init="dlib")
     path = tmp_path_factory.mktemp("dlib") / "model.pt"
-    torch.save({**make_checkpoint(build_network(params, (1, 116)), params, (1, 116), 128), "faces": {}}, path)
+    model = AgeModel([build_network(params, (1, 116))], [64], 0.0, (1, 116), 128)
+    save_checkpoint(checkpoint_of(model, [params], faces=FacesParams()), path)
     return path
 
 

@@ -7,7 +7,8 @@ import pytest
 from conftest import ASTRONAUT, REPO, SHARED, encode, noise_jpeg, pack, paste, write_files
 
 from faceage.data.faces import FaceFinder
-from faceage.data.ingest import IMAGES_FILE, OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest, load_images, load_manifest
+from faceage.data.ingest import OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest
+from faceage.data.manifest import IMAGES_FILE, load_images, load_manifest
 from faceage.errors import FaceageError
 from faceage.params import DataParams, FacesParams
 

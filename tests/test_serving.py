@@ -20,7 +20,7 @@ from conftest import ASTRONAUT, ASTRONAUT_FACE
 
 from faceage.params import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
-from faceage.serving.pyfunc import example_input
+from faceage.serving.pyfunc import example_input, log_age_model
 from faceage.tracking.registry import MODEL_IN_RUN, register_with_alias
 from faceage.tracking.runs import RunTracker
 
@@ -40,7 +40,7 @@ def champion(tiny_model, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracker = RunTracker("serving", run_name="tiny", uri=uri)
-    tracker.log_model(tiny_model, FacesParams(), np.zeros((32, 32, 3), np.uint8), DATASET)
+    log_age_model(tracker, tiny_model, FacesParams(), np.zeros((32, 32, 3), np.uint8), DATASET)
     tracker.finish()
     version = register_with_alias(tracker.run_id, "faceage", "champion", uri)
     return {"uri": uri, "version": version, "run_id": tracker.run_id, "folder": folder}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from faceage.errors import FaceageError
-from faceage.model.checkpoint import load_model
+from faceage.model.age_model import AgeModel
+from faceage.model.checkpoint import checkpoint_of, load_model, save_checkpoint
 from faceage.model.inference import predict
 from faceage.model.networks import build_network
 from faceage.params import AugmentParams, ModelParams, TrainParams
@@ -50,7 +51,7 @@ def test_two_stages_report_every_epoch_and_keep_the_best(data):
     ]
     best = min(result.history, key=lambda row: row["val_mae"])
     assert result.summary["best_epoch"] == best["epoch"]
-    assert result.checkpoint["val_mae"] == best["val_mae"]
+    assert result.summary["best_val_mae"] == round(best["val_mae"], 4)
     assert result.summary["head_images_per_second"] > 0 and result.summary["finetune_images_per_second"] > 0
 
 
@@ -58,7 +59,7 @@ def test_the_head_stage_leaves_the_backbone_untouched(data):
     torch.manual_seed(5)  # train_network seeds the same way before building the model
     initial = build_network(MODEL, AGES).trunk.state_dict()
     result = train(data, params=TrainParams(head_epochs=2, epochs=0, batch_size=16, seed=5, threads=1))
-    trained = result.checkpoint["state_dict"]
+    trained = result.network.state_dict()
     for name, value in initial.items():
         assert torch.equal(trained[f"trunk.{name}"], value), name
     assert not torch.equal(trained["age.weight"], build_network(MODEL, AGES).state_dict()["age.weight"])
@@ -67,8 +68,8 @@ def test_the_head_stage_leaves_the_backbone_untouched(data):
 def test_training_is_deterministic(data):
     first, second = train(data), train(data)
     assert first.history == second.history
-    for key, value in first.checkpoint["state_dict"].items():
-        assert torch.equal(value, second.checkpoint["state_dict"][key]), key
+    for key, value in first.network.state_dict().items():
+        assert torch.equal(value, second.network.state_dict()[key]), key
 
 
 def test_cached_features_train_the_head_like_the_backbone_does(data, monkeypatch):
@@ -76,8 +77,8 @@ def test_cached_features_train_the_head_like_the_backbone_does(data, monkeypatch
     cached = train(data, params=params)
     monkeypatch.setattr(Inputs, "cache_features", lambda self, ids, amp: None)
     uncached = train(data, params=params)
-    for key, value in cached.checkpoint["state_dict"].items():
-        torch.testing.assert_close(value, uncached.checkpoint["state_dict"][key], rtol=1e-4, atol=1e-5)
+    for key, value in cached.network.state_dict().items():
+        torch.testing.assert_close(value, uncached.network.state_dict()[key], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
         [row["val_mae"] for row in cached.history], [row["val_mae"] for row in uncached.history], rtol=1e-4
     )
@@ -100,14 +101,14 @@ def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, interrup
     resumed = train(data, params=params, state=state, on_epoch_end=resumed_rows.append)
     assert [row["epoch"] for row in resumed_rows] == list(range(interrupt_after + 1, 5))
     assert resumed.history == uninterrupted.history
-    for key, value in uninterrupted.checkpoint["state_dict"].items():
-        assert torch.equal(value, resumed.checkpoint["state_dict"][key]), key
+    for key, value in uninterrupted.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
     # The state outlives the training until its caller has written every output: run again, nothing is trained.
     again_rows = []
     again = train(data, params=params, state=state, on_epoch_end=again_rows.append)
     assert again_rows == [] and again.history == uninterrupted.history
-    for key, value in uninterrupted.checkpoint["state_dict"].items():
-        assert torch.equal(value, again.checkpoint["state_dict"][key]), key
+    for key, value in uninterrupted.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key]), key
 
 
 def test_the_weight_average_is_validated_and_kept_without_changing_training(data):
@@ -117,12 +118,11 @@ def test_the_weight_average_is_validated_and_kept_without_changing_training(data
     assert [row["train_loss"] for row in averaged.history] == [row["train_loss"] for row in plain.history]
     assert [row["val_mae"] for row in averaged.history] != [row["val_mae"] for row in plain.history]
     # What was validated is what is kept.
-    model = build_network(MODEL, AGES).to(memory_format=torch.channels_last)
-    model.load_state_dict(averaged.checkpoint["state_dict"])
+    model = AgeModel.of(averaged.network, MODEL.input_size)
     images, ages, _, split = data
     val_ids = split_ids(split, "val")
-    predicted = predict(model, images, val_ids, MODEL.input_size, TRAIN.batch_size, CPU, autocast(CPU, TRAIN))["age"]
-    assert np.abs(predicted - ages[val_ids]).mean() == pytest.approx(averaged.checkpoint["val_mae"], rel=1e-3)
+    predicted = predict(model, images, val_ids, TRAIN.batch_size, CPU, autocast(CPU, TRAIN))["age"]
+    assert np.abs(predicted - ages[val_ids]).mean() == pytest.approx(averaged.summary["best_val_mae"], rel=1e-3)
 
 
 def test_an_ema_decay_outside_0_to_1_is_refused(data):
@@ -255,17 +255,18 @@ def test_training_needs_a_validation_split(data):
 def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
     params = TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=5, threads=1)
     result = train(data, params=params)
-    torch.save(result.checkpoint, tmp_path / "model.pt")
+    trained = AgeModel([result.network], [MODEL.input_size], 0.0, AGES, 16)
+    save_checkpoint(checkpoint_of(trained, [MODEL], epoch=result.summary["best_epoch"]), tmp_path / "model.pt")
     model, checkpoint = load_model(tmp_path / "model.pt", CPU)
-    assert checkpoint["epoch"] == result.summary["best_epoch"] and checkpoint["image_size"] == 16
+    assert checkpoint.epoch == result.summary["best_epoch"] and checkpoint.image_size == 16
     # The loaded model predicts what the trained one did when it was validated.
     images, ages, _, split = data
     val_ids = split_ids(split, "val")
-    loaded = predict(model, images, val_ids, MODEL.input_size, 4, CPU, autocast(CPU, params))["age"]
+    loaded = predict(model, images, val_ids, 4, CPU, autocast(CPU, params))["age"]
     assert np.abs(loaded - ages[val_ids]).mean() == pytest.approx(result.summary["best_val_mae"], abs=1e-3)
     # Predictions do not depend on the order or batching of the ids.
-    backward = predict(model, images, val_ids[::-1], MODEL.input_size, 3, CPU)["age"]
-    forward = predict(model, images, val_ids, MODEL.input_size, 8, CPU)["age"]
+    backward = predict(model, images, val_ids[::-1], 3, CPU)["age"]
+    forward = predict(model, images, val_ids, 8, CPU)["age"]
     np.testing.assert_allclose(forward, backward[::-1], rtol=1e-5)
 
 

@@ -32,6 +32,13 @@ from faceage.data.layouts import (
     Layout,
     detect_layout,
 )
+from faceage.data.manifest import (
+    DATASET_FILE,
+    IMAGES_FILE,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    describe_dataset,
+)
 from faceage.data.sources import LISTING_OUTCOMES, Entry, Source, open_source
 from faceage.errors import FaceageError
 from faceage.params import DataParams, FacesParams
@@ -60,13 +67,8 @@ OUTCOMES = (
     *LISTING_OUTCOMES,
 )
 
-IMAGES_FILE = "images.npy"
-MANIFEST_FILE = "manifest.csv"
 REJECTED_FILE = "rejected.csv"
 UNMATCHED_FILE = "label_rows_without_image.csv"  # label rows that name no file, or several
-DATASET_FILE = "dataset.json"  # what the images are: name and kind (synthetic or real)
-SYNTHETIC_NAME = "faceage synthetic demo"
-MANIFEST_COLUMNS = ["id", "age", "gender", "race", "given_split", "source_path", "content_hash", "pixel_hash"]
 LOGGED_PER_REASON = 10  # rejected files logged one by one per reason; rejected.csv lists them all
 BLOCK_SIZE = 1024  # files held in memory at once while decoding; does not change results
 COPY_BYTES = 16 * 2**20  # read and written at a time when the rows become the .npy
@@ -291,28 +293,3 @@ def _manifest_row(index: int, result: Decoded, label: Label) -> list:
     optional = ["" if value is None else value for value in (label.gender, label.race, label.given_split)]
     pixel_hash = hashlib.sha256(result.pixels.tobytes()).hexdigest()
     return [index, label.age, *optional, result.name, result.content_hash, pixel_hash]
-
-
-def load_images(in_dir: str | Path) -> np.ndarray:
-    """The ingested ``(N, H, W, 3)`` uint8 array, memory-mapped."""
-    return np.load(Path(in_dir) / IMAGES_FILE, mmap_mode="r")
-
-
-def describe_dataset(source: str | Path, synthetic: bool) -> dict[str, str]:
-    """The data set's ``name`` (the source's file or folder name, or the demo's) and ``kind``: ``synthetic``
-    (faces drawn by the demo stage; a model of them knows nothing of real faces) or ``real``."""
-    if synthetic:
-        return {"name": SYNTHETIC_NAME, "kind": "synthetic"}
-    return {"name": Path(source).name, "kind": "real"}
-
-
-def load_dataset(in_dir: str | Path) -> dict[str, str]:
-    """The ingested data set's :func:`describe_dataset`."""
-    return json.loads((Path(in_dir) / DATASET_FILE).read_text())
-
-
-def load_manifest(in_dir: str | Path) -> pd.DataFrame:
-    """The ingested manifest, one row per image in array order."""
-    return pd.read_csv(
-        Path(in_dir) / MANIFEST_FILE, dtype={"gender": "Int64", "race": "Int64", "given_split": "string"}
-    )

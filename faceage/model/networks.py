@@ -155,7 +155,9 @@ def fetch_pretrained_weights(params: ModelParams) -> None:
         backbone(params.backbone).pretrained_state_dict()
 
 
-def build_network(params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)) -> AgeNet:
+def build_network(
+    params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)
+) -> AgeNet:
     """The backbone named by ``params.backbone`` with age heads; ``age_stats`` normalise regression targets."""
     spec = backbone(params.backbone)
     trunk = spec.build()

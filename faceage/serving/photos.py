@@ -22,7 +22,7 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, untouched_dlib
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
-from faceage.params import FacesParams
+from faceage.params import PROJECT_PARAMS, FacesParams, load_params
 from faceage.runtime import select_device
 
 
@@ -77,7 +77,7 @@ class AgeEstimator:
         self.device = device or select_device()
         if str(model_path) == UNTOUCHED_DLIB:
             self.model, self.dataset = untouched_dlib().to(self.device), UNTOUCHED_DLIB_DATASET
-            self.faces = faces
+            self.faces = faces or load_params(PROJECT_PARAMS).faces  # no checkpoint: the project's settings
         else:
             self.model, checkpoint = load_model(model_path, self.device)
             self.dataset = checkpoint.dataset  # None for a checkpoint that predates the record
@@ -102,7 +102,9 @@ class AgeEstimator:
         chips = [face.chip for photo in photos for face in photo.faces]
         outputs: dict[str, np.ndarray] = {}
         if chips:
-            outputs = predict(self.model, np.stack(chips), np.arange(len(chips)), batch_size, self.device, flip=self.flip)
+            outputs = predict(
+                self.model, np.stack(chips), np.arange(len(chips)), batch_size, self.device, flip=self.flip
+            )
         results, row = [], 0
         for photo in photos:
             if photo.error is not None:

@@ -30,5 +30,3 @@ def register_with_alias(run_id: str, model_name: str, alias: str, uri: str | Non
     version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_IN_RUN}", model_name).version)
     client.set_registered_model_alias(model_name, alias, version)
     return version
-
-

@@ -167,5 +167,3 @@ def download_artifact(run_id: str, path: str, folder: str | Path, uri: str | Non
     except Exception as error:  # a missing artifact must not stop the pipeline
         log.warning("cannot fetch %s of MLflow run %s: %s", path, run_id, error)
         return None
-
-

@@ -65,7 +65,6 @@ class Targets:
         return total_loss(model, outputs, self.ages[batch], self.genders[batch], self.model_params, self.params)
 
 
-
 class Trainer:
     """One training run of a :class:`TrainingSetup`, in this process alone or as one of ``workers``: each
     process takes its share of every batch, DDP averages the gradients, and only the main process logs,
@@ -266,5 +265,3 @@ def train_network(
         raise FaceageError("train.sync_bn needs CUDA: SyncBatchNorm runs only on GPUs")
     device = device or (workers.device() if workers.size > 1 else select_device())
     return Trainer(setup, device, workers, resume, on_epoch_end).fit()
-
-

@@ -18,7 +18,6 @@ def headline_metrics(summary: dict) -> dict:
     }
 
 
-
 def history_table(history: list[dict], best_epoch: int) -> pd.DataFrame:
     """One row per epoch, with a ``marker`` naming the epoch where fine-tuning starts and the kept one."""
     table = pd.DataFrame(history)
@@ -27,5 +26,3 @@ def history_table(history: list[dict], best_epoch: int) -> pd.DataFrame:
     names = (("fine-tuning starts", starts), ("best epoch", best))
     table["marker"] = [", ".join(name for name, rows in names if rows[row]) for row in table.index]
     return table
-
-

@@ -65,7 +65,6 @@ class ResumeFile:
         self.saved = None
 
 
-
 @dataclass
 class Progress:
     """Where training stands: the epochs run, the best so far, epochs since it last improved, and the
@@ -78,13 +77,11 @@ class Progress:
     epoch: int = 0
 
 
-
 def weight_average(model: AgeNet, decay: float) -> AveragedModel | None:
     """Exponential moving average of ``model``'s weights and buffers, updated after every step; None for 0."""
     if decay == 0:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
 
 
 class TrainingState:
@@ -138,7 +135,6 @@ class TrainingState:
         torch.set_rng_state(state["torch_rng"])
         self.progress = Progress(**{name: state[name] for name in ("history", "best", "stale", "phase", "epoch")})
         self.stepper_state = state["stepper"] if self.progress.epoch > 0 else None
-
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

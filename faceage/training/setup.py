@@ -55,11 +55,9 @@ def plan_phases(params: TrainParams, augment: AugmentParams) -> list[Phase]:
     return phases
 
 
-
 def split_ids(split: pd.DataFrame, name: str) -> np.ndarray:
     """Array rows (manifest ids) of one split."""
     return split.loc[split["split"] == name, "id"].to_numpy()
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +96,6 @@ class TrainingSetup:
         return digest.hexdigest()
 
 
-
 def autocast(device: torch.device, params: TrainParams) -> contextlib.AbstractContextManager:
     """float16 autocast on CUDA (``amp``), bfloat16 on the CPU (``cpu_bf16``), else nothing."""
     if device.type == "cuda" and params.amp:
@@ -108,11 +105,8 @@ def autocast(device: torch.device, params: TrainParams) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
-
 def precision(device: torch.device, params: TrainParams) -> str:
     """The precision :func:`autocast` trains in on ``device``, and why."""
     if device.type == "cpu":
         return cpu_precision_reason(params.cpu_bf16)
     return "float16 autocast (train.amp)" if device.type == "cuda" and params.amp else "float32"
-
-
