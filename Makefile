@@ -28,7 +28,7 @@ metrics: setup
 	dvc metrics diff --all
 
 # A REST endpoint (POST /invocations) for the model the last `make repro` trained: its MLflow run's model.
-TRAINED_RUN = $(shell python3 -c 'import json; print(json.load(open("reports/train.json"))["mlflow_run_id"])')
+TRAINED_RUN = $(shell $(BIN)/python -c 'import json; from faceage.stage import pipeline_paths; print(json.loads(pipeline_paths()["train_report"].read_text())["mlflow_run_id"])')
 serve: setup
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} mlflow models serve \
 	  -m runs:/$(TRAINED_RUN)/model --env-manager local --host 127.0.0.1 --port $(or $(PORT),5001)

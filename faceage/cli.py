@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="image files or folders")
     predict.add_argument(
         "--model",
-        default="models/model.pt",
-        help="trained checkpoint, or dlib: dlib's age model as its authors trained it on real faces (no training)",
+        help="trained checkpoint (default: the pipeline's), or dlib: dlib's age model as its authors trained it on "
+        "real faces (no training)",
     )
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write the network as ONNX or TorchScript", description=EXPORT_HELP)
     export.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
-    export.add_argument("--model", type=Path, default=Path("models/model.pt"), help="trained checkpoint")
+    export.add_argument("--model", type=Path, help="trained checkpoint (default: the pipeline's)")
     export.add_argument("--output", type=Path, help="output file (default: next to the model, .onnx or .ts)")
     export.add_argument("--no-flip", action="store_true", help="leave mirror-image averaging out of the graph")
     return parser
@@ -74,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from faceage.errors import FaceageError
 
     try:
+        if args.model is None:  # the model the pipeline in this folder trains
+            from faceage.stage import pipeline_paths
+
+            args.model = pipeline_paths()["model"]
         return run_predict(args) if args.command == "predict" else run_export(args)
     except FaceageError as error:
         print(f"error: {error}", file=sys.stderr)

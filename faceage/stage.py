@@ -1,4 +1,4 @@
-"""What every stage script shares: logging, one-line errors, JSON output."""
+"""What every stage script shares: the pipeline's paths, logging, one-line errors, JSON and CSV output."""
 
 from __future__ import annotations
 
@@ -15,6 +15,21 @@ import pandas as pd
 from faceage.errors import FaceageError
 
 log = logging.getLogger(__name__)
+PIPELINE_FILE = "dvc.yaml"
+
+
+def pipeline_paths(root: str | Path = ".") -> dict[str, Path]:
+    """The paths of the pipeline's data, model, reports and plots by name: the ``paths`` among the ``vars`` of
+    ``dvc.yaml`` at ``root``, the one place they are written (its stages name them as ``${paths.NAME}``)."""
+    import yaml
+
+    file = Path(root) / PIPELINE_FILE
+    if not file.is_file():
+        raise FaceageError(f"no {PIPELINE_FILE} in {Path(root).resolve()}: run this in the faceage project's folder")
+    for entry in yaml.safe_load(file.read_text()).get("vars", []):
+        if isinstance(entry, dict) and "paths" in entry:
+            return {name: Path(root) / value for name, value in entry["paths"].items()}
+    raise FaceageError(f"{file} names no paths among its vars")
 
 
 def write_json(data: dict, path: str | Path) -> None:

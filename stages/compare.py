@@ -2,12 +2,11 @@
 current run against the best other run."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
 from faceage import plots
-from faceage.data.manifest import MANIFEST_FILE
+from faceage.data.manifest import dataset_fingerprint
 from faceage.evaluation.compare import (
     compare_with,
     console_summary,
@@ -18,30 +17,24 @@ from faceage.evaluation.compare import (
 )
 from faceage.evaluation.metrics import bucket_labels, cs_name
 from faceage.params import load_params
-from faceage.stage import run_stage, write_csv, write_json
-from faceage.tracking.store import dataset_fingerprint
-
-MANIFEST = Path("data/ingested") / MANIFEST_FILE
-SPLIT_FILE = "data/split.csv"
-TRAIN_REPORT = "reports/train.json"
-METRICS = ("metrics/train.json", "metrics/evaluate.json")
-PREDICTIONS = "data/predictions.csv"
-REPORT = "reports/compare.json"
-PLOTS = Path("plots/compare")
+from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
 
 
 def main() -> None:
-    params = load_params()
-    train_report = json.loads(Path(TRAIN_REPORT).read_text())
+    params, paths = load_params(), pipeline_paths()
+    train_report = json.loads(paths["train_report"].read_text())
     run_id = train_report.get("mlflow_run_id")
     buckets, cs_key = bucket_labels(params.evaluate.bucket_edges), cs_name(params.evaluate.cs_threshold)
     # The figures the run logs to MLflow: the headline metrics and the model's size.
-    metrics = [{"parameters": train_report["parameters"]}, *(json.loads(Path(path).read_text()) for path in METRICS)]
+    metrics = [
+        {"parameters": train_report["parameters"]},
+        *(json.loads(path.read_text()) for path in (paths["train_metrics"], paths["evaluate_metrics"])),
+    ]
     current = entry_from_reports(run_id, metrics, params, buckets, cs_key)
-    fingerprint = dataset_fingerprint([MANIFEST, SPLIT_FILE])
+    fingerprint = dataset_fingerprint(paths["ingested"], paths["split"])
     others = other_runs(params.mlflow.experiment, fingerprint, run_id, buckets, cs_key)
     board = leaderboard([current, *others])
-    predictions = pd.read_csv(PREDICTIONS)
+    predictions = pd.read_csv(paths["predictions"])
     significance = None
     if others:
         rival = min(others, key=lambda entry: entry["val_mae"])
@@ -61,15 +54,15 @@ def main() -> None:
             "significance": significance,
             "promotion": promotion,
         },
-        REPORT,
+        paths["compare_report"],
     )
     columns = ["rank", "backbone", "epochs", "pretrained", "input_size", "val_mae", "test_mae", "run_id"]
     table = pd.DataFrame(board)[columns]
     for name in params.test_sources:  # each test source's MAE, empty for runs not evaluated on it
         table[f"{name}_mae"] = [entry["sources"].get(name, {}).get("mae") for entry in board]
-    write_csv(table, PLOTS / "leaderboard.csv")
-    plots.mae_by_backbone(board, PLOTS / "test_mae.png")
-    plots.bucket_mae_by_backbone(board, PLOTS / "bucket_mae.png")
+    write_csv(table, paths["leaderboard"])
+    plots.mae_by_backbone(board, paths["compare_test_plot"])
+    plots.bucket_mae_by_backbone(board, paths["compare_bucket_plot"])
     print(console_summary(table, significance, promotion))
 
 

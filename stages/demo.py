@@ -3,16 +3,13 @@ drawn in another style (a test source)."""
 
 from faceage.data.demo import write_demo_archive
 from faceage.params import load_params
-from faceage.stage import run_stage
-
-ARCHIVE = "data/demo/UTKFace.tar.gz"
-RESTYLED = "data/demo/restyled.tar.gz"
+from faceage.stage import pipeline_paths, run_stage
 
 
 def main() -> None:
-    params = load_params().demo
-    write_demo_archive(ARCHIVE, params)
-    write_demo_archive(RESTYLED, params, restyled=True)
+    params, paths = load_params().demo, pipeline_paths()
+    write_demo_archive(paths["demo_archive"], params)
+    write_demo_archive(paths["demo_restyled"], params, restyled=True)
 
 
 if __name__ == "__main__":

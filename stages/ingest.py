@@ -8,26 +8,21 @@ from dataclasses import replace
 from faceage.data.ingest import ingest
 from faceage.errors import FaceageError
 from faceage.params import load_params
-from faceage.stage import run_stage, write_json
-
-OUT_DIR = "data/ingested"
-REPORT = "reports/ingest.json"
-TEST_SOURCES_DIR = "data/test_sources"
-TEST_SOURCES_REPORTS = "reports/test_sources"
+from faceage.stage import pipeline_paths, run_stage, write_json
 
 
 def main() -> None:
-    params = load_params()
+    params, paths = load_params(), pipeline_paths()
     if len(sys.argv) == 1:
-        write_json(ingest(params.data, OUT_DIR, params.faces), REPORT)
+        write_json(ingest(params.data, paths["ingested"], params.faces), paths["ingest_report"])
         return
     name = sys.argv[1]
     if name not in params.test_sources:
         raise FaceageError(f"no test source {name!r} in params.yaml's test_sources ({', '.join(params.test_sources)})")
     source = params.test_sources[name]
     data = replace(params.data, source=source.source, align=source.align)
-    report = ingest(data, f"{TEST_SOURCES_DIR}/{name}", params.faces, allow_empty=True)  # evaluate says if empty
-    write_json(report, f"{TEST_SOURCES_REPORTS}/{name}.json")
+    report = ingest(data, paths["test_sources"] / name, params.faces, allow_empty=True)  # evaluate says if empty
+    write_json(report, paths["test_source_reports"] / f"{name}.json")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from faceage.data.manifest import MANIFEST_FILE, load_dataset, load_images, load_manifest
+from faceage.data.manifest import dataset_fingerprint, load_dataset, load_images, load_manifest
 from faceage.model.checkpoint import Checkpoint, checkpoint_of, save_checkpoint
 from faceage.model.networks import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
 from faceage.serving.pyfunc import log_age_model
-from faceage.stage import run_stage, write_csv, write_json
+from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
 from faceage.tracking.runs import RunTracker, resumable_run, start_member_run, start_pipeline_run
-from faceage.tracking.store import dataset_fingerprint
 from faceage.training.distributed import Workers, joined, launch, launched_by_torchrun
 from faceage.training.loop import train_network
 from faceage.training.losses import UNKNOWN_GENDER
@@ -29,15 +28,6 @@ from faceage.training.reports import headline_metrics, history_table
 from faceage.training.resume import ResumeFile
 from faceage.training.setup import TrainingSetup
 
-INGESTED = "data/ingested"
-SPLIT_FILE = "data/split.csv"
-MODEL = "models/model.pt"
-STATE = "models/resume/train_state.pt"
-METRICS = "metrics/train.json"  # headline figures, tracked by DVC and charted by MLflow
-REPORT = "reports/train.json"  # every figure, and the MLflow run
-HISTORY = "plots/train/history.csv"
-CURVES = "plots/train/learning_curves.png"
-
 
 def main() -> None:
     params = load_params()
@@ -45,11 +35,12 @@ def main() -> None:
         launch(params.train.nproc, params.train.max_restarts, sys.argv[0])
         return
     with joined() as workers:
-        train(params, workers)
+        train(params, pipeline_paths(), workers)
 
 
-def train(params: Params, workers: Workers) -> None:
-    manifest, split, images = load_manifest(INGESTED), pd.read_csv(SPLIT_FILE), load_images(INGESTED)
+def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
+    ingested = paths["ingested"]
+    manifest, split, images = load_manifest(ingested), pd.read_csv(paths["split"]), load_images(ingested)
     genders = manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy()
     networks = member_params(params)
     for network in networks.values():
@@ -67,13 +58,15 @@ def train(params: Params, workers: Workers) -> None:
         )
         for name, member in networks.items()
     }
-    resumes = {name: ResumeFile(state_file(name), setup.fingerprint()) for name, setup in setups.items()}
+    resumes = {
+        name: ResumeFile(state_file(paths["resume"], name), setup.fingerprint()) for name, setup in setups.items()
+    }
     if not workers.is_main:
         for name, setup in setups.items():
             train_network(setup, resume=resumes[name], workers=workers)
         return
-    dataset = load_dataset(INGESTED)
-    fingerprint = dataset_fingerprint([Path(INGESTED) / MANIFEST_FILE, SPLIT_FILE])
+    dataset = load_dataset(ingested)
+    fingerprint = dataset_fingerprint(ingested, paths["split"])
     start = functools.partial(start_pipeline_run, params, fingerprint, "stages/train.py")
     with resumable_run(resumes[MAIN_MEMBER], start) as tracker:
         tracker.log_dataset(dataset["name"], fingerprint, params.data.source, len(manifest))
@@ -96,29 +89,31 @@ def train(params: Params, workers: Workers) -> None:
         best = results[MAIN_MEMBER].summary["best_epoch"]
         info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id, "epoch": best}
         checkpoint = checkpoint_of(model, [setup.model_params for setup in setups.values()], **info)
-        write_outputs(checkpoint, summary, results[MAIN_MEMBER].history, tracker)
-        log_age_model(tracker, MODEL, params.faces, images[setups[MAIN_MEMBER].val_ids[0]], dataset)
+        write_outputs(checkpoint, summary, results[MAIN_MEMBER].history, tracker, paths)
+        log_age_model(tracker, paths["model"], params.faces, images[setups[MAIN_MEMBER].val_ids[0]], dataset)
     for resume in resumes.values():  # only now: a crash before this point costs no training
         resume.remove()
 
 
-def state_file(name: str) -> str:
-    """Where member ``name`` saves its training state after each epoch."""
-    return STATE if name == MAIN_MEMBER else f"{Path(STATE).parent}/member_{name}.pt"
+def state_file(folder: Path, name: str) -> Path:
+    """Where network ``name`` saves its training state after each epoch."""
+    return folder / ("train_state.pt" if name == MAIN_MEMBER else f"member_{name}.pt")
 
 
-def write_outputs(checkpoint: Checkpoint, summary: dict, history: list[dict], tracker: RunTracker) -> None:
+def write_outputs(
+    checkpoint: Checkpoint, summary: dict, history: list[dict], tracker: RunTracker, paths: dict[str, Path]
+) -> None:
     """The checkpoint, metrics, report and plots, each also logged to the run."""
-    save_checkpoint(replace(checkpoint, val_mae=summary["best_val_mae"]), MODEL)
-    write_json({**summary, "mlflow_run_id": tracker.run_id}, REPORT)
+    save_checkpoint(replace(checkpoint, val_mae=summary["best_val_mae"]), paths["model"])
+    write_json({**summary, "mlflow_run_id": tracker.run_id}, paths["train_report"])
     headline = headline_metrics(summary)
-    write_json(headline, METRICS)
-    write_csv(history_table(history, summary["best_epoch"]), HISTORY)
-    learning_curves(history, summary["best_epoch"], CURVES)
+    write_json(headline, paths["train_metrics"])
+    write_csv(history_table(history, summary["best_epoch"]), paths["train_history"])
+    learning_curves(history, summary["best_epoch"], paths["train_curves"])
     tracker.log_metrics({**headline, "parameters": summary["parameters"], "epochs_run": len(history)})
     tracker.set_tags({"precision": summary["precision"]})
-    for path, folder in ((REPORT, "reports"), (HISTORY, "plots"), (CURVES, "plots")):
-        tracker.log_artifact(path, folder)
+    for name, folder in (("train_report", "reports"), ("train_history", "plots"), ("train_curves", "plots")):
+        tracker.log_artifact(paths[name], folder)
 
 
 if __name__ == "__main__":

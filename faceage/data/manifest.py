@@ -3,6 +3,7 @@ are. Reading it needs no face detection or decoding."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,3 +40,12 @@ def load_manifest(in_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(
         Path(in_dir) / MANIFEST_FILE, dtype={"gender": "Int64", "race": "Int64", "given_split": "string"}
     )
+
+
+def dataset_fingerprint(ingested: str | Path, split: str | Path) -> str:
+    """Short hash of what defines the data a model sees: the ingested manifest and the split. MLflow runs are
+    tagged with it, and only runs on the same data are compared."""
+    digest = hashlib.sha256()
+    for path in (Path(ingested) / MANIFEST_FILE, Path(split)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

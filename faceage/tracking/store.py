@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import logging
 import os
 import sqlite3
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,14 +103,6 @@ def mlflow_client(uri: str | None = None) -> MlflowClient:
         client = MlflowClient(uri)
         client.get_experiment_by_name("Default")  # a new SQLite store creates its tables here, under the lock
     return client
-
-
-def dataset_fingerprint(paths: Iterable[str | Path]) -> str:
-    """Short hash of the files that define the data a model sees (ingested manifest and split)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def finished_runs(experiment: str, fingerprint: str, uri: str | None = None) -> list:
