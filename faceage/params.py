@@ -1,4 +1,5 @@
-"""Typed view of ``params.yaml``: the one place where the pipeline's settings are read."""
+"""Typed view of ``params.yaml``, the one place where every setting's value is written: types, allowed ranges and
+rules across settings live here, values and their defaults only there."""
 
 from __future__ import annotations
 
@@ -84,11 +85,11 @@ class DemoParams(Checked):
         "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
     }
 
-    num_images: int = 2000
-    restyled_images: int = 300  # the test source of faces drawn in another style
-    image_size: int = 200
-    jpeg_quality: int = 90
-    seed: int = 0
+    num_images: int
+    restyled_images: int  # the test source of faces drawn in another style
+    image_size: int
+    jpeg_quality: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -102,15 +103,13 @@ class DataParams(Checked):
         "workers": AT_LEAST_0,
     }
 
-    source: str = "data/demo/UTKFace.tar.gz"
-    image_size: int = 128
-    min_age: int = 1
-    max_age: int = 116
-    workers: int = 0  # 0: one per CPU core; does not change results
-    align: bool = False  # detect and align the face of each image (for raw photos; UTKFace crops are aligned)
-    multiple_faces: Literal["largest", "reject"] = (
-        "largest"  # with align, an image with several faces: largest (keep it) | reject
-    )
+    source: str
+    image_size: int
+    min_age: int
+    max_age: int
+    workers: int  # 0: one per CPU core; does not change results
+    align: bool  # detect and align the face of each image (for raw photos; UTKFace crops are aligned)
+    multiple_faces: Literal["largest", "reject"]  # with align, an image with several faces: largest (keep it) | reject
 
     def check_together(self) -> None:
         check(self.max_age >= self.min_age, "data.max_age", self.max_age, f">= data.min_age ({self.min_age})")
@@ -129,12 +128,12 @@ class FacesParams(Checked):
         "rotations": (lambda v: all(-90 <= a <= 90 and a != 0 for a in v), "angles in -90..90, none 0"),
     }
 
-    upsample: int = 0  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
-    padding: float = 0.2  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
-    max_side: int = 1280  # photos whose longer side exceeds this are downscaled for detection only
-    min_size: int = 32  # smallest face side kept, in pixels of the photo
-    min_score: float = 0.2  # HOG detection score a face must exceed (tilted faces score lower)
-    rotations: tuple[float, ...] = (-15.0, 15.0)  # photo turns (degrees) searched when the upright one has no face
+    upsample: int  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
+    padding: float  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
+    max_side: int  # photos whose longer side exceeds this are downscaled for detection only
+    min_size: int  # smallest face side kept, in pixels of the photo
+    min_score: float  # HOG detection score a face must exceed (tilted faces score lower)
+    rotations: tuple[float, ...]  # photo turns (degrees) searched when the upright one has no face
 
 
 @dataclass(frozen=True)
@@ -149,12 +148,12 @@ class SplitParams(Checked):
         "stratify_bins": AT_LEAST_1,
     }
 
-    train: float = 0.70
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 42
-    stratify_bins: int = 10
-    use_given: bool = True
+    train: float
+    val: float
+    test: float
+    seed: int
+    stratify_bins: int
+    use_given: bool
 
     def check_together(self) -> None:
         total = self.train + self.val + self.test
@@ -179,22 +178,20 @@ class ModelParams(Checked):
         ),
     }
 
-    backbone: str = "dlib_age_resnet10"
-    pretrained: bool = True
-    input_size: int = 96
-    head: Literal["regression", "classification"] = (
-        "classification"  # regression | classification (softmax expectation over 1-year bins)
-    )
-    hidden: int = 256  # width of the head's hidden layer; 0 = one linear layer
-    head_init: Literal["random", "dlib"] = (
-        "random"  # random | dlib (classification head starts as dlib's age classifier; hidden: 0)
-    )
-    dropout: float = 0.2
-    gender_weight: float = 0.0  # loss weight of an auxiliary gender head; 0 = no such head
-    age_group_weight: float = 0.0  # loss weight of an auxiliary age-group head; 0 = no such head
-    age_group_edges: tuple[int, ...] = (26, 51, 76)  # lower edges of the groups after the first
+    backbone: str
+    pretrained: bool
+    input_size: int
+    head: Literal["regression", "classification"]  # regression | classification (softmax expectation over 1-year bins)
+    hidden: int  # width of the head's hidden layer; 0 = one linear layer
+    head_init: Literal[
+        "random", "dlib"
+    ]  # random | dlib (classification head starts as dlib's age classifier; hidden: 0)
+    dropout: float
+    gender_weight: float  # loss weight of an auxiliary gender head; 0 = no such head
+    age_group_weight: float  # loss weight of an auxiliary age-group head; 0 = no such head
+    age_group_edges: tuple[int, ...]  # lower edges of the groups after the first
     # weights of dlib's untouched age model in each predicted age: the one with the best validation MAE is kept
-    reference_blend: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5)
+    reference_blend: tuple[float, ...]
 
     def check_together(self) -> None:
         dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
@@ -243,38 +240,38 @@ class TrainParams(Checked):
         "resize_epochs": UP_TO_1,
     }
 
-    head_epochs: int = 3
-    head_lr: float = 3e-3
-    epochs: int = 10
-    lr: float = 3e-4
-    freeze: str = "none"  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
-    freeze_bn: bool = False
-    batch_size: int = 32
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 0.05
-    scheduler: Literal["cosine", "plateau", "none"] = "cosine"  # cosine: after a linear warm-up
-    warmup_epochs: float = 1.0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 1
-    patience: int = 0  # early stopping after this many epochs without a better validation MAE; 0 = off
-    grad_clip: float = 5.0  # max gradient norm; 0 = off
-    ema_decay: float = 0.0  # per-step exponential moving average of the weights, validated and kept; 0 = off
-    loss: Literal["l1", "mse", "smooth_l1"] = "l1"  # regression head
-    label_smoothing: float = 0.0  # classification head
-    label_sigma: float = 2.0  # classification head: Gaussian label distribution width (years); 0 = one-hot
-    amp: bool = True  # float16 autocast with gradient scaling on CUDA
-    cpu_bf16: CpuBf16 = "auto"  # bfloat16 autocast on the CPU; auto: only where the CPU computes it natively
-    seed: int = 42
-    threads: int = 0  # CPU threads; 0 = torch's default
-    nproc: int = 1  # training processes on this machine (torchrun, DDP): one per GPU, or share the CPU cores
-    max_restarts: int = 0  # times torchrun restarts all processes when one fails (they resume the last epoch)
-    sync_bn: bool = False  # with several GPU processes: BatchNorm statistics over the whole batch
-    layer_decay: float = 1.0  # fine-tuning: each backbone block's lr is this times the next one's; 1 = one lr
-    l2sp: float = 0.0  # fine-tuning: pull of the backbone toward its pretrained weights (L2-SP); 0 = off
-    distill_weight: float = 0.0  # loss weight of agreeing with dlib's untouched age model (classification); 0 = off
-    start_size: int = 0  # fine-tuning: input size (px) of the first epoch, growing to model.input_size; 0 = off
-    resize_epochs: float = 0.5  # with start_size: share of the fine-tuning epochs over which the input grows
+    head_epochs: int
+    head_lr: float
+    epochs: int
+    lr: float
+    freeze: str  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
+    freeze_bn: bool
+    batch_size: int
+    optimizer: Literal["adamw", "adam", "sgd"]
+    momentum: float
+    weight_decay: float
+    scheduler: Literal["cosine", "plateau", "none"]  # cosine: after a linear warm-up
+    warmup_epochs: float
+    plateau_factor: float
+    plateau_patience: int
+    patience: int  # early stopping after this many epochs without a better validation MAE; 0 = off
+    grad_clip: float  # max gradient norm; 0 = off
+    ema_decay: float  # per-step exponential moving average of the weights, validated and kept; 0 = off
+    loss: Literal["l1", "mse", "smooth_l1"]  # regression head
+    label_smoothing: float  # classification head
+    label_sigma: float  # classification head: Gaussian label distribution width (years); 0 = one-hot
+    amp: bool  # float16 autocast with gradient scaling on CUDA
+    cpu_bf16: CpuBf16  # bfloat16 autocast on the CPU; auto: only where the CPU computes it natively
+    seed: int
+    threads: int  # CPU threads; 0 = torch's default
+    nproc: int  # training processes on this machine (torchrun, DDP): one per GPU, or share the CPU cores
+    max_restarts: int  # times torchrun restarts all processes when one fails (they resume the last epoch)
+    sync_bn: bool  # with several GPU processes: BatchNorm statistics over the whole batch
+    layer_decay: float  # fine-tuning: each backbone block's lr is this times the next one's; 1 = one lr
+    l2sp: float  # fine-tuning: pull of the backbone toward its pretrained weights (L2-SP); 0 = off
+    distill_weight: float  # loss weight of agreeing with dlib's untouched age model (classification); 0 = off
+    start_size: int  # fine-tuning: input size (px) of the first epoch, growing to model.input_size; 0 = off
+    resize_epochs: float  # with start_size: share of the fine-tuning epochs over which the input grows
 
 
 @dataclass(frozen=True)
@@ -300,22 +297,22 @@ class AugmentParams(Checked):
         "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
     }
 
-    hflip: float = 0.5  # probability
-    crop_scale: float = 0.85  # random resized crop: smallest share of the area kept; 1 = off
-    shift: float = 0.05  # largest shift, as a share of the side
-    rotate: float = 10.0  # largest rotation in degrees
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.02  # largest hue rotation, as a share of the colour circle
-    grayscale: float = 0.05  # probability
-    erasing: float = 0.25  # probability of erasing a random rectangle
-    blur: float = 0.0  # probability of a Gaussian blur
-    blur_sigma: float = 1.5  # largest blur width, pixels of the network input
-    noise: float = 0.0  # largest standard deviation of added Gaussian noise (pixel values 0..1)
-    jpeg: float = 0.0  # probability of re-encoding as JPEG
-    jpeg_quality: int = 30  # lowest JPEG quality drawn (up to 95)
-    in_head_stage: bool = False  # augment in the head-only stage too (disables its feature cache)
+    hflip: float  # probability
+    crop_scale: float  # random resized crop: smallest share of the area kept; 1 = off
+    shift: float  # largest shift, as a share of the side
+    rotate: float  # largest rotation in degrees
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float  # largest hue rotation, as a share of the colour circle
+    grayscale: float  # probability
+    erasing: float  # probability of erasing a random rectangle
+    blur: float  # probability of a Gaussian blur
+    blur_sigma: float  # largest blur width, pixels of the network input
+    noise: float  # largest standard deviation of added Gaussian noise (pixel values 0..1)
+    jpeg: float  # probability of re-encoding as JPEG
+    jpeg_quality: int  # lowest JPEG quality drawn (up to 95)
+    in_head_stage: bool  # augment in the head-only stage too (disables its feature cache)
 
 
 @dataclass(frozen=True)
@@ -325,7 +322,7 @@ class MlflowParams(Checked):
     SECTION: ClassVar[str] = "mlflow"
     RANGES: ClassVar[dict[str, Range]] = {"experiment": (lambda v: bool(v.strip()), "a name")}
 
-    experiment: str = "faceage"
+    experiment: str
 
 
 @dataclass(frozen=True)
@@ -344,16 +341,16 @@ class EvaluateParams(Checked):
         "age_groups": INCREASING,
     }
 
-    batch_size: int = 128
-    flip_tta: bool = True  # average the predictions of each image and its mirror image
-    bootstrap_resamples: int = 1000
-    bootstrap_seed: int = 0
-    confidence: float = 0.95
-    cs_threshold: float = 5.0  # CS@k: share of predictions within k years
-    bucket_edges: tuple[int, ...] = (1, 6, 13, 19, 31, 46, 61, 101)
-    worst_errors: int = 16  # faces in the worst-errors gallery
-    gradcam_per_bucket: int = 2  # test faces per age bucket in the Grad-CAM gallery
-    age_groups: tuple[int, ...] = (30, 60)  # first ages of the groups after the first: <30, 30-59, 60+
+    batch_size: int
+    flip_tta: bool  # average the predictions of each image and its mirror image
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    confidence: float
+    cs_threshold: float  # CS@k: share of predictions within k years
+    bucket_edges: tuple[int, ...]
+    worst_errors: int  # faces in the worst-errors gallery
+    gradcam_per_bucket: int  # test faces per age bucket in the Grad-CAM gallery
+    age_groups: tuple[int, ...]  # first ages of the groups after the first: <30, 30-59, 60+
 
 
 @dataclass(frozen=True)
@@ -367,11 +364,11 @@ class CompareParams(Checked):
         "model_name": (lambda v: bool(v.strip()), "a name"),
     }
 
-    bootstrap_resamples: int = 2000
-    seed: int = 0
-    confidence: float = 0.95
-    promote: bool = False  # register the model, and make it the champion if significantly better on val
-    model_name: str = "faceage"  # name in the MLflow Model Registry
+    bootstrap_resamples: int
+    seed: int
+    confidence: float
+    promote: bool  # register the model, and make it the champion if significantly better on val
+    model_name: str  # name in the MLflow Model Registry
 
 
 @dataclass(frozen=True)
@@ -383,7 +380,7 @@ class TestSource(Checked):
     RESERVED: ClassVar[tuple[str, ...]] = ("train", "val", "test")  # the split's names
 
     source: str
-    align: bool = False  # detect and align each image's face first (raw photos)
+    align: bool  # detect and align each image's face first (raw photos)
 
 
 @dataclass(frozen=True)
@@ -404,24 +401,18 @@ class MemberParams:
 class Params:
     """All of ``params.yaml``."""
 
-    demo: DemoParams = field(default_factory=DemoParams)
-    data: DataParams = field(default_factory=DataParams)
-    faces: FacesParams = field(default_factory=FacesParams)
-    split: SplitParams = field(default_factory=SplitParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    augment: AugmentParams = field(default_factory=AugmentParams)
-    mlflow: MlflowParams = field(default_factory=MlflowParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    compare: CompareParams = field(default_factory=CompareParams)
-    test_sources: dict[str, TestSource] = field(
-        default_factory=lambda: {"restyled": TestSource("data/demo/restyled.tar.gz")}  # the demo's other style
-    )
-    members: dict[str, MemberParams] = field(  # more networks, averaged with the model's as one model
-        default_factory=lambda: {
-            "mobilenet112": MemberParams(model={"backbone": "mobilenet_v2", "input_size": 112}, train={"epochs": 8})
-        }
-    )
+    demo: DemoParams
+    data: DataParams
+    faces: FacesParams
+    split: SplitParams
+    model: ModelParams
+    train: TrainParams
+    augment: AugmentParams
+    mlflow: MlflowParams
+    evaluate: EvaluateParams
+    compare: CompareParams
+    test_sources: dict[str, TestSource]  # the demo's other style
+    members: dict[str, MemberParams]  # more networks, averaged with the model's as one model
 
     def __post_init__(self) -> None:
         for name in self.test_sources:
@@ -461,7 +452,8 @@ class Params:
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown and missing keys and wrong types: every setting's
+    value is written in ``params.yaml`` only, so no key has a default here."""
     if not isinstance(values, dict):
         raise FaceageError(f"{where or 'top level'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -471,6 +463,10 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise FaceageError(
             f"{where or 'top level'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
+    required = {f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(values))
+    if missing:
+        raise FaceageError(f"{where or 'top level'}: missing key(s) {', '.join(missing)}")
     kwargs = {
         name: _convert(hints[name], value, f"{where}.{name}" if where else name) for name, value in values.items()
     }
@@ -517,7 +513,7 @@ ParamsLoader.add_implicit_resolver(
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; keys left out take their defaults."""
+    """Read and validate ``params.yaml``, which holds every setting's value (there are no defaults elsewhere)."""
     path = Path(path)
     if not path.is_file():
         raise FaceageError(f"no parameter file at {path}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import subprocess
 import tarfile
@@ -25,6 +27,48 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 16},
     "members": {},
 }
+
+
+@functools.cache
+def project_params():
+    """The project's ``params.yaml``: the one place settings' values are written, so tests start from it."""
+    from faceage.params import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def settings(cls, **changes):
+    """The project's settings of type ``cls`` (a section such as ``ModelParams``, or all of ``Params``) with
+    ``changes``, checked as params.yaml's are."""
+    from faceage.params import Params
+
+    base = project_params() if cls is Params else getattr(project_params(), cls.SECTION)
+    return dataclasses.replace(base, **changes)
+
+
+REPLACED_WHOLE = ("test_sources", "members")  # sections of named entries: written ones replace the project's
+
+
+def overlay(path: Path, text: str) -> Path:
+    """The project's ``params.yaml`` with the settings of ``text`` (YAML) put over it, written at ``path`` as
+    ``dvc exp run -S`` writes it (ruamel, YAML 1.2); named entries of :data:`REPLACED_WHOLE` replace the project's."""
+    from dvc.utils.serialize import modify_yaml
+    from ruamel.yaml import YAML
+
+    def merge(base, changes, top: bool) -> None:
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict) and not (top and key in REPLACED_WHOLE):
+                merge(base[key], value, False)
+            else:
+                base[key] = value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((REPO / "params.yaml").read_text())
+    changes = YAML().load(text)
+    with modify_yaml(path) as values:
+        if isinstance(changes, dict):
+            merge(values, changes, True)
+    return path
 
 
 def image_bytes(
@@ -130,14 +174,18 @@ def tiny_model(tmp_path_factory) -> Path:
         rng.integers(1, 90, 40),
         rng.integers(0, 2, 40),
         split,
-        ModelParams(backbone="resnet18", pretrained=False, input_size=32, gender_weight=1.0, reference_blend=(0.0,)),
-        TrainParams(head_epochs=1, epochs=0, batch_size=16),
-        AugmentParams(),
+        settings(
+            ModelParams, backbone="resnet18", pretrained=False, input_size=32, gender_weight=1.0, reference_blend=(0.0,)
+        ),
+        settings(TrainParams, head_epochs=1, epochs=0, batch_size=16),
+        settings(AugmentParams),
         (1, 100),
     )
     result = train_network(setup, torch.device("cpu"))
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(checkpoint_of(AgeModel.of(result.network, 32), [setup.model_params], faces=FacesParams()), path)
+    save_checkpoint(
+        checkpoint_of(AgeModel.of(result.network, 32), [setup.model_params], faces=settings(FacesParams)), path
+    )
     return path
 
 

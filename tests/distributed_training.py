@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from conftest import settings
 
 from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.training.distributed import joined
@@ -23,8 +24,18 @@ from faceage.training.loop import train_network
 from faceage.training.resume import ResumeFile
 from faceage.training.setup import TrainingSetup
 
-NO_AUGMENTATION = AugmentParams(
-    hflip=0, crop_scale=1, shift=0, rotate=0, brightness=0, contrast=0, saturation=0, hue=0, grayscale=0, erasing=0
+NO_AUGMENTATION = settings(
+    AugmentParams,
+    hflip=0,
+    crop_scale=1,
+    shift=0,
+    rotate=0,
+    brightness=0,
+    contrast=0,
+    saturation=0,
+    hue=0,
+    grayscale=0,
+    erasing=0,
 )
 
 
@@ -34,14 +45,30 @@ def tiny_setup(exact: bool, sync_bn: bool = False, one_step: bool = False) -> Tr
     ages = rng.integers(1, 90, 60)
     images = np.clip(ages[:, None, None, None] * 2.5 + rng.normal(0, 20, (60, 16, 16, 3)), 0, 255).astype(np.uint8)
     split = pd.DataFrame({"id": range(60), "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
-    model = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, dropout=0.0 if exact else 0.2)
-    params = TrainParams(
-        head_epochs=1, epochs=3, batch_size=16, seed=5, freeze_bn=exact, cpu_bf16=not exact, sync_bn=sync_bn
+    model = settings(
+        ModelParams, backbone="resnet18", pretrained=False, input_size=32, hidden=16, dropout=0.0 if exact else 0.2
+    )
+    params = settings(
+        TrainParams,
+        head_epochs=1,
+        epochs=3,
+        batch_size=16,
+        seed=5,
+        freeze_bn=exact,
+        cpu_bf16=not exact,
+        sync_bn=sync_bn,
     )
     if one_step:
         params = replace(params, head_epochs=0, epochs=1, batch_size=40, optimizer="sgd", scheduler="none")
     return TrainingSetup(
-        images, ages, np.zeros(60), split, model, params, NO_AUGMENTATION if exact else AugmentParams(), (1, 100)
+        images,
+        ages,
+        np.zeros(60),
+        split,
+        model,
+        params,
+        NO_AUGMENTATION if exact else settings(AugmentParams),
+        (1, 100),
     )
 
 

@@ -1,11 +1,14 @@
 import torch
+from conftest import settings
 
 from faceage.model.batches import IMAGENET_MEAN
 from faceage.params import AugmentParams
 from faceage.training.augment import BatchAugmenter, is_active
 
 GEOMETRY_AND_COLOUR = ("hflip", "shift", "rotate", "brightness", "contrast", "saturation", "hue", "grayscale")
-OFF = AugmentParams(crop_scale=1, **dict.fromkeys((*GEOMETRY_AND_COLOUR, "erasing", "blur", "noise", "jpeg"), 0))
+OFF = settings(
+    AugmentParams, crop_scale=1, **dict.fromkeys((*GEOMETRY_AND_COLOUR, "erasing", "blur", "noise", "jpeg"), 0)
+)
 
 
 def batch(seed=0):
@@ -13,12 +16,12 @@ def batch(seed=0):
 
 
 def augmenter(seed=1, **changes):
-    return BatchAugmenter(AugmentParams(**{**OFF.__dict__, **changes}), torch.Generator().manual_seed(seed))
+    return BatchAugmenter(settings(AugmentParams, **{**OFF.__dict__, **changes}), torch.Generator().manual_seed(seed))
 
 
 def test_all_off_is_inactive_and_defaults_are_active():
     assert not is_active(OFF)
-    assert is_active(AugmentParams())
+    assert is_active(settings(AugmentParams))
 
 
 def test_certain_flip_mirrors_every_image():
@@ -29,10 +32,10 @@ def test_certain_flip_mirrors_every_image():
 def test_each_image_draws_its_own_parameters_reproducibly():
     x = batch().repeat(1, 1, 1, 1)
     x[:] = x[0]  # six copies of one image
-    y = augmenter(**AugmentParams().__dict__)(x)
+    y = augmenter(**settings(AugmentParams).__dict__)(x)
     assert not torch.allclose(y[0], y[1])
-    torch.testing.assert_close(y, augmenter(**AugmentParams().__dict__)(x))
-    assert not torch.allclose(y, augmenter(seed=2, **AugmentParams().__dict__)(x))
+    torch.testing.assert_close(y, augmenter(**settings(AugmentParams).__dict__)(x))
+    assert not torch.allclose(y, augmenter(seed=2, **settings(AugmentParams).__dict__)(x))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
 
 
@@ -59,7 +62,7 @@ def test_erasing_fills_a_rectangle_with_the_mean_colour():
 
 def test_a_batch_split_in_shares_is_augmented_as_it_would_be_whole():
     x = batch()
-    everything = {**AugmentParams().__dict__, "blur": 0.5, "noise": 0.05, "jpeg": 0.5}
+    everything = {**settings(AugmentParams).__dict__, "blur": 0.5, "noise": 0.05, "jpeg": 0.5}
     whole = augmenter(**everything)(x)
     parts = [augmenter(**everything)(x[rows], (rows, len(x))) for rows in (slice(0, 2), slice(2, 6))]
     torch.testing.assert_close(torch.cat(parts), whole)

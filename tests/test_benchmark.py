@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import settings
 
 from benchmarks.run import benchmark, parse_settings
 from faceage.data.demo import write_demo_archive
@@ -30,7 +31,7 @@ def test_settings_parse_as_yaml_values():
 
 def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     source = tmp_path / "faces.tar.gz"
-    write_demo_archive(source, DemoParams(num_images=120, image_size=64))
+    write_demo_archive(source, settings(DemoParams, num_images=120, image_size=64))
 
     report = benchmark(source, tmp_path / "reports", TINY, baseline_batches=2, latency_repeats=2)
 

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import settings
 from mlflow import MlflowClient
 
 from faceage.evaluation.compare import (
@@ -107,7 +108,7 @@ def test_an_ensemble_is_ranked_under_its_networks_backbones():
 
     members = {"wide": MemberParams(model={"backbone": "mobilenet_v2"}), "seed2": MemberParams(train={"seed": 7})}
     metrics = [{"val.mae": 5.0, "test.mae": 6.0}]
-    entry = entry_from_reports("r1", metrics, Params(members=members), [], "cs5")
+    entry = entry_from_reports("r1", metrics, settings(Params, members=members), [], "cs5")
     assert entry["backbone"] == "dlib_age_resnet10+dlib_age_resnet10+mobilenet_v2"  # members by name
     # a logged run is ranked under the label its run was tagged with
     logged = {"val.mae": 5.0, "test.mae": 6.0}
@@ -124,7 +125,7 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     from faceage.tracking.runs import backbone_label, flatten, metric_key
 
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
-    params = Params(evaluate=EvaluateParams(cs_threshold=threshold, bootstrap_resamples=50))
+    params = settings(Params, evaluate=settings(EvaluateParams, cs_threshold=threshold, bootstrap_resamples=50))
     rng = np.random.default_rng(0)
     true = rng.integers(1, 100, 80)
     predictions = pd.DataFrame(
@@ -184,7 +185,9 @@ def logged_run(tmp_path, name, val_errors, model):
     folder.mkdir()
     predictions = pd.DataFrame({"id": range(len(val_errors)), "split": "val", "error": val_errors})
     predictions.to_csv(folder / "predictions.csv", index=False)
-    log_age_model(tracker, model, FacesParams(), np.zeros((32, 32, 3), np.uint8), {"name": "noise", "kind": "real"})
+    log_age_model(
+        tracker, model, settings(FacesParams), np.zeros((32, 32, 3), np.uint8), {"name": "noise", "kind": "real"}
+    )
     tracker.log_artifact(folder / "predictions.csv", "evaluate")
     tracker.finish()
     return tracker.run_id, predictions
@@ -192,7 +195,7 @@ def logged_run(tmp_path, name, val_errors, model):
 
 def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = CompareParams(bootstrap_resamples=500, promote=True)
+    params = settings(CompareParams, bootstrap_resamples=500, promote=True)
     errors = np.random.default_rng(0).normal(0, 6, 400)
     first, first_predictions = logged_run(tmp_path, "first", errors, tiny_model)
     decision = promote_if_better(first, first_predictions, params)
@@ -218,7 +221,7 @@ def test_champion_moves_only_to_a_significantly_better_model(tmp_path, monkeypat
 
 def test_promotion_picks_the_leaderboards_best_run_not_the_current_one(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = CompareParams(bootstrap_resamples=200, promote=True)
+    params = settings(CompareParams, bootstrap_resamples=200, promote=True)
     errors = np.random.default_rng(0).normal(0, 6, 200)
     strong, _ = logged_run(tmp_path, "strong", errors * 0.5, tiny_model)
     current, current_predictions = logged_run(tmp_path, "current", errors, tiny_model)

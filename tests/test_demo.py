@@ -2,6 +2,7 @@ import io
 import tarfile
 
 import numpy as np
+from conftest import settings
 from PIL import Image
 from sklearn.linear_model import RidgeCV
 
@@ -11,16 +12,16 @@ from faceage.params import DemoParams
 
 
 def test_archive_is_byte_identical_for_a_seed_and_differs_across_seeds(tmp_path):
-    params = DemoParams(num_images=12, image_size=48, seed=3)
+    params = settings(DemoParams, num_images=12, image_size=48, seed=3)
     write_demo_archive(tmp_path / "a.tar.gz", params)
     write_demo_archive(tmp_path / "b.tar.gz", params)
-    write_demo_archive(tmp_path / "c.tar.gz", DemoParams(num_images=12, image_size=48, seed=4))
+    write_demo_archive(tmp_path / "c.tar.gz", settings(DemoParams, num_images=12, image_size=48, seed=4))
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
     assert (tmp_path / "a.tar.gz").read_bytes() != (tmp_path / "c.tar.gz").read_bytes()
 
 
 def test_archive_follows_the_utkface_format(tmp_path):
-    write_demo_archive(tmp_path / "demo.tar.gz", DemoParams(num_images=20, image_size=40))
+    write_demo_archive(tmp_path / "demo.tar.gz", settings(DemoParams, num_images=20, image_size=40))
     with tarfile.open(tmp_path / "demo.tar.gz") as tar:
         members = [m for m in tar if m.isfile()]
         assert len(members) == 20

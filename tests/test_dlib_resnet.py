@@ -2,6 +2,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import settings
 
 from faceage.errors import FaceageError
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD, to_input
@@ -35,7 +36,7 @@ def test_pytorch_module_matches_onnxruntime_on_the_shipped_graph():
 
 
 def test_backbone_gives_pooled_features_at_any_input_size():
-    model = build_network(ModelParams(backbone="dlib_age_resnet10", pretrained=True), (1, 100))
+    model = build_network(settings(ModelParams, backbone="dlib_age_resnet10", pretrained=True), (1, 100))
     for size in (64, 96):
         assert model.trunk(torch.zeros(2, 3, size, size)).shape == (2, 256)
 
@@ -90,7 +91,7 @@ def test_missing_onnx_says_where_to_place_it(tmp_path, monkeypatch):
 
 
 def test_dlib_head_init_predicts_as_dlibs_age_model():
-    from conftest import ASTRONAUT, ASTRONAUT_FACE
+    from conftest import ASTRONAUT, ASTRONAUT_FACE, settings
     from PIL import Image
 
     from faceage.model.dlib_resnet import AGE_CLASSES
@@ -101,12 +102,12 @@ def test_dlib_head_init_predicts_as_dlibs_age_model():
     dlib_input = ((pixels.astype(np.float32) - np.array(DLIB_MEANS, np.float32)) / 256).transpose(0, 3, 1, 2)
     expected = session.run(None, {"images": np.ascontiguousarray(dlib_input)})[0] @ np.array(AGE_CLASSES)
 
-    model = build_network(ModelParams(input_size=64, hidden=0, head_init="dlib"), (1, 116)).eval()
+    model = build_network(settings(ModelParams, input_size=64, hidden=0, head_init="dlib"), (1, 116)).eval()
     with torch.no_grad():
         got = model.years(model(to_input(pixels, 64, torch.device("cpu")))["age"]).numpy()
     np.testing.assert_allclose(got, expected, atol=0.05)  # dlib's 0.25-year class has no bin: a tiny gap
     assert got.min() > 20  # an adult
-    untouched = build_network(ModelParams(input_size=64, hidden=0), (1, 116)).eval()
+    untouched = build_network(settings(ModelParams, input_size=64, hidden=0), (1, 116)).eval()
     with torch.no_grad():
         random_head = untouched.years(untouched(to_input(pixels, 64, torch.device("cpu")))["age"]).numpy()
     assert np.abs(random_head - expected).max() > 1  # the comparison can tell a random head apart
@@ -117,4 +118,4 @@ def test_dlib_head_init_predicts_as_dlibs_age_model():
 )
 def test_dlib_head_init_refuses_what_it_cannot_start_from(change):
     with pytest.raises(FaceageError, match="head_init: dlib needs"):
-        build_network(ModelParams(**{"hidden": 0, "head_init": "dlib", **change}), (1, 116))
+        build_network(settings(ModelParams, **{"hidden": 0, "head_init": "dlib", **change}), (1, 116))

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_onnx_export_predicts_as_the_model
+import yaml
+from conftest import REPO, assert_onnx_export_predicts_as_the_model
 
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel, untouched_dlib
@@ -32,7 +33,11 @@ BASE = {
 
 
 def params(members=MEMBERS, **sections) -> Params:
-    return from_dict(Params, {**BASE, **sections, "members": members})
+    """The project's settings with :data:`BASE` and ``sections`` changed, and ``members``."""
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, changes in {**BASE, **sections}.items():
+        values[name] = {**values[name], **changes}
+    return from_dict(Params, {**values, "members": members})
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import settings
 from PIL import Image
 
 from faceage.evaluation.evaluate import gradcam_examples, gradcam_maps, split_report, worst_errors
@@ -18,7 +19,7 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    network = build_network(ModelParams(backbone="resnet18", pretrained=False, gender_weight=1.0), (1, 100))
+    network = build_network(settings(ModelParams, backbone="resnet18", pretrained=False, gender_weight=1.0), (1, 100))
     return AgeModel.of(network, 24).eval()
 
 
@@ -86,13 +87,15 @@ def test_worst_errors_are_the_largest_test_errors_first():
 
 
 def test_gradcam_examples_take_a_few_test_faces_per_bucket():
-    chosen = gradcam_examples(predictions_table(), EvaluateParams(bucket_edges=(1, 10, 50), gradcam_per_bucket=1))
+    chosen = gradcam_examples(
+        predictions_table(), settings(EvaluateParams, bucket_edges=(1, 10, 50), gradcam_per_bucket=1)
+    )
     assert chosen["id"].tolist() == [0, 2, 4]
 
 
 def test_split_report_holds_every_metric():
     table = predictions_table()
-    report = split_report(table[table["split"] == "test"], EvaluateParams(bootstrap_resamples=100))
+    report = split_report(table[table["split"] == "test"], settings(EvaluateParams, bootstrap_resamples=100))
     assert report["count"] == 5
     assert report["mae"]["value"] == pytest.approx(np.mean([1, 2, 9, 0.5, 12]))
     assert set(report) >= {"rmse", "r2", "bias", "cs5", "buckets", "age_groups", "by_gender", "by_race"}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT, ASTRONAUT_FACE, SHARED, encode, paste
+from conftest import ASTRONAUT, ASTRONAUT_FACE, SHARED, encode, paste, settings
 from PIL import Image
 
 from faceage.data.faces import LANDMARKS_FILE, FaceFinder, landmarks_path
@@ -23,7 +23,7 @@ def photo() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def finder() -> FaceFinder:
-    return FaceFinder(FacesParams())
+    return FaceFinder(settings(FacesParams))
 
 
 def overlap(a, b) -> float:
@@ -39,13 +39,13 @@ def test_finds_her_face_and_not_the_mission_patch(photo, finder):
     assert overlap(face.box, ASTRONAUT_FACE) > 0.9 and face.score > 1.0
     assert face.chip.shape == (64, 64, 3) and face.chip.dtype == np.uint8
     # The patch scores ~0.1: a threshold below it lets it in, so the default threshold is what excludes it.
-    loose = FaceFinder(FacesParams(min_score=-0.2)).find(photo, 64)
+    loose = FaceFinder(settings(FacesParams, min_score=-0.2)).find(photo, 64)
     assert len(loose) >= 2 and any(overlap(f.box, ASTRONAUT_FACE) < 0.1 for f in loose)
 
 
 def test_downscaled_detection_maps_the_box_back(photo, finder):
     (full,) = finder.find(photo, 64)
-    small = max(FaceFinder(FacesParams(max_side=384)).find(photo, 64), key=lambda face: face.score)
+    small = max(FaceFinder(settings(FacesParams, max_side=384)).find(photo, 64), key=lambda face: face.score)
     assert overlap(full.box, small.box) > 0.8
     assert np.abs(full.chip.astype(int) - small.chip).mean() < 10  # landmarks run on the full-size photo
 
@@ -61,15 +61,15 @@ def test_a_rotated_face_in_a_larger_photo_gives_back_the_same_chip(photo, finder
 
 def test_turned_copies_find_what_the_upright_search_misses(photo, finder):
     tilted = paste(finder.find(photo, 200)[0].chip, 45)  # HOG's own filters miss this face at 45 degrees
-    assert FaceFinder(FacesParams(rotations=())).find(tilted, 128) == []
-    (face,) = FaceFinder(FacesParams(rotations=(-30.0, 30.0))).find(tilted, 128)
+    assert FaceFinder(settings(FacesParams, rotations=())).find(tilted, 128) == []
+    (face,) = FaceFinder(settings(FacesParams, rotations=(-30.0, 30.0))).find(tilted, 128)
     left, top, right, bottom = face.box
     assert 480 < left < right < 800 and 280 < top < bottom < 600  # the pasted, turned chip spans 500..783, 300..583
     assert np.abs(face.chip.astype(int) - finder.find(photo, 128)[0].chip).mean() < 7  # landmarks turned back
 
 
 def test_small_faces_and_empty_photos_give_no_face(photo, finder):
-    assert FaceFinder(FacesParams(min_size=200)).find(photo, 64) == []
+    assert FaceFinder(settings(FacesParams, min_size=200)).find(photo, 64) == []
     assert finder.find(np.full((300, 400, 3), 128, np.uint8), 64) == []
 
 
@@ -101,7 +101,7 @@ def test_wrong_landmark_file_is_refused(tmp_path, monkeypatch):
 )
 def test_face_settings_are_checked(values, key):
     with pytest.raises(FaceageError, match=key):
-        FacesParams(**values)
+        settings(FacesParams, **values)
 
 
 UTKFACE = SHARED / "datasets" / "UTKFace.tar.gz"
@@ -110,10 +110,10 @@ UTKFACE = SHARED / "datasets" / "UTKFace.tar.gz"
 @pytest.fixture(scope="module")
 def dlib_age_model(tmp_path_factory) -> Path:
     """dlib's own age model as a checkpoint (head started from its classifier, no training)."""
-    params = ModelParams(input_size=64, hidden=0, dropout=0.0, head_init="dlib")
+    params = settings(ModelParams, input_size=64, hidden=0, dropout=0.0, head_init="dlib")
     path = tmp_path_factory.mktemp("dlib") / "model.pt"
     model = AgeModel([build_network(params, (1, 116))], [64], 0.0, (1, 116), 128)
-    save_checkpoint(checkpoint_of(model, [params], faces=FacesParams()), path)
+    save_checkpoint(checkpoint_of(model, [params], faces=settings(FacesParams)), path)
     return path
 
 

@@ -1,10 +1,11 @@
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ASTRONAUT, REPO, SHARED, encode, noise_jpeg, pack, paste, write_files
+from conftest import ASTRONAUT, REPO, SHARED, encode, noise_jpeg, overlay, pack, paste, settings, write_files
 
 from faceage.data.faces import FaceFinder
 from faceage.data.ingest import OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest
@@ -23,8 +24,8 @@ EXPECTED_UTKFACE_OUTCOMES = {
 
 
 def run_ingest(source, out_dir, **overrides):
-    params = DataParams(source=str(source), image_size=16, workers=overrides.pop("workers", 1), **overrides)
-    return ingest(params, out_dir)
+    params = settings(DataParams, source=str(source), image_size=16, workers=overrides.pop("workers", 1), **overrides)
+    return ingest(params, out_dir, settings(FacesParams))
 
 
 def assert_every_file_accounted(report, out_dir):
@@ -195,14 +196,20 @@ def test_no_usable_image_is_a_clear_error(tmp_path):
 def test_a_test_source_may_end_up_empty_with_every_file_accounted_for(tmp_path):
     files = {"UTKFace/30_0_0_1.jpg.chip.jpg": b"text", "UTKFace/31_0_0_2.jpg.chip.jpg": noise_jpeg(3)[:40]}
     source = write_files(tmp_path / "src", files)
-    report = ingest(DataParams(source=str(source), image_size=16, workers=1), tmp_path / "out", allow_empty=True)
+    report = ingest(
+        settings(DataParams, source=str(source), image_size=16, workers=1),
+        tmp_path / "out",
+        settings(FacesParams),
+        allow_empty=True,
+    )
     assert report["files"] == 2 and report["outcomes"]["kept"] == 0
     assert report["outcomes"]["not_an_image"] + report["outcomes"]["unreadable_image"] == 2
     assert load_manifest(tmp_path / "out").empty and load_images(tmp_path / "out").shape == (0, 16, 16, 3)
 
 
 def test_stage_reports_a_bad_source_in_one_line(tmp_path):
-    (tmp_path / "params.yaml").write_text("data:\n  source: no/such/folder\n")
+    overlay(tmp_path / "params.yaml", "data:\n  source: no/such/folder\n")
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
     result = subprocess.run(
         [sys.executable, str(REPO / "stages" / "ingest.py")], cwd=tmp_path, capture_output=True, text=True
     )
@@ -230,7 +237,7 @@ def raw_photos() -> dict[str, bytes]:
     from PIL import Image
 
     astronaut = np.asarray(Image.open(ASTRONAUT))
-    chip = FaceFinder(FacesParams()).find(astronaut, 200)[0].chip
+    chip = FaceFinder(settings(FacesParams)).find(astronaut, 200)[0].chip
     pair = np.full((512, 896, 3), 128, np.uint8)
     pair[:, :512], pair[:384, 512:] = astronaut, np.asarray(Image.fromarray(astronaut).resize((384, 384)))
     return {
@@ -245,7 +252,11 @@ def raw_photos() -> dict[str, bytes]:
 def test_align_finds_the_face_of_each_raw_photo(tmp_path, raw_photos, rule, kept):
     source = write_files(tmp_path / "src", raw_photos)
     out = tmp_path / "out"
-    report = ingest(DataParams(source=str(source), image_size=64, align=True, multiple_faces=rule, workers=2), out)
+    report = ingest(
+        settings(DataParams, source=str(source), image_size=64, align=True, multiple_faces=rule, workers=2),
+        out,
+        settings(FacesParams),
+    )
     assert_every_file_accounted(report, out)
     expected = {"kept": kept, "no_face": 1, "unreadable_image": 1, "multiple_faces": 2 - kept}
     assert {k: v for k, v in report["outcomes"].items() if v} == {k: v for k, v in expected.items() if v}
@@ -259,7 +270,7 @@ def test_align_finds_the_face_of_each_raw_photo(tmp_path, raw_photos, rule, kept
     first = int(manifest.index[manifest["source_path"] == "30/in_a_photo.jpg"][0])
     from PIL import Image
 
-    direct = FaceFinder(FacesParams()).find(np.asarray(Image.open(ASTRONAUT)), 64)[0].chip
+    direct = FaceFinder(settings(FacesParams)).find(np.asarray(Image.open(ASTRONAUT)), 64)[0].chip
     assert np.abs(images[first].astype(int) - direct).mean() < 8  # the same framing as a chip of the original
     if rule == "largest":
         largest = images[int(manifest.index[manifest["source_path"] == "41/two_faces.jpg"][0])]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_onnx_export_predicts_as_the_model
+from conftest import assert_onnx_export_predicts_as_the_model, settings
 
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
@@ -22,8 +22,8 @@ from faceage.training.setup import TrainingSetup
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
-DLIB = ModelParams(input_size=32, hidden=0, dropout=0.0, reference_blend=(0.0,))
-TRAIN = TrainParams(head_epochs=1, epochs=2, batch_size=16, seed=3, threads=1, lr=1e-3)
+DLIB = settings(ModelParams, input_size=32, hidden=0, dropout=0.0, reference_blend=(0.0,))
+TRAIN = settings(TrainParams, head_epochs=1, epochs=2, batch_size=16, seed=3, threads=1, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,14 @@ def data():
 
 
 def train(data, model=DLIB, params=TRAIN):
-    return train_network(TrainingSetup(*data, model, params, AugmentParams(), AGES), CPU)
+    return train_network(TrainingSetup(*data, model, params, settings(AugmentParams), AGES), CPU)
 
 
 @pytest.mark.parametrize("backbone", ["dlib_age_resnet10", "resnet18", "mobilenet_v2"])
 def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone):
-    model = build_network(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)
+    model = build_network(settings(ModelParams, backbone=backbone, pretrained=False, input_size=32), AGES)
     freeze_trunk(model, "none")
-    groups = parameter_groups(model, 0.01, TrainParams(layer_decay=0.5))
+    groups = parameter_groups(model, 0.01, settings(TrainParams, layer_decay=0.5))
     assert groups[0]["lr"] == 0.01 and not groups[0].get("trunk")
     blocks = trunk_blocks(model.trunk)
     assert len(groups) == len(blocks) + 1 >= 5
@@ -56,9 +56,9 @@ def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone
 
 
 def test_frozen_blocks_are_left_out_of_the_groups():
-    model = build_network(ModelParams(pretrained=False), AGES)
+    model = build_network(settings(ModelParams, pretrained=False), AGES)
     freeze_trunk(model, "layer3")
-    groups = parameter_groups(model, 0.01, TrainParams(layer_decay=0.5))
+    groups = parameter_groups(model, 0.01, settings(TrainParams, layer_decay=0.5))
     trainable = sorted(id(p) for p in model.parameters() if p.requires_grad)
     assert sorted(id(p) for group in groups for p in group["params"]) == trainable and len(groups) == 3
 
@@ -140,7 +140,7 @@ def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
     images, ages = data[0], data[1]
     model = build_network(replace(DLIB, input_size=64, reference_blend=(1.0,)), AGES).eval()
     manifest = pd.DataFrame({"id": range(48), "age": ages, "gender": 0, "race": 0})
-    params = EvaluateParams(bootstrap_resamples=20, batch_size=16)
+    params = settings(EvaluateParams, bootstrap_resamples=20, batch_size=16)
     rows = predict_source(model, {"model": {"input_size": 64}}, images, manifest, "photos", params, CPU)
     assert (rows["split"] == "photos").all() and rows["id"].tolist() == list(range(48))
     # a model that is all reference predicts what the reference predicts, through the other code path

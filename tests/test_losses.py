@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import settings
 
 from faceage.model.networks import build_network
 from faceage.params import ModelParams, TrainParams
@@ -20,29 +21,31 @@ def test_gaussian_label_distribution_is_centred_and_normalised():
 
 
 def test_classification_loss_is_lowest_at_the_true_bin():
-    model = build_network(ModelParams(backbone="resnet18", pretrained=False), (1, 10))
+    model = build_network(settings(ModelParams, backbone="resnet18", pretrained=False), (1, 10))
     logits = torch.full((1, 10), -10.0)
     right, wrong = logits.clone(), logits.clone()
     right[0, 4], wrong[0, 8] = 10.0, 10.0  # bins of ages 5 and 9
-    params = TrainParams(label_sigma=1.0)
+    params = settings(TrainParams, label_sigma=1.0)
     assert age_loss(model, right, torch.tensor([5.0]), params) < age_loss(model, wrong, torch.tensor([5.0]), params)
 
 
 def test_unknown_genders_add_no_loss():
-    params = ModelParams(backbone="resnet18", pretrained=False, gender_weight=1.0)
+    params = settings(ModelParams, backbone="resnet18", pretrained=False, gender_weight=1.0)
     model = build_network(params, (1, 10))
     outputs = {"age": torch.zeros(2, 10), "gender": torch.tensor([5.0, -5.0])}
     ages = torch.tensor([3.0, 4.0])
     unknown = torch.full((2,), UNKNOWN_GENDER)
-    age_only = age_loss(model, outputs["age"], ages, TrainParams())
-    assert total_loss(model, outputs, ages, unknown, params, TrainParams()) == age_only
-    wrong = total_loss(model, outputs, ages, torch.tensor([0, 1]), params, TrainParams())
-    right = total_loss(model, outputs, ages, torch.tensor([1, 0]), params, TrainParams())
+    age_only = age_loss(model, outputs["age"], ages, settings(TrainParams))
+    assert total_loss(model, outputs, ages, unknown, params, settings(TrainParams)) == age_only
+    wrong = total_loss(model, outputs, ages, torch.tensor([0, 1]), params, settings(TrainParams))
+    right = total_loss(model, outputs, ages, torch.tensor([1, 0]), params, settings(TrainParams))
     assert wrong > right > age_only
 
 
 def regression_model():
-    return build_network(ModelParams(backbone="resnet18", pretrained=False, head="regression"), (1, 100), (40.0, 10.0))
+    return build_network(
+        settings(ModelParams, backbone="resnet18", pretrained=False, head="regression"), (1, 100), (40.0, 10.0)
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,7 +61,7 @@ def regression_model():
 )
 def test_regression_losses_compare_normalised_targets(loss, output, age, expected):
     model = regression_model()
-    value = age_loss(model, torch.tensor([[output]]), torch.tensor([age]), TrainParams(loss=loss))
+    value = age_loss(model, torch.tensor([[output]]), torch.tensor([age]), settings(TrainParams, loss=loss))
     assert value.item() == pytest.approx(expected)
 
 
@@ -67,13 +70,13 @@ def test_regression_read_out_undoes_the_normalisation():
 
 
 def classification_model():
-    return build_network(ModelParams(backbone="resnet18", pretrained=False), (1, 10))
+    return build_network(settings(ModelParams, backbone="resnet18", pretrained=False), (1, 10))
 
 
 @pytest.mark.parametrize("age, target_bin", [(5.0, 4), (5.4, 4), (5.6, 5), (1.0, 0), (0.0, 0), (10.0, 9), (37.0, 9)])
 def test_hard_labels_are_the_nearest_bin_clamped_to_the_range(age, target_bin):
     logits = torch.linspace(-2.0, 3.0, 10)[None, :]
-    value = age_loss(classification_model(), logits, torch.tensor([age]), TrainParams(label_sigma=0.0))
+    value = age_loss(classification_model(), logits, torch.tensor([age]), settings(TrainParams, label_sigma=0.0))
     assert value.item() == pytest.approx(-torch.log_softmax(logits, 1)[0, target_bin].item(), rel=1e-6)
 
 
@@ -81,7 +84,7 @@ def test_hard_labels_are_the_nearest_bin_clamped_to_the_range(age, target_bin):
 def test_label_smoothing_mixes_the_target_with_a_uniform_distribution(smoothing):
     logits = torch.linspace(-2.0, 3.0, 10)[None, :]
     log_p = torch.log_softmax(logits, 1)[0]
-    params = TrainParams(label_sigma=0.0, label_smoothing=smoothing)
+    params = settings(TrainParams, label_sigma=0.0, label_smoothing=smoothing)
     value = age_loss(classification_model(), logits, torch.tensor([3.0]), params)
     expected = -(1 - smoothing) * log_p[2] - smoothing * log_p.mean()
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -90,7 +93,7 @@ def test_label_smoothing_mixes_the_target_with_a_uniform_distribution(smoothing)
 def test_soft_labels_are_scored_against_the_gaussian_distribution():
     logits = torch.linspace(-2.0, 3.0, 10)[None, :]
     model = classification_model()
-    value = age_loss(model, logits, torch.tensor([4.0]), TrainParams(label_sigma=1.5))
+    value = age_loss(model, logits, torch.tensor([4.0]), settings(TrainParams, label_sigma=1.5))
     weights = torch.exp(-0.5 * ((torch.arange(1.0, 11.0) - 4.0) / 1.5) ** 2)
     expected = -(weights / weights.sum() * torch.log_softmax(logits, 1)[0]).sum()
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)

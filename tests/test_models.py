@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, settings
 from torchvision.models import MobileNet_V2_Weights
 
 from faceage.errors import FaceageError
@@ -13,7 +13,7 @@ AGES = (1, 100)
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_each_backbone_takes_a_training_step(backbone):
     torch.manual_seed(0)
-    model = build_network(ModelParams(backbone=backbone, pretrained=False, input_size=32), AGES)
+    model = build_network(settings(ModelParams, backbone=backbone, pretrained=False, input_size=32), AGES)
     x = torch.randn(4, 3, 32, 32)
     outputs = model(x)
     assert outputs["age"].shape == (4, 100)
@@ -25,7 +25,7 @@ def test_each_backbone_takes_a_training_step(backbone):
 
 
 def test_dex_expectation_reads_the_softmax_as_an_expected_age():
-    model = build_network(ModelParams(backbone="resnet18", pretrained=False, head="classification"), (1, 5))
+    model = build_network(settings(ModelParams, backbone="resnet18", pretrained=False, head="classification"), (1, 5))
     certain = torch.full((1, 5), -1e4)
     certain[0, 2] = 1e4  # all mass on age 3
     assert model.years(certain).item() == pytest.approx(3.0)
@@ -35,21 +35,23 @@ def test_dex_expectation_reads_the_softmax_as_an_expected_age():
 
 
 def test_regression_output_is_denormalised():
-    model = build_network(ModelParams(backbone="resnet18", pretrained=False, head="regression"), AGES, (40.0, 10.0))
+    model = build_network(
+        settings(ModelParams, backbone="resnet18", pretrained=False, head="regression"), AGES, (40.0, 10.0)
+    )
     assert model.years(torch.tensor([[0.0], [1.5]])).tolist() == pytest.approx([40.0, 55.0])
 
 
 def test_auxiliary_heads_exist_only_with_a_weight():
-    plain = build_network(ModelParams(backbone="resnet18", pretrained=False), AGES)
+    plain = build_network(settings(ModelParams, backbone="resnet18", pretrained=False), AGES)
     assert set(plain(torch.randn(2, 3, 32, 32))) == {"age"}
-    params = ModelParams(backbone="resnet18", pretrained=False, gender_weight=0.5, age_group_weight=0.5)
+    params = settings(ModelParams, backbone="resnet18", pretrained=False, gender_weight=0.5, age_group_weight=0.5)
     outputs = build_network(params, AGES)(torch.randn(2, 3, 32, 32))
     assert outputs["gender"].shape == (2,) and outputs["age_group"].shape == (2, 4)
 
 
 def test_freezing_up_to_a_block_trains_only_that_block_and_the_head():
     torch.manual_seed(0)
-    model = build_network(ModelParams(backbone="resnet18", pretrained=False, head="regression"), AGES)
+    model = build_network(settings(ModelParams, backbone="resnet18", pretrained=False, head="regression"), AGES)
     freeze_trunk(model, "layer4")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     set_train_mode(model)
@@ -65,7 +67,7 @@ def test_freezing_up_to_a_block_trains_only_that_block_and_the_head():
 
 
 def test_freezing_the_backbone_keeps_it_in_evaluation_mode():
-    model = build_network(ModelParams(backbone="mobilenet_v2", pretrained=False), AGES)
+    model = build_network(settings(ModelParams, backbone="mobilenet_v2", pretrained=False), AGES)
     freeze_trunk(model, "backbone")
     set_train_mode(model)
     assert not model.trunk.training and model.neck.training
@@ -73,14 +75,14 @@ def test_freezing_the_backbone_keeps_it_in_evaluation_mode():
 
 
 def test_unknown_block_lists_the_blocks():
-    model = build_network(ModelParams(backbone="resnet18", pretrained=False), AGES)
+    model = build_network(settings(ModelParams, backbone="resnet18", pretrained=False), AGES)
     with pytest.raises(FaceageError, match=r"no block 'layer9'.*layer4"):
         freeze_trunk(model, "layer9")
 
 
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(FaceageError, match=r"unknown model\.backbone 'vgg99'; choose one of .*efficientnet_b0"):
-        build_network(ModelParams(backbone="vgg99", pretrained=False), AGES)
+        build_network(settings(ModelParams, backbone="vgg99", pretrained=False), AGES)
 
 
 def test_weights_that_cannot_be_downloaded_are_one_line_naming_file_and_folder(tmp_path, monkeypatch):
@@ -93,7 +95,7 @@ def test_weights_that_cannot_be_downloaded_are_one_line_naming_file_and_folder(t
     monkeypatch.setattr("torch.hub.download_url_to_file", offline)
     expected = tmp_path / "hub" / "checkpoints"
     with pytest.raises(FaceageError) as error:
-        build_network(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
+        build_network(settings(ModelParams, backbone="mobilenet_v2", pretrained=True), AGES)
     message = str(error.value)
     assert f"mobilenet_v2-b0353104.pth are not in {expected} and could not be downloaded" in message
     assert "name resolution" in message and "model.pretrained: false" in message and "\n" not in message
@@ -112,8 +114,8 @@ def test_weights_are_downloaded_into_torch_home_once(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr("torch.hub.download_url_to_file", download)
-    first = build_network(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
-    second = build_network(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
+    first = build_network(settings(ModelParams, backbone="mobilenet_v2", pretrained=True), AGES)
+    second = build_network(settings(ModelParams, backbone="mobilenet_v2", pretrained=True), AGES)
     assert downloads == [MobileNet_V2_Weights.IMAGENET1K_V1.url]  # the second build read the cached file
     assert (tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").is_file()
     assert torch.equal(
@@ -125,6 +127,6 @@ def test_weights_are_downloaded_into_torch_home_once(tmp_path, monkeypatch):
 def test_imagenet_weights_load_from_torch_home(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(SHARED / "torch"))
     path = weights_file(MobileNet_V2_Weights.IMAGENET1K_V1)
-    model = build_network(ModelParams(backbone="mobilenet_v2", pretrained=True), AGES)
+    model = build_network(settings(ModelParams, backbone="mobilenet_v2", pretrained=True), AGES)
     reference = torch.load(path, weights_only=True)["features.0.0.weight"]
     assert torch.equal(model.trunk.state_dict()["features.0.0.weight"], reference)

@@ -3,39 +3,51 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, overlay
 
 from faceage.errors import FaceageError
-from faceage.params import Params, load_params
+from faceage.params import Params, TestSource, load_params
 
 
-def test_repository_params_are_the_code_defaults():
-    """Defaults live in one place: params.yaml spells out exactly the dataclasses' defaults."""
-    params = load_params(REPO / "params.yaml")
-    assert params.split.train + params.split.val + params.split.test == pytest.approx(1.0)
-    assert params == Params()
+def test_settings_have_their_values_in_params_yaml_only():
+    """No dataclass field holds a default: a value written in params.yaml is written nowhere else."""
+    import dataclasses
+    import typing
+
+    sections = [typing.get_type_hints(Params)[f.name] for f in dataclasses.fields(Params)]
+    classes = [Params, TestSource, *(cls for cls in sections if dataclasses.is_dataclass(cls))]
+    defaulted = [
+        f"{cls.__name__}.{item.name}"
+        for cls in classes
+        for item in dataclasses.fields(cls)
+        if item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING
+    ]
+    assert defaulted == []
 
 
-def test_missing_keys_take_defaults(tmp_path):
-    (tmp_path / "params.yaml").write_text("split:\n  seed: 7\n")
-    params = load_params(tmp_path / "params.yaml")
-    assert params.split.seed == 7 and params.split.train == Params().split.train
+@pytest.mark.parametrize(("dotted", "missing"), [("split.seed", "split: missing key(s) seed"), ("faces", "faces")])
+def test_a_missing_setting_is_refused_in_one_line_naming_it(tmp_path, dotted, missing):
+    values = without(yaml.safe_load((REPO / "params.yaml").read_text()), dotted)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(FaceageError, match=r"^[^\n]*missing key\(s\) [^\n]*$") as error:
+        load_params(tmp_path / "params.yaml")
+    assert missing in str(error.value)
 
 
 def test_unknown_key_is_rejected(tmp_path):
-    (tmp_path / "params.yaml").write_text("split:\n  sead: 7\n")
+    overlay(tmp_path / "params.yaml", "split:\n  sead: 7\n")
     with pytest.raises(FaceageError, match="unknown key"):
         load_params(tmp_path / "params.yaml")
 
 
 def test_wrong_type_is_rejected(tmp_path):
-    (tmp_path / "params.yaml").write_text("train:\n  epochs: three\n")
+    overlay(tmp_path / "params.yaml", "train:\n  epochs: three\n")
     with pytest.raises(FaceageError, match=r"train\.epochs: expected int"):
         load_params(tmp_path / "params.yaml")
 
 
 def test_integer_is_accepted_for_a_float(tmp_path):
-    (tmp_path / "params.yaml").write_text("split:\n  train: 1\n  val: 0\n  test: 0\n")
+    overlay(tmp_path / "params.yaml", "split:\n  train: 1\n  val: 0\n  test: 0\n")
     assert load_params(tmp_path / "params.yaml").split.train == 1.0
 
 
@@ -44,7 +56,7 @@ def test_integer_is_accepted_for_a_float(tmp_path):
 )
 def test_scientific_notation_is_a_number_as_dvc_reads_it(tmp_path, written, value):
     # `dvc exp run -S train.lr=1e-7` writes 1e-07, a string to YAML 1.1 but a float to DVC's YAML 1.2.
-    (tmp_path / "params.yaml").write_text(f"train:\n  lr: {written}\n  epochs: 3\n")
+    overlay(tmp_path / "params.yaml", f"train:\n  lr: {written}\n  epochs: 3\n")
     params = load_params(tmp_path / "params.yaml")
     assert params.train.lr == pytest.approx(value) and params.train.epochs == 3
 
@@ -52,7 +64,7 @@ def test_scientific_notation_is_a_number_as_dvc_reads_it(tmp_path, written, valu
 def test_a_dvc_set_value_loads_as_dvc_reads_it(tmp_path):
     import dvc.utils.serialize
 
-    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.1\n")
+    overlay(tmp_path / "params.yaml", "train:\n  lr: 0.1\n")
     with dvc.utils.serialize.modify_yaml(tmp_path / "params.yaml") as data:
         data["train"]["lr"] = 1e-7
     assert (
@@ -81,9 +93,7 @@ def numeric_keys():
 def write(tmp_path, section: str, key: str, value) -> Path:
     import yaml
 
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({section: {key: value}}))
-    return path
+    return overlay(tmp_path / "params.yaml", yaml.safe_dump({section: {key: value}}))
 
 
 @pytest.mark.parametrize(
@@ -127,10 +137,10 @@ def test_every_number_has_a_range_and_refuses_nan_and_extremes(tmp_path):
 
 
 def test_values_that_only_conflict_together_are_refused(tmp_path):
-    (tmp_path / "params.yaml").write_text("data:\n  min_age: 50\n  max_age: 10\n")
+    overlay(tmp_path / "params.yaml", "data:\n  min_age: 50\n  max_age: 10\n")
     with pytest.raises(FaceageError, match=r"data\.max_age: 10 is not allowed; expected >= data\.min_age \(50\)"):
         load_params(tmp_path / "params.yaml")
-    (tmp_path / "params.yaml").write_text("split:\n  train: 0.9\n")
+    overlay(tmp_path / "params.yaml", "split:\n  train: 0.9\n")
     with pytest.raises(FaceageError, match=r"split\.train \+ split\.val \+ split\.test: 1\.2"):
         load_params(tmp_path / "params.yaml")
 
@@ -138,9 +148,9 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("test_sources:\n  val:\n    source: x\n", "test_sources: 'val' is not allowed"),
-        ("test_sources:\n  my photos:\n    source: x\n", "test_sources: 'my photos' is not allowed"),
-        ("test_sources:\n  a:\n    source: ' '\n", "test_sources.source: ' ' is not allowed"),
+        ("test_sources:\n  val:\n    source: x\n    align: false\n", "test_sources: 'val' is not allowed"),
+        ("test_sources:\n  my photos:\n    source: x\n    align: false\n", "test_sources: 'my photos' is not allowed"),
+        ("test_sources:\n  a:\n    source: ' '\n    align: false\n", "test_sources.source: ' ' is not allowed"),
         ("test_sources:\n  a:\n    path: x\n", "test_sources.a: unknown key"),
         ("test_sources:\n  a: x\n", "test_sources.a: expected a mapping"),
         ("test_sources: [x]\n", "test_sources: expected a mapping"),
@@ -156,13 +166,13 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
     ],
 )
 def test_test_sources_and_levers_are_checked(tmp_path, text, message):
-    (tmp_path / "params.yaml").write_text(text)
+    overlay(tmp_path / "params.yaml", text)
     with pytest.raises(FaceageError, match=re.escape(message)):
         load_params(tmp_path / "params.yaml")
 
 
 def test_test_sources_load_with_their_defaults(tmp_path):
-    (tmp_path / "params.yaml").write_text("test_sources:\n  photos:\n    source: p.tar.gz\n    align: true\n")
+    overlay(tmp_path / "params.yaml", "test_sources:\n  photos:\n    source: p.tar.gz\n    align: true\n")
     sources = load_params(tmp_path / "params.yaml").test_sources
     assert {name: (s.source, s.align) for name, s in sources.items()} == {"photos": ("p.tar.gz", True)}
 
@@ -197,6 +207,12 @@ def test_dvc_can_drop_any_key_of_params_yaml_and_the_file_stays_yaml(tmp_path):
         path.write_text((REPO / "params.yaml").read_text())
         apply_overrides(str(path), [f"~{key}"])
         assert yaml.safe_load(path.read_text()) == without(original, key), key
+        if key.startswith("members.") or (key.startswith("test_sources.") and key.count(".") == 1):
+            # a member, a member's change or a test source: what is left is a complete set of settings
+            load_params(path)
+            continue
+        with pytest.raises(FaceageError, match=rf"missing key\(s\) [^\n]*{key.rpartition('.')[2]}"):
+            load_params(path)
 
 
 @pytest.mark.parametrize(
@@ -220,13 +236,13 @@ def test_members_are_dropped_and_changed_from_the_command_line(tmp_path, overrid
 @pytest.mark.parametrize(("written", "value"), [("auto", "auto"), ("true", True), ("false", False)])
 def test_cpu_bf16_is_auto_true_or_false(tmp_path, written, value):
     path = tmp_path / "params.yaml"
-    path.write_text(f"train:\n  cpu_bf16: {written}\n")
+    overlay(path, f"train:\n  cpu_bf16: {written}\n")
     assert load_params(path).train.cpu_bf16 == value
 
 
 @pytest.mark.parametrize("written", ["1", "0", "yes_please", "bf16", "[true]"])
 def test_cpu_bf16_refuses_anything_else_in_one_line(tmp_path, written):
     path = tmp_path / "params.yaml"
-    path.write_text(f"train:\n  cpu_bf16: {written}\n")
+    overlay(path, f"train:\n  cpu_bf16: {written}\n")
     with pytest.raises(FaceageError, match=r"train\.cpu_bf16: .* expected one of auto, true, false$"):
         load_params(path)

@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ASTRONAUT, ASTRONAUT_FACE
+from conftest import ASTRONAUT, ASTRONAUT_FACE, settings
 
 from faceage.params import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
@@ -40,7 +40,7 @@ def champion(tiny_model, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracker = RunTracker("serving", run_name="tiny", uri=uri)
-    log_age_model(tracker, tiny_model, FacesParams(), np.zeros((32, 32, 3), np.uint8), DATASET)
+    log_age_model(tracker, tiny_model, settings(FacesParams), np.zeros((32, 32, 3), np.uint8), DATASET)
     tracker.finish()
     version = register_with_alias(tracker.run_id, "faceage", "champion", uri)
     return {"uri": uri, "version": version, "run_id": tracker.run_id, "folder": folder}

@@ -7,13 +7,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import noise_jpeg, pack, write_files
+from conftest import noise_jpeg, pack, settings, write_files
 
 from faceage.data import sources
 from faceage.data.ingest import ingest
 from faceage.data.sources import open_source
 from faceage.errors import FaceageError
-from faceage.params import DataParams
+from faceage.params import DataParams, FacesParams
 
 FILES = {f"faces/{age}/{age}.jpg": noise_jpeg(age, size=16) for age in range(1, 31)}
 
@@ -106,7 +106,9 @@ def test_links_fifos_and_repeated_names_in_a_tar_are_accounted_for(tmp_path):
     again.size = 5
     with tarfile.open(path, "a") as archive:
         archive.addfile(again, io.BytesIO(b"other"))
-    report = ingest(DataParams(source=str(path), image_size=16, workers=1), tmp_path / "out")
+    report = ingest(
+        settings(DataParams, source=str(path), image_size=16, workers=1), tmp_path / "out", settings(FacesParams)
+    )
     assert report["files"] == 34 and sum(report["outcomes"].values()) == 34
     assert report["outcomes"]["not_a_file"] == 3 and report["outcomes"]["duplicate_name"] == 1
     assert report["outcomes"]["kept"] == 30
@@ -124,7 +126,9 @@ def test_zip_repeated_encrypted_and_oversized_members(tmp_path, monkeypatch):
         archive.writestr("faces/51/secret.jpg", b"ciphertext")
     set_encrypted_flag(path, b"faces/51/secret.jpg")
     monkeypatch.setattr(sources, "MAX_FILE_BYTES", len(noise_jpeg(50, size=64)) - 1)
-    report = ingest(DataParams(source=str(path), image_size=16, workers=1), tmp_path / "out")
+    report = ingest(
+        settings(DataParams, source=str(path), image_size=16, workers=1), tmp_path / "out", settings(FacesParams)
+    )
     outcomes = {k: v for k, v in report["outcomes"].items() if v}
     assert outcomes == {"kept": 30, "duplicate_name": 1, "too_large": 1, "encrypted": 1}
     assert report["files"] == 33

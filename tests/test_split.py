@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import settings
 
 from faceage.data.split import split_manifest, split_report
 from faceage.errors import FaceageError
@@ -21,26 +22,28 @@ def make_manifest(n=600, duplicates=40, given=None, seed=0):
 
 def test_every_image_lands_in_exactly_one_split():
     manifest = make_manifest()
-    split = split_manifest(manifest, SplitParams())
+    split = split_manifest(manifest, settings(SplitParams))
     assert split["id"].tolist() == manifest["id"].tolist()
     assert set(split["split"]) == {"train", "val", "test"}
 
 
 def test_proportions_follow_the_parameters():
-    counts = split_manifest(make_manifest(1000), SplitParams(train=0.6, val=0.2, test=0.2))["split"].value_counts()
+    counts = split_manifest(make_manifest(1000), settings(SplitParams, train=0.6, val=0.2, test=0.2))[
+        "split"
+    ].value_counts()
     assert abs(counts["train"] - 600) <= 10 and abs(counts["val"] - 200) <= 10 and abs(counts["test"] - 200) <= 10
 
 
 def test_same_seed_same_split_other_seed_other_split():
     manifest = make_manifest()
-    first = split_manifest(manifest, SplitParams(seed=1))
-    assert first.equals(split_manifest(manifest, SplitParams(seed=1)))
-    assert not first.equals(split_manifest(manifest, SplitParams(seed=2)))
+    first = split_manifest(manifest, settings(SplitParams, seed=1))
+    assert first.equals(split_manifest(manifest, settings(SplitParams, seed=1)))
+    assert not first.equals(split_manifest(manifest, settings(SplitParams, seed=2)))
 
 
 def test_split_is_stratified_on_age():
     manifest = make_manifest(1000, duplicates=0)
-    split = manifest.merge(split_manifest(manifest, SplitParams(stratify_bins=10)), on="id")
+    split = manifest.merge(split_manifest(manifest, settings(SplitParams, stratify_bins=10)), on="id")
     deciles = pd.qcut(split["age"].rank(method="first"), 10, labels=False)
     shares = pd.crosstab(deciles, split["split"], normalize="index")
     assert (shares["train"] - 0.70).abs().max() < 0.02
@@ -49,7 +52,7 @@ def test_split_is_stratified_on_age():
 
 def test_duplicates_never_straddle_two_splits():
     manifest = make_manifest(300, duplicates=100)
-    split = manifest.merge(split_manifest(manifest, SplitParams()), on="id")
+    split = manifest.merge(split_manifest(manifest, settings(SplitParams)), on="id")
     assert (split.groupby("pixel_hash")["split"].nunique() == 1).all()
 
 
@@ -57,7 +60,7 @@ def test_given_split_is_kept_and_val_is_carved_from_given_train():
     n = 400
     given = ["test" if i % 4 == 0 else "train" for i in range(n)]
     manifest = make_manifest(n, duplicates=0, given=given)
-    split = split_manifest(manifest, SplitParams())
+    split = split_manifest(manifest, settings(SplitParams))
     assert (split.loc[manifest["given_split"] == "test", "split"] == "test").all()
     from_train = split.loc[manifest["given_split"] == "train", "split"].value_counts()
     assert set(from_train.index) == {"train", "val"}
@@ -66,18 +69,18 @@ def test_given_split_is_kept_and_val_is_carved_from_given_train():
 
 def test_given_split_can_be_ignored():
     manifest = make_manifest(400, duplicates=0, given=["test"] * 400)
-    split = split_manifest(manifest, SplitParams(use_given=False))
+    split = split_manifest(manifest, settings(SplitParams, use_given=False))
     assert split["split"].value_counts()["train"] > 250
 
 
 def test_fractions_must_sum_to_one():
     with pytest.raises(FaceageError, match=r"split.train \+ split.val \+ split.test: 1.2 is not allowed; expected 1"):
-        SplitParams(train=0.8, val=0.2, test=0.2)
+        settings(SplitParams, train=0.8, val=0.2, test=0.2)
 
 
 def test_report_counts_and_statistics():
     manifest = make_manifest(200, duplicates=0)
-    split = split_manifest(manifest, SplitParams())
+    split = split_manifest(manifest, settings(SplitParams))
     report = split_report(manifest, split)
     assert report["total"] == 200
     assert sum(report[s]["count"] for s in ("train", "val", "test")) == 200

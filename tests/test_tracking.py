@@ -4,6 +4,7 @@ import sys
 import time
 
 import pytest
+from conftest import settings
 from mlflow import MlflowClient
 
 from faceage.params import MlflowParams, ModelParams, Params
@@ -74,7 +75,7 @@ def test_an_interrupted_run_is_reopened_without_logging_anything_twice(tmp_path,
         first.log_epoch({"epoch": epoch, "phase": "head", "val_mae": 10.0 - epoch})
     first.finish("FAILED")  # interrupted
 
-    params = Params(mlflow=MlflowParams(experiment="exp"))
+    params = settings(Params, mlflow=settings(MlflowParams, experiment="exp"))
     again = start_pipeline_run(params, "data-a", "stages/train.py", run_id=first.run_id)
     assert again.run_id == first.run_id
     client = MlflowClient(uri)
@@ -119,7 +120,9 @@ def test_queued_experiment_runs_land_in_the_workspace_store(repo, monkeypatch):
     (queued / ".dvc").mkdir(parents=True)
     monkeypatch.chdir(queued)
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
-    params = Params(model=ModelParams(backbone="efficientnet_b0", pretrained=False, input_size=64), members={})
+    params = settings(
+        Params, model=settings(ModelParams, backbone="efficientnet_b0", pretrained=False, input_size=64), members={}
+    )
     tracker = start_pipeline_run(params, "abc123", "stages/train.py")
     tracker.log_dataset("UTKFace.tar.gz", "abc123", "data/UTKFace.tar.gz", 120)
     tracker.finish()

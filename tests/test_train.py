@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import settings
 
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
@@ -17,9 +18,9 @@ from faceage.training.loop import train_network
 from faceage.training.resume import ResumeFile
 from faceage.training.setup import TrainingSetup, autocast, plan_phases, split_ids
 
-MODEL = ModelParams(backbone="resnet18", pretrained=False, input_size=32, hidden=16, reference_blend=(0.0,))
-TRAIN = TrainParams(head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
-AUGMENT = AugmentParams()
+MODEL = settings(ModelParams, backbone="resnet18", pretrained=False, input_size=32, hidden=16, reference_blend=(0.0,))
+TRAIN = settings(TrainParams, head_epochs=2, epochs=2, batch_size=16, patience=0, seed=5, threads=1)
+AUGMENT = settings(AugmentParams)
 AGES = (1, 100)
 CPU = torch.device("cpu")
 
@@ -58,7 +59,7 @@ def test_two_stages_report_every_epoch_and_keep_the_best(data):
 def test_the_head_stage_leaves_the_backbone_untouched(data):
     torch.manual_seed(5)  # train_network seeds the same way before building the model
     initial = build_network(MODEL, AGES).trunk.state_dict()
-    result = train(data, params=TrainParams(head_epochs=2, epochs=0, batch_size=16, seed=5, threads=1))
+    result = train(data, params=settings(TrainParams, head_epochs=2, epochs=0, batch_size=16, seed=5, threads=1))
     trained = result.network.state_dict()
     for name, value in initial.items():
         assert torch.equal(trained[f"trunk.{name}"], value), name
@@ -73,7 +74,7 @@ def test_training_is_deterministic(data):
 
 
 def test_cached_features_train_the_head_like_the_backbone_does(data, monkeypatch):
-    params = TrainParams(head_epochs=3, epochs=0, batch_size=16, seed=5, threads=1)
+    params = settings(TrainParams, head_epochs=3, epochs=0, batch_size=16, seed=5, threads=1)
     cached = train(data, params=params)
     monkeypatch.setattr(Inputs, "cache_features", lambda self, ids, amp: None)
     uncached = train(data, params=params)
@@ -141,7 +142,7 @@ def test_a_saved_state_of_other_parameters_is_not_resumed(data, tmp_path):
     rows = []
     train(
         data,
-        params=TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=6),
+        params=settings(TrainParams, head_epochs=1, epochs=1, batch_size=16, seed=6),
         state=state,
         on_epoch_end=rows.append,
     )
@@ -176,7 +177,9 @@ def test_a_saved_state_of_other_data_is_not_resumed(data, tmp_path, change):
 
 
 def test_early_stopping_ends_a_stage_after_patience_epochs(data):
-    params = TrainParams(head_epochs=0, epochs=8, lr=10.0, optimizer="sgd", scheduler="none", patience=2, batch_size=16)
+    params = settings(
+        TrainParams, head_epochs=0, epochs=8, lr=10.0, optimizer="sgd", scheduler="none", patience=2, batch_size=16
+    )
     result = train(data, params=params)
     maes = [row["val_mae"] for row in result.history]
     best = int(np.argmin(maes))
@@ -194,12 +197,13 @@ def mean_predictor_mae(data):
     [
         pytest.param(
             replace(MODEL, head="regression"),
-            TrainParams(loss="smooth_l1", head_lr=0.01, scheduler="none"),
+            settings(TrainParams, loss="smooth_l1", head_lr=0.01, scheduler="none"),
             id="regression",
         ),
         pytest.param(
             MODEL,
-            TrainParams(
+            settings(
+                TrainParams,
                 label_sigma=2.0,
                 label_smoothing=0.1,
                 optimizer="sgd",
@@ -211,10 +215,10 @@ def mean_predictor_mae(data):
         ),
         pytest.param(
             replace(MODEL, gender_weight=0.5, age_group_weight=0.5),
-            TrainParams(optimizer="adam", head_lr=0.01, scheduler="none"),
+            settings(TrainParams, optimizer="adam", head_lr=0.01, scheduler="none"),
             id="auxiliary-heads-adam",
         ),
-        pytest.param(MODEL, TrainParams(cpu_bf16=False, head_lr=0.01, scheduler="none"), id="float32"),
+        pytest.param(MODEL, settings(TrainParams, cpu_bf16=False, head_lr=0.01, scheduler="none"), id="float32"),
     ],
 )
 def test_heads_losses_and_optimisers_learn(data, model, params):
@@ -225,8 +229,15 @@ def test_heads_losses_and_optimisers_learn(data, model, params):
 
 
 def test_the_plateau_schedule_lowers_the_lr_after_each_epoch_without_progress(data):
-    params = TrainParams(
-        head_epochs=12, epochs=0, optimizer="sgd", head_lr=0.5, scheduler="plateau", plateau_patience=0, batch_size=16
+    params = settings(
+        TrainParams,
+        head_epochs=12,
+        epochs=0,
+        optimizer="sgd",
+        head_lr=0.5,
+        scheduler="plateau",
+        plateau_patience=0,
+        batch_size=16,
     )
     history = train(data, params=params).history
     lr, best, expected = params.head_lr, math.inf, []
@@ -241,9 +252,9 @@ def test_the_plateau_schedule_lowers_the_lr_after_each_epoch_without_progress(da
 
 
 def test_augmentation_only_in_the_fine_tuning_stage_by_default():
-    phases = plan_phases(TrainParams(), AugmentParams())
+    phases = plan_phases(settings(TrainParams), settings(AugmentParams))
     assert [(p.name, p.augment) for p in phases] == [("head", False), ("finetune", True)]
-    assert plan_phases(TrainParams(), AugmentParams(in_head_stage=True))[0].augment
+    assert plan_phases(settings(TrainParams), settings(AugmentParams, in_head_stage=True))[0].augment
 
 
 def test_training_needs_a_validation_split(data):
@@ -253,7 +264,7 @@ def test_training_needs_a_validation_split(data):
 
 
 def test_checkpoint_round_trips_with_weights_only_loading(data, tmp_path):
-    params = TrainParams(head_epochs=1, epochs=1, batch_size=16, seed=5, threads=1)
+    params = settings(TrainParams, head_epochs=1, epochs=1, batch_size=16, seed=5, threads=1)
     result = train(data, params=params)
     trained = AgeModel([result.network], [MODEL.input_size], 0.0, AGES, 16)
     save_checkpoint(checkpoint_of(trained, [MODEL], epoch=result.summary["best_epoch"]), tmp_path / "model.pt")

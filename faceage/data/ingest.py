@@ -145,9 +145,7 @@ class Ledger:
         pd.DataFrame(self.rejected, columns=["path", "reason", "detail"]).to_csv(path, index=False)
 
 
-def ingest(
-    params: DataParams, out_dir: str | Path, faces: FacesParams | None = None, allow_empty: bool = False
-) -> dict:
+def ingest(params: DataParams, out_dir: str | Path, faces: FacesParams, allow_empty: bool = False) -> dict:
     """Ingest ``params.source`` into ``out_dir`` (images, manifest, rejected files); return the report. A
     source with no usable image is an error unless ``allow_empty`` (a test source, which may then be empty).
 
@@ -166,7 +164,7 @@ def ingest(
     log.info("%s: %d entries, layout %s", params.source, files, layout.name)
     ledger = Ledger(source.skipped)
     labels = _labels(names, layout, params, ledger)
-    kept, several_faces = _decode_all(source, labels, params, faces or FacesParams(), out_dir, ledger)
+    kept, several_faces = _decode_all(source, labels, params, faces, out_dir, ledger)
 
     counts = ledger.counts()
     if sum(counts.values()) != files:
