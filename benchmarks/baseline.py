@@ -17,7 +17,8 @@ from torchvision import transforms
 
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.model.networks import build_network, set_train_mode
-from faceage.params import AugmentParams, Params
+from faceage.params import Params
+from faceage.sections import AugmentParams
 from faceage.training.losses import UNKNOWN_GENDER, total_loss
 from faceage.training.optim import build_optimizer, parameter_groups
 from faceage.training.setup import autocast

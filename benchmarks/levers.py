@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from benchmarks import results_page
 from benchmarks.photos import add_photo_sources
 from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row.update(scorer.score(name.split("+")))
     path.write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "levers.md").write_text(markdown(results))
+    results_page.refresh(args.out)
     print(markdown(results))
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from benchmarks import results_page
 from faceage.model.networks import build_network
 from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.runtime import cpu_features, make_deterministic, use_cpu_bf16
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "precision.md").write_text(markdown(rows))
+    results_page.refresh(args.out)
     print(markdown({class_label(row): row}))
     return 0
 

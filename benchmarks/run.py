@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import yaml
 
+from benchmarks import results_page
 from benchmarks.baseline import training_throughput
 from benchmarks.peer import peer_predictions
 from benchmarks.photos import add_photo_sources, photo_benchmark
@@ -193,6 +194,7 @@ def benchmark(
     }
     (out / "benchmark.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "benchmark.md").write_text(markdown_report(report))
+    results_page.refresh(out)
     return report
 
 

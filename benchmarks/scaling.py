@@ -24,6 +24,8 @@ from pathlib import Path
 
 import matplotlib
 
+from benchmarks import results_page
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -170,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "scaling.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "scaling.md").write_text(markdown(report))
     plot(rows, args.out / "scaling.png")
+    results_page.refresh(args.out)
     print(markdown(report))
     return 0
 

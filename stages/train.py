@@ -19,7 +19,8 @@ from faceage.params import MAIN_MEMBER, Params, load_params
 from faceage.plots import learning_curves
 from faceage.serving.pyfunc import log_age_model
 from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
-from faceage.tracking.runs import RunTracker, resumable_run, start_member_run, start_pipeline_run
+from faceage.tracking.runs import RunTracker
+from faceage.tracking.training_runs import resumable_run, start_member_run, start_pipeline_run
 from faceage.training.distributed import Workers, joined, launch, launched_by_torchrun
 from faceage.training.loop import train_network
 from faceage.training.losses import UNKNOWN_GENDER

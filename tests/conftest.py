@@ -71,6 +71,23 @@ def overlay(path: Path, text: str) -> Path:
     return path
 
 
+def synthetic_faces(count: int, size: int, seed: int, train: int, val: int):
+    """``count`` tiny "faces" of ``size`` px whose brightness follows the age (noise on top), so a network can
+    learn something in an epoch: ``(images, ages, genders, split)`` with genders 0/1 and some unknown (-1),
+    the first ``train`` ids in the train split, the next ``val`` in val and the rest in test."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    ages = rng.integers(1, 90, count)
+    noise = rng.normal(0, 20, (count, size, size, 3))
+    images = np.clip(ages[:, None, None, None] * 2.5 + noise, 0, 255).astype(np.uint8)
+    genders = np.where(np.arange(count) % 7 == 0, -1, np.arange(count) % 2)
+    split = pd.DataFrame(
+        {"id": range(count), "split": ["train"] * train + ["val"] * val + ["test"] * (count - train - val)}
+    )
+    return images, ages, genders, split
+
+
 def image_bytes(
     color: tuple[int, ...] = (200, 100, 50),
     size: tuple[int, int] = (24, 24),
@@ -163,7 +180,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
     from faceage.model.age_model import AgeModel
     from faceage.model.checkpoint import checkpoint_of, save_checkpoint
-    from faceage.params import AugmentParams, FacesParams, ModelParams, TrainParams
+    from faceage.sections import AugmentParams, FacesParams, ModelParams, TrainParams
     from faceage.training.setup import TrainingSetup
 
     rng = np.random.default_rng(0)

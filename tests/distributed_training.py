@@ -14,11 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from conftest import settings
 
-from faceage.params import AugmentParams, ModelParams, TrainParams
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by torchrun: the repository, for conftest's imports
+from conftest import settings, synthetic_faces
+
+from faceage.sections import AugmentParams, ModelParams, TrainParams
 from faceage.training.distributed import joined
 from faceage.training.loop import train_network
 from faceage.training.resume import ResumeFile
@@ -41,10 +42,7 @@ NO_AUGMENTATION = settings(
 
 def tiny_setup(exact: bool, sync_bn: bool = False, one_step: bool = False) -> TrainingSetup:
     """60 16-pixel images whose brightness follows the age; 40 to train on (batches of 16, the last of 8)."""
-    rng = np.random.default_rng(0)
-    ages = rng.integers(1, 90, 60)
-    images = np.clip(ages[:, None, None, None] * 2.5 + rng.normal(0, 20, (60, 16, 16, 3)), 0, 255).astype(np.uint8)
-    split = pd.DataFrame({"id": range(60), "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
+    images, ages, _, split = synthetic_faces(60, 16, seed=0, train=40, val=10)
     model = settings(
         ModelParams, backbone="resnet18", pretrained=False, input_size=32, hidden=16, dropout=0.0 if exact else 0.2
     )
@@ -84,7 +82,7 @@ def main(out: Path, mode: str, crash_after: int | None) -> None:
 
         resume = ResumeFile(out / "state.pt", setup.fingerprint())
         result = train_network(setup, resume=resume, on_epoch_end=crash, workers=workers)
-        saved = {"state_dict": result.checkpoint["state_dict"], "history": result.history, "summary": result.summary}
+        saved = {"state_dict": result.network.state_dict(), "history": result.history, "summary": result.summary}
         torch.save(saved, out / f"rank{workers.rank}.pt")
 
 

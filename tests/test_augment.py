@@ -2,7 +2,7 @@ import torch
 from conftest import settings
 
 from faceage.model.batches import IMAGENET_MEAN
-from faceage.params import AugmentParams
+from faceage.sections import AugmentParams
 from faceage.training.augment import BatchAugmenter, is_active
 
 GEOMETRY_AND_COLOUR = ("hflip", "shift", "rotate", "brightness", "contrast", "saturation", "hue", "grayscale")

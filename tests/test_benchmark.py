@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import settings
+from conftest import overlay, settings
 
 from benchmarks.run import benchmark, parse_settings
 from faceage.data.demo import write_demo_archive
-from faceage.params import DemoParams, Params
+from faceage.params import load_params
 from faceage.runtime import native_cpu_bf16
+from faceage.sections import DemoParams
 
 TINY = {
     "data": {"image_size": 32},
@@ -29,6 +30,7 @@ def test_settings_parse_as_yaml_values():
         parse_settings(["epochs=3"])
 
 
+@pytest.mark.slow
 def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     source = tmp_path / "faces.tar.gz"
     write_demo_archive(source, settings(DemoParams, num_images=120, image_size=64))
@@ -103,13 +105,14 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_the_precision_benchmark_times_both_precisions_of_every_network_and_names_the_cpu_class(native, monkeypatch):
+def test_the_precision_benchmark_times_both_precisions_of_every_network_and_names_the_cpu_class(
+    native, monkeypatch, tmp_path
+):
     from benchmarks.precision import class_label, markdown, measure
-    from faceage.params import from_dict
 
     monkeypatch.setattr("faceage.runtime.native_cpu_bf16", lambda: native)
-    tiny = {"model": {"input_size": 32}, "train": {"batch_size": 4}, "members": {"small": {"model": {"hidden": 8}}}}
-    row = measure(from_dict(Params, tiny), steps=1)
+    tiny = "model: {input_size: 32}\ntrain: {batch_size: 4}\nmembers: {small: {model: {hidden: 8}}}\n"
+    row = measure(load_params(overlay(tmp_path / "params.yaml", tiny)), steps=1)
     assert set(row["networks"]) == {"main", "small"} and row["auto_chooses"] == ("bfloat16" if native else "float32")
     for network in row["networks"].values():
         ratio = network["bfloat16_images_per_second"] / network["float32_images_per_second"]

@@ -20,7 +20,7 @@ from faceage.evaluation.compare import (
     promote_leaderboard_best,
     promotion_decision,
 )
-from faceage.params import CompareParams, FacesParams
+from faceage.sections import CompareParams, FacesParams
 from faceage.serving.pyfunc import log_age_model
 from faceage.tracking.registry import champion_run
 from faceage.tracking.runs import RunTracker
@@ -121,8 +121,10 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
 
     from faceage.evaluation.evaluate import evaluation_report, headline_metrics
     from faceage.evaluation.metrics import bucket_labels, cs_name
-    from faceage.params import EvaluateParams, Params
-    from faceage.tracking.runs import backbone_label, flatten, metric_key
+    from faceage.params import Params
+    from faceage.sections import EvaluateParams
+    from faceage.tracking.runs import flatten, metric_key
+    from faceage.tracking.training_runs import backbone_label
 
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-kiln")
     params = settings(Params, evaluate=settings(EvaluateParams, cs_threshold=threshold, bootstrap_resamples=50))

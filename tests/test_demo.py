@@ -8,7 +8,7 @@ from sklearn.linear_model import RidgeCV
 
 from faceage.data.demo import draw_face, sample_person, write_demo_archive
 from faceage.data.layouts import UTKFaceLayout
-from faceage.params import DemoParams
+from faceage.sections import DemoParams
 
 
 def test_archive_is_byte_identical_for_a_seed_and_differs_across_seeds(tmp_path):

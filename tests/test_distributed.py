@@ -50,6 +50,7 @@ def test_each_process_takes_its_share_of_a_batch_weighted_as_the_whole_batch_mea
     assert sum(means) / size == pytest.approx(values.mean())
 
 
+@pytest.mark.slow  # torchrun
 def test_one_step_in_two_processes_is_one_process_step_to_float32_rounding(tmp_path):
     """The two processes' half-batch gradients, averaged by DDP, are the whole batch's: after one plain SGD step
     the weights differ from one process's only by the order float32 sums in (about 1e-7 of each value)."""
@@ -57,10 +58,11 @@ def test_one_step_in_two_processes_is_one_process_step_to_float32_rounding(tmp_p
     assert_identical(*ranks)
     one = train_network(tiny_setup(exact=True, one_step=True), torch.device("cpu"))
     assert ranks[0]["summary"]["processes"] == 2 and one.summary["processes"] == 1
-    for key, value in one.checkpoint["state_dict"].items():
+    for key, value in one.network.state_dict().items():
         torch.testing.assert_close(ranks[0]["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_train_as_one_on_the_same_batches(tmp_path):
     """Over a whole run, Adam divides each gradient by its own running size, so rounding differences of tiny
     gradients grow (up to 0.5 % of a weight after 4 epochs on an AVX2 CPU): the run is compared by what it
@@ -74,6 +76,7 @@ def test_two_processes_train_as_one_on_the_same_batches(tmp_path):
     )
 
 
+@pytest.mark.slow  # torchrun
 def test_a_crashed_process_is_restarted_and_training_resumes_to_the_same_weights(tmp_path):
     """Defaults (augmentation, dropout, BatchNorm in training mode, bfloat16): the processes still end with
     identical weights, and a run in which process 1 dies after epoch 2 ends as an uninterrupted one."""
@@ -92,6 +95,7 @@ def test_sync_bn_without_cuda_stops_with_one_line():
 
 
 @pytest.mark.cuda
+@pytest.mark.slow  # torchrun
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (nccl, one process each)")
 @pytest.mark.parametrize("mode", ["default", "sync_bn"])
 def test_two_gpu_processes_end_identical(tmp_path, mode):

@@ -16,7 +16,7 @@ from faceage.model.dlib_resnet import (
     onnx_state_dict,
 )
 from faceage.model.networks import build_network
-from faceage.params import ModelParams
+from faceage.sections import ModelParams
 
 
 def test_pytorch_module_matches_onnxruntime_on_the_shipped_graph():

@@ -4,17 +4,17 @@ export."""
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, assert_onnx_export_predicts_as_the_model
+from conftest import REPO, assert_onnx_export_predicts_as_the_model, synthetic_faces
 
+from faceage.checked import from_dict
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel, untouched_dlib
 from faceage.model.checkpoint import checkpoint_of, load_model, save_checkpoint
 from faceage.model.inference import predict
-from faceage.params import MAIN_MEMBER, Params, from_dict
+from faceage.params import MAIN_MEMBER, Params
 from faceage.training.blend import blend_errors
 from faceage.training.loop import train_network
 from faceage.training.members import assemble, member_params
@@ -42,11 +42,7 @@ def params(members=MEMBERS, **sections) -> Params:
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(2)
-    ages = rng.integers(1, 80, 48)
-    images = np.clip(ages[:, None, None, None] * 3 + rng.normal(0, 20, (48, 56, 56, 3)), 0, 255).astype(np.uint8)
-    split = pd.DataFrame({"id": range(48), "split": ["train"] * 32 + ["val"] * 16})
-    return images, ages, np.zeros(48, dtype=int), split
+    return synthetic_faces(48, 56, seed=2, train=32, val=16)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +124,7 @@ def test_the_model_predicts_the_mean_of_its_networks_blended_as_validation_chose
     np.testing.assert_allclose(ages_loaded, (1 - chosen) * mean + chosen * reference, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_the_model_exports_as_one_graph_that_predicts_as_it_does(saved, data, tmp_path):
     assert_onnx_export_predicts_as_the_model(saved, data[0][:3], tmp_path)
 

@@ -10,8 +10,8 @@ from faceage.evaluation.gradcam import grad_cam
 from faceage.model.age_model import AgeModel
 from faceage.model.inference import predict
 from faceage.model.networks import build_network
-from faceage.params import EvaluateParams, ModelParams
 from faceage.plots import face_gallery
+from faceage.sections import EvaluateParams, ModelParams
 
 CPU = torch.device("cpu")
 

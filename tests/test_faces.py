@@ -12,7 +12,7 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import checkpoint_of, save_checkpoint
 from faceage.model.networks import build_network
-from faceage.params import FacesParams, ModelParams
+from faceage.sections import FacesParams, ModelParams
 from faceage.serving.photos import AgeEstimator, find_faces
 
 

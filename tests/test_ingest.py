@@ -11,7 +11,7 @@ from faceage.data.faces import FaceFinder
 from faceage.data.ingest import OUTCOMES, REJECTED_FILE, UNMATCHED_FILE, ingest
 from faceage.data.manifest import IMAGES_FILE, load_images, load_manifest
 from faceage.errors import FaceageError
-from faceage.params import DataParams, FacesParams
+from faceage.sections import DataParams, FacesParams
 
 EXPECTED_UTKFACE_OUTCOMES = {
     "kept": 30,

@@ -7,16 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_onnx_export_predicts_as_the_model, settings
+from conftest import assert_onnx_export_predicts_as_the_model, settings, synthetic_faces
 
-from faceage.model.checkpoint import load_model
+from faceage.model.age_model import AgeModel, untouched_dlib
+from faceage.model.batches import to_input
+from faceage.model.checkpoint import checkpoint_of, load_model, save_checkpoint
 from faceage.model.inference import predict
 from faceage.model.networks import build_network, freeze_trunk
 from faceage.model.reference import ReferenceAgeModel
-from faceage.params import AugmentParams, ModelParams, TrainParams
-from faceage.training import loop as training
+from faceage.params import MAIN_MEMBER
+from faceage.sections import AugmentParams, ModelParams, TrainParams
+from faceage.training import features
 from faceage.training.loop import train_network
 from faceage.training.losses import total_loss
+from faceage.training.members import assemble
 from faceage.training.optim import parameter_groups, trunk_blocks
 from faceage.training.setup import TrainingSetup
 
@@ -28,11 +32,7 @@ TRAIN = settings(TrainParams, head_epochs=1, epochs=2, batch_size=16, seed=3, th
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(1)
-    ages = rng.integers(1, 80, 48)
-    images = np.clip(ages[:, None, None, None] * 3 + rng.normal(0, 20, (48, 32, 32, 3)), 0, 255).astype(np.uint8)
-    split = pd.DataFrame({"id": range(48), "split": ["train"] * 32 + ["val"] * 16})
-    return images, ages, np.zeros(48, dtype=int), split
+    return synthetic_faces(48, 32, seed=1, train=32, val=16)
 
 
 def train(data, model=DLIB, params=TRAIN):
@@ -51,8 +51,7 @@ def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone
         assert group["lr"] == pytest.approx(0.01 * 0.5**depth)
         assert [id(p) for p in group["params"]] == [id(p) for p in block.parameters()]
     grouped = sorted(id(p) for group in groups for p in group["params"])
-    assert grouped == sorted(id(p) for p in model.parameters() if p.requires_grad)  # the reference never learns
-    assert not any(p.requires_grad for p in model.reference.parameters())
+    assert grouped == sorted(id(p) for p in model.parameters() if p.requires_grad)
 
 
 def test_frozen_blocks_are_left_out_of_the_groups():
@@ -69,9 +68,9 @@ def trunk_distance(state: dict, start: dict) -> float:
 
 def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(data):
     start = build_network(DLIB, AGES).trunk.state_dict()
-    free = train(data).checkpoint["state_dict"]
-    held = train(data, params=replace(TRAIN, l2sp=300.0)).checkpoint["state_dict"]
-    snapped = train(data, params=replace(TRAIN, l2sp=1 / TRAIN.lr, scheduler="none")).checkpoint["state_dict"]
+    free = train(data).network.state_dict()
+    held = train(data, params=replace(TRAIN, l2sp=300.0)).network.state_dict()
+    snapped = train(data, params=replace(TRAIN, l2sp=1 / TRAIN.lr, scheduler="none")).network.state_dict()
     assert 0 < trunk_distance(held, start) < trunk_distance(free, start) / 2
     assert trunk_distance(snapped, start) < 1e-6  # a pull of lr * strength = 1 puts it back after every step
 
@@ -88,60 +87,56 @@ def test_the_distillation_term_is_the_weighted_kl_divergence_from_the_reference(
     torch.testing.assert_close(taught, plain + 2 * kl)
 
 
-def reference_gap(checkpoint: dict, images: np.ndarray) -> float:
-    """Mean KL divergence of the model's age distributions from dlib's untouched model on ``images``."""
-    model = build_network(DLIB, AGES)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
-        1, 3, 1, 1
-    )
+def reference_gap(network, images: np.ndarray) -> float:
+    """Mean KL divergence of the network's age distributions from dlib's untouched model on ``images``."""
+    network.eval()
+    x = to_input(images, 32, CPU)
     with torch.no_grad():
-        teacher = ReferenceAgeModel(model.bin_ages)(x)
-        student = model(x)["age"].log_softmax(1)
+        teacher = ReferenceAgeModel(network.bin_ages)(x)
+        student = network(x)["age"].log_softmax(1)
     return float((teacher * (teacher.clamp(min=1e-12).log() - student)).sum(1).mean())
 
 
 def test_distillation_keeps_the_model_closer_to_the_reference(data):
     images = data[0][32:]
-    plain = train(data).checkpoint
-    taught = train(data, params=replace(TRAIN, distill_weight=5.0)).checkpoint
+    plain = train(data).network
+    taught = train(data, params=replace(TRAIN, distill_weight=5.0)).network
     assert reference_gap(taught, images) < reference_gap(plain, images) * 0.8
+
+
+def blended_model(data, model, params, path):
+    """One network trained with ``model`` and ``params``, kept as a model blended as validation chooses among
+    ``model.reference_blend``, saved at ``path``; the network's result and the model's summary."""
+    setup = TrainingSetup(*data, model, params, settings(AugmentParams), AGES)
+    result = train_network(setup, CPU)
+    kept, summary = assemble({MAIN_MEMBER: result}, {MAIN_MEMBER: setup}, model.reference_blend)
+    save_checkpoint(checkpoint_of(kept, [model]), path)
+    return result, summary
 
 
 @pytest.mark.parametrize(("blend", "head"), [(0.5, "classification"), (1.0, "classification"), (0.5, "regression")])
 def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference_age(data, tmp_path, blend, head):
-    images = data[0]
-    blended = replace(DLIB, reference_blend=(blend,), head=head)
-    result = train(data, model=blended, params=replace(TRAIN, epochs=1, cpu_bf16=False))
+    images, ids = data[0], np.arange(32, 48)
     path = tmp_path / "model.pt"
-    torch.save(result.checkpoint, path)
+    weighted = replace(DLIB, reference_blend=(blend,), head=head)
+    result, summary = blended_model(data, weighted, replace(TRAIN, epochs=1, cpu_bf16=False), path)
     model, _ = load_model(path, CPU)  # the reference is part of the saved model
-    ids = np.arange(32, 48)
-    ages = predict(model, images, ids, 32, 8, CPU)["age"]
-    alone = build_network(replace(DLIB, head=head, reference_blend=(0.0,)), AGES)
-    alone.load_state_dict({k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")})
-    own = predict(alone, images, ids, 32, 8, CPU)["age"]
-    x = (
-        torch.from_numpy(images[ids]).permute(0, 3, 1, 2).float() / 255
-        - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    ) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    dlib = ReferenceAgeModel(model.bin_ages).years(x, model.bin_ages).numpy()
+    ages = predict(model, images, ids, 8, CPU)["age"]
+    own = predict(AgeModel.of(result.network, 32), images, ids, 8, CPU)["age"]
+    dlib = predict(untouched_dlib(AGES), images, ids, 8, CPU)["age"]
     np.testing.assert_allclose(ages, (1 - blend) * own + blend * dlib, atol=1e-3)
-    # validated blended in both stages: from images, and from cached features in the head stage
-    assert result.checkpoint["val_mae"] == pytest.approx(np.abs(ages - data[1][ids]).mean(), abs=1e-3)
+    assert summary["best_val_mae"] == pytest.approx(np.abs(ages - data[1][ids]).mean(), abs=1e-3)
 
 
 def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
     from faceage.evaluation.evaluate import predict_source, split_report
-    from faceage.params import EvaluateParams
+    from faceage.sections import EvaluateParams
 
     images, ages = data[0], data[1]
-    model = build_network(replace(DLIB, input_size=64, reference_blend=(1.0,)), AGES).eval()
+    model = untouched_dlib(AGES)
     manifest = pd.DataFrame({"id": range(48), "age": ages, "gender": 0, "race": 0})
     params = settings(EvaluateParams, bootstrap_resamples=20, batch_size=16)
-    rows = predict_source(model, {"model": {"input_size": 64}}, images, manifest, "photos", params, CPU)
+    rows = predict_source(model, images, manifest, "photos", params, CPU)
     assert (rows["split"] == "photos").all() and rows["id"].tolist() == list(range(48))
     # a model that is all reference predicts what the reference predicts, through the other code path
     np.testing.assert_allclose(rows["predicted_age"], rows["reference_age"], atol=1e-3)
@@ -151,32 +146,28 @@ def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
 
 
 def test_a_blended_model_exports_as_one_graph_that_predicts_as_it_does(data, tmp_path):
-    result = train(data, model=replace(DLIB, reference_blend=(0.3,)), params=replace(TRAIN, epochs=0))
-    assert_onnx_export_predicts_as_the_model(result.checkpoint, data[0][:3], tmp_path)
+    path = tmp_path / "model.pt"
+    blended_model(data, replace(DLIB, reference_blend=(0.3,)), replace(TRAIN, epochs=0), path)
+    assert_onnx_export_predicts_as_the_model(path, data[0][:3], tmp_path)
 
 
 def test_training_keeps_the_blend_weight_with_the_lowest_validation_mae(data, tmp_path):
     from faceage.training.blend import blend_errors
 
-    weights = (0.0, 0.25, 1.0)
-    result = train(data, model=replace(DLIB, reference_blend=weights), params=replace(TRAIN, cpu_bf16=False))
-    chosen = result.summary["reference_blend"]
-    # recompute every weight's validation MAE from the kept weights' own ages and the reference's
-    state = {k: v for k, v in result.checkpoint["state_dict"].items() if not k.startswith("reference.")}
-    own_model = build_network(DLIB, AGES)
-    own_model.load_state_dict(state)
+    weights, path = (0.0, 0.25, 1.0), tmp_path / "model.pt"
+    result, summary = blended_model(data, replace(DLIB, reference_blend=weights), replace(TRAIN, cpu_bf16=False), path)
+    chosen = summary["reference_blend"]
+    # recompute every weight's validation MAE from the kept network's own ages and the reference's
     ids, ages = np.arange(32, 48), data[1][32:]
-    own = predict(own_model, data[0], ids, 32, 8, CPU)["age"]
-    reference = predict(build_network(replace(DLIB, reference_blend=(1.0,)), AGES), data[0], ids, 32, 8, CPU)["age"]
+    own = predict(AgeModel.of(result.network, 32), data[0], ids, 8, CPU)["age"]
+    reference = predict(untouched_dlib(AGES), data[0], ids, 8, CPU)["age"]
     errors = blend_errors(own, reference, ages, weights)
     assert chosen == min(errors, key=errors.get)
-    assert result.summary["best_val_mae"] == pytest.approx(errors[chosen], abs=1e-3)
-    assert result.checkpoint["model"]["reference_blend"] == (chosen,)
-    assert any(k.startswith("reference.") for k in result.checkpoint["state_dict"]) == (chosen > 0)
-    torch.save(result.checkpoint, tmp_path / "model.pt")
-    loaded, _ = load_model(tmp_path / "model.pt", CPU)
+    assert summary["best_val_mae"] == pytest.approx(errors[chosen], abs=1e-3)
+    loaded, checkpoint = load_model(path, CPU)
+    assert checkpoint.blend == chosen and any(k.startswith("reference.") for k in checkpoint.state_dict) == (chosen > 0)
     np.testing.assert_allclose(
-        predict(loaded, data[0], ids, 32, 8, CPU)["age"], (1 - chosen) * own + chosen * reference, atol=1e-3
+        predict(loaded, data[0], ids, 8, CPU)["age"], (1 - chosen) * own + chosen * reference, atol=1e-3
     )
 
 
@@ -203,8 +194,8 @@ def test_progressive_resizing_grows_the_training_input_and_validates_at_full_siz
         sizes.append(size)
         return to_input(pixels, size, *args)
 
-    to_input = training.to_input
-    monkeypatch.setattr(training, "to_input", recording)
+    to_input = features.to_input
+    monkeypatch.setattr(features, "to_input", recording)
     model, progressive = replace(DLIB, input_size=48), replace(TRAIN, epochs=4, start_size=32, resize_epochs=0.5)
     result = train(data, model, progressive)
     # head stage: features of train + val once at 48 px; then 2 batches an epoch at 32, 40, 48, 48 px

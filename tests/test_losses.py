@@ -3,7 +3,7 @@ import torch
 from conftest import settings
 
 from faceage.model.networks import build_network
-from faceage.params import ModelParams, TrainParams
+from faceage.sections import ModelParams, TrainParams
 from faceage.training.losses import UNKNOWN_GENDER, age_groups, age_loss, gaussian_label_distribution, total_loss
 
 

@@ -5,7 +5,7 @@ from torchvision.models import MobileNet_V2_Weights
 
 from faceage.errors import FaceageError
 from faceage.model.networks import BACKBONES, build_network, freeze_trunk, set_train_mode, weights_file
-from faceage.params import ModelParams
+from faceage.sections import ModelParams
 
 AGES = (1, 100)
 

@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 from conftest import ASTRONAUT, ASTRONAUT_FACE, settings
 
-from faceage.params import FacesParams
+from faceage.sections import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.serving.pyfunc import example_input, log_age_model
 from faceage.tracking.registry import MODEL_IN_RUN, register_with_alias
 from faceage.tracking.runs import RunTracker
 
+pytestmark = pytest.mark.slow  # MLflow models loaded in fresh processes, a served model: seconds each
 DATASET = {"name": "noise faces", "kind": "real"}
 LOAD_AND_PREDICT = """
 import json, sys, mlflow, pandas as pd

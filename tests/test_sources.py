@@ -13,7 +13,7 @@ from faceage.data import sources
 from faceage.data.ingest import ingest
 from faceage.data.sources import open_source
 from faceage.errors import FaceageError
-from faceage.params import DataParams, FacesParams
+from faceage.sections import DataParams, FacesParams
 
 FILES = {f"faces/{age}/{age}.jpg": noise_jpeg(age, size=16) for age in range(1, 31)}
 

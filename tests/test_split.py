@@ -5,7 +5,7 @@ from conftest import settings
 
 from faceage.data.split import split_manifest, split_report
 from faceage.errors import FaceageError
-from faceage.params import SplitParams
+from faceage.sections import SplitParams
 
 
 def make_manifest(n=600, duplicates=40, given=None, seed=0):

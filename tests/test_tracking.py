@@ -7,9 +7,11 @@ import pytest
 from conftest import settings
 from mlflow import MlflowClient
 
-from faceage.params import MlflowParams, ModelParams, Params
-from faceage.tracking.runs import RunTracker, end_run, flatten, git_commit, start_pipeline_run, user_name
+from faceage.params import Params
+from faceage.sections import MlflowParams, ModelParams
+from faceage.tracking.runs import RunTracker, end_run, flatten
 from faceage.tracking.store import finished_run_ids, finished_runs, tracking_uri, workspace_root
+from faceage.tracking.training_runs import git_commit, start_pipeline_run, user_name
 
 
 @pytest.fixture
@@ -236,6 +238,7 @@ print(tracker.active)
 """
 
 
+@pytest.mark.slow
 def test_runs_started_at_once_on_a_new_store_all_land(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + 8  # every process imported and waiting before the first opens the store

@@ -2,17 +2,16 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import settings
+from conftest import settings, synthetic_faces
 
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import checkpoint_of, load_model, save_checkpoint
 from faceage.model.inference import predict
 from faceage.model.networks import build_network
-from faceage.params import AugmentParams, ModelParams, TrainParams
+from faceage.sections import AugmentParams, ModelParams, TrainParams
 from faceage.training.features import Inputs
 from faceage.training.loop import train_network
 from faceage.training.resume import ResumeFile
@@ -27,12 +26,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(0)
-    ages = rng.integers(1, 90, 60)
-    images = np.clip(ages[:, None, None, None] * 2.5 + rng.normal(0, 20, (60, 16, 16, 3)), 0, 255).astype(np.uint8)
-    genders = np.where(np.arange(60) % 7 == 0, -1, np.arange(60) % 2)
-    split = pd.DataFrame({"id": range(60), "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
-    return images, ages, genders, split
+    return synthetic_faces(60, 16, seed=0, train=40, val=10)
 
 
 def train(data, model=MODEL, params=TRAIN, augment=AUGMENT, state=None, **kwargs):

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
-from faceage.params import DemoParams
+from faceage.sections import DemoParams
 
 SKIN_TONES = {  # UTKFace race code -> base skin colour
     0: (232, 198, 172),

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from faceage.model.weights import packaged_file
-from faceage.params import FacesParams
+from faceage.sections import FacesParams
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 LANDMARKS_SHA256 = "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"

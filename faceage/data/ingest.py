@@ -41,7 +41,7 @@ from faceage.data.manifest import (
 )
 from faceage.data.sources import LISTING_OUTCOMES, Entry, Source, open_source
 from faceage.errors import FaceageError
-from faceage.params import DataParams, FacesParams
+from faceage.sections import DataParams, FacesParams
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from faceage.params import SplitParams
+from faceage.sections import SplitParams
 
 SPLITS = ("train", "val", "test")
 

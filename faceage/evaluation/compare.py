@@ -14,10 +14,12 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from faceage.evaluation.metrics import bootstrap_interval
-from faceage.params import CompareParams, Params
+from faceage.params import Params
+from faceage.sections import CompareParams
 from faceage.tracking.registry import champion_run, register_with_alias
-from faceage.tracking.runs import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker, backbone_label, flatten, metric_key
+from faceage.tracking.runs import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker, flatten, metric_key
 from faceage.tracking.store import download_artifact, finished_runs
+from faceage.tracking.training_runs import backbone_label
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from faceage.evaluation.metrics import (
 from faceage.model.age_model import AgeModel, untouched_dlib
 from faceage.model.batches import to_input
 from faceage.model.inference import predict
-from faceage.params import EvaluateParams
+from faceage.sections import EvaluateParams
 
 EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
 

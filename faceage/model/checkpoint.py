@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from faceage.checked import from_dict
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.networks import build_network
-from faceage.params import FacesParams, ModelParams, from_dict
+from faceage.sections import FacesParams, ModelParams
 
 FORMAT = 2
 

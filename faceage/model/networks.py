@@ -15,7 +15,7 @@ from torchvision.models import WeightsEnum
 
 from faceage.errors import FaceageError
 from faceage.model.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
-from faceage.params import ModelParams
+from faceage.sections import ModelParams
 
 ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
 

@@ -34,7 +34,3 @@ class ReferenceAgeModel(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(resized(x, REFERENCE_INPUT)).float().softmax(dim=1) @ self.to_bins
-
-    def years(self, x: torch.Tensor, bin_ages: torch.Tensor) -> torch.Tensor:
-        """The reference's expected age of each face, in years (on ``bin_ages``)."""
-        return self(x) @ bin_ages

@@ -22,8 +22,9 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, untouched_dlib
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
-from faceage.params import PROJECT_PARAMS, FacesParams, load_params
+from faceage.params import PROJECT_PARAMS, load_params
 from faceage.runtime import select_device
+from faceage.sections import FacesParams
 
 
 @dataclass(frozen=True)

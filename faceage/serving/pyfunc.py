@@ -22,8 +22,9 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 import faceage
+from faceage.checked import from_dict
 from faceage.data.faces import landmarks_path
-from faceage.params import FacesParams, from_dict
+from faceage.sections import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.tracking.registry import MODEL_IN_RUN
 from faceage.tracking.runs import RunTracker

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from faceage.model.batches import IMAGENET_MEAN
-from faceage.params import AugmentParams
+from faceage.sections import AugmentParams
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))

@@ -30,8 +30,8 @@ from faceage.model.networks import (
     trunk_is_frozen,
 )
 from faceage.model.reference import ReferenceAgeModel
-from faceage.params import ModelParams, TrainParams
 from faceage.runtime import cpu_features, make_deterministic, select_device
+from faceage.sections import ModelParams, TrainParams
 from faceage.training.augment import BatchAugmenter
 from faceage.training.distributed import SINGLE, Workers
 from faceage.training.features import Inputs

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from faceage.model.networks import AgeNet
-from faceage.params import ModelParams, TrainParams
+from faceage.sections import ModelParams, TrainParams
 
 REGRESSION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
 UNKNOWN_GENDER = -1

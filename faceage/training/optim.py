@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from faceage.params import TrainParams
+from faceage.sections import TrainParams
 
 
 def trunk_blocks(trunk: nn.Module) -> list[nn.Module]:

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from faceage.errors import FaceageError
-from faceage.params import AugmentParams, ModelParams, TrainParams
 from faceage.runtime import cpu_precision_reason, use_cpu_bf16
+from faceage.sections import AugmentParams, ModelParams, TrainParams
 from faceage.training.augment import is_active
 
 FINGERPRINT_BLOCK = 1024  # images hashed at a time

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from faceage.model.networks import AgeNet
-from faceage.params import TrainParams
+from faceage.sections import TrainParams
 from faceage.training.optim import AnchorPull, Schedule, build_optimizer, parameter_groups
 from faceage.training.setup import Phase
 

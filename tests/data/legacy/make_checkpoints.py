@@ -63,8 +63,9 @@ def reference_state() -> dict[str, torch.Tensor]:
 
 def layout(values: dict) -> dict[str, torch.Tensor]:
     """The state dict layout of one network of ``values`` (its regression statistics 40 and 20 years)."""
+    from faceage.checked import from_dict
     from faceage.model.networks import build_network
-    from faceage.params import ModelParams, from_dict
+    from faceage.sections import ModelParams
 
     params = from_dict(ModelParams, {**values, "reference_blend": (0.0,)}, "legacy")
     network = build_network(params, AGE_RANGE)

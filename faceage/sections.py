@@ -1,0 +1,325 @@
+"""The sections of ``params.yaml`` as checked dataclasses: each setting's type, allowed range and the rules
+across a section's settings. Their values are written in ``params.yaml`` only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from faceage.checked import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION_BELOW_1,
+    INCREASING,
+    OPEN_UNIT,
+    POSITIVE,
+    PROBABILITY,
+    UP_TO_1,
+    Checked,
+    Range,
+    check,
+)
+from faceage.errors import FaceageError
+
+CpuBf16 = Literal["auto", True, False]  # train.cpu_bf16
+
+DLIB_MIN_INPUT = 32  # pixels: smaller inputs vanish in dlib's age network before its last convolution
+
+
+@dataclass(frozen=True)
+class DemoParams(Checked):
+    """The synthetic demo data set."""
+
+    SECTION: ClassVar[str] = "demo"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "num_images": AT_LEAST_1,
+        "restyled_images": AT_LEAST_1,
+        "image_size": (lambda v: v >= 16, ">= 16"),
+        "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    }
+
+    num_images: int
+    restyled_images: int  # the test source of faces drawn in another style
+    image_size: int
+    jpeg_quality: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataParams(Checked):
+    """Where the images come from and how they are stored after ingest."""
+
+    SECTION: ClassVar[str] = "data"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "image_size": (lambda v: v >= 8, ">= 8"),
+        "min_age": AT_LEAST_0,
+        "workers": AT_LEAST_0,
+    }
+
+    source: str
+    image_size: int
+    min_age: int
+    max_age: int
+    workers: int  # 0: one per CPU core; does not change results
+    align: bool  # detect and align the face of each image (for raw photos; UTKFace crops are aligned)
+    multiple_faces: Literal["largest", "reject"]  # with align, an image with several faces: largest (keep it) | reject
+
+    def check_together(self) -> None:
+        check(self.max_age >= self.min_age, "data.max_age", self.max_age, f">= data.min_age ({self.min_age})")
+
+
+@dataclass(frozen=True)
+class FacesParams(Checked):
+    """Face detection and alignment of photos, at ingest (``data.align``) and when predicting."""
+
+    SECTION: ClassVar[str] = "faces"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "upsample": (lambda v: 0 <= v <= 3, "0..3"),
+        "padding": (lambda v: 0 <= v <= 2, "0..2"),
+        "max_side": (lambda v: v >= 64, ">= 64"),
+        "min_size": AT_LEAST_1,
+        "rotations": (lambda v: all(-90 <= a <= 90 and a != 0 for a in v), "angles in -90..90, none 0"),
+    }
+
+    upsample: int  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
+    padding: float  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
+    max_side: int  # photos whose longer side exceeds this are downscaled for detection only
+    min_size: int  # smallest face side kept, in pixels of the photo
+    min_score: float  # HOG detection score a face must exceed (tilted faces score lower)
+    rotations: tuple[float, ...]  # photo turns (degrees) searched when the upright one has no face
+
+
+@dataclass(frozen=True)
+class SplitParams(Checked):
+    """Train/validation/test partition."""
+
+    SECTION: ClassVar[str] = "split"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "train": PROBABILITY,
+        "val": PROBABILITY,
+        "test": PROBABILITY,
+        "stratify_bins": AT_LEAST_1,
+    }
+
+    train: float
+    val: float
+    test: float
+    seed: int
+    stratify_bins: int
+    use_given: bool
+
+    def check_together(self) -> None:
+        total = self.train + self.val + self.test
+        check(math.isclose(total, 1.0, abs_tol=1e-6), "split.train + split.val + split.test", round(total, 6), 1)
+
+
+@dataclass(frozen=True)
+class ModelParams(Checked):
+    """The network: a backbone from the registry and an age head, optionally with auxiliary heads."""
+
+    SECTION: ClassVar[str] = "model"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "input_size": (lambda v: v >= 16, ">= 16"),
+        "hidden": AT_LEAST_0,
+        "dropout": FRACTION_BELOW_1,
+        "gender_weight": AT_LEAST_0,
+        "age_group_weight": AT_LEAST_0,
+        "age_group_edges": INCREASING,
+        "reference_blend": (
+            lambda v: len(v) > 0 and all(0 <= b <= 1 for b in v) and list(v) == sorted(set(v)),
+            "increasing weights in 0..1",
+        ),
+    }
+
+    backbone: str
+    pretrained: bool
+    input_size: int
+    head: Literal["regression", "classification"]  # regression | classification (softmax expectation over 1-year bins)
+    hidden: int  # width of the head's hidden layer; 0 = one linear layer
+    head_init: Literal[
+        "random", "dlib"
+    ]  # random | dlib (classification head starts as dlib's age classifier; hidden: 0)
+    dropout: float
+    gender_weight: float  # loss weight of an auxiliary gender head; 0 = no such head
+    age_group_weight: float  # loss weight of an auxiliary age-group head; 0 = no such head
+    age_group_edges: tuple[int, ...]  # lower edges of the groups after the first
+    # weights of dlib's untouched age model in each predicted age: the one with the best validation MAE is kept
+    reference_blend: tuple[float, ...]
+
+    def check_together(self) -> None:
+        dlib_head = (self.backbone, self.pretrained, self.head, self.hidden) == (
+            "dlib_age_resnet10",
+            True,
+            "classification",
+            0,
+        )
+        if self.backbone == "dlib_age_resnet10" and self.input_size < DLIB_MIN_INPUT:
+            raise FaceageError(f"model.input_size: dlib_age_resnet10 needs at least {DLIB_MIN_INPUT} px")
+        if self.head_init == "dlib" and not dlib_head:
+            raise FaceageError(
+                "model.head_init: dlib needs backbone dlib_age_resnet10, pretrained: true, head: classification "
+                "and hidden: 0"
+            )
+
+
+@dataclass(frozen=True)
+class TrainParams(Checked):
+    """Optimisation: an optional head-only stage on a frozen backbone, then fine-tuning."""
+
+    SECTION: ClassVar[str] = "train"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "head_epochs": AT_LEAST_0,
+        "head_lr": POSITIVE,
+        "epochs": AT_LEAST_0,
+        "lr": POSITIVE,
+        "batch_size": AT_LEAST_1,
+        "momentum": FRACTION_BELOW_1,
+        "weight_decay": AT_LEAST_0,
+        "warmup_epochs": AT_LEAST_0,
+        "plateau_factor": OPEN_UNIT,
+        "plateau_patience": AT_LEAST_0,
+        "patience": AT_LEAST_0,
+        "grad_clip": AT_LEAST_0,
+        "ema_decay": FRACTION_BELOW_1,
+        "label_smoothing": FRACTION_BELOW_1,
+        "label_sigma": AT_LEAST_0,
+        "threads": AT_LEAST_0,
+        "nproc": AT_LEAST_1,
+        "max_restarts": AT_LEAST_0,
+        "layer_decay": UP_TO_1,
+        "l2sp": AT_LEAST_0,
+        "distill_weight": AT_LEAST_0,
+        "start_size": (lambda v: v == 0 or v >= 16, "0 or >= 16"),
+        "resize_epochs": UP_TO_1,
+    }
+
+    head_epochs: int
+    head_lr: float
+    epochs: int
+    lr: float
+    freeze: str  # fine-tuning: none | backbone | first trainable block (e.g. layer4)
+    freeze_bn: bool
+    batch_size: int
+    optimizer: Literal["adamw", "adam", "sgd"]
+    momentum: float
+    weight_decay: float
+    scheduler: Literal["cosine", "plateau", "none"]  # cosine: after a linear warm-up
+    warmup_epochs: float
+    plateau_factor: float
+    plateau_patience: int
+    patience: int  # early stopping after this many epochs without a better validation MAE; 0 = off
+    grad_clip: float  # max gradient norm; 0 = off
+    ema_decay: float  # per-step exponential moving average of the weights, validated and kept; 0 = off
+    loss: Literal["l1", "mse", "smooth_l1"]  # regression head
+    label_smoothing: float  # classification head
+    label_sigma: float  # classification head: Gaussian label distribution width (years); 0 = one-hot
+    amp: bool  # float16 autocast with gradient scaling on CUDA
+    cpu_bf16: CpuBf16  # bfloat16 autocast on the CPU; auto: only where the CPU computes it natively
+    seed: int
+    threads: int  # CPU threads; 0 = torch's default
+    nproc: int  # training processes on this machine (torchrun, DDP): one per GPU, or share the CPU cores
+    max_restarts: int  # times torchrun restarts all processes when one fails (they resume the last epoch)
+    sync_bn: bool  # with several GPU processes: BatchNorm statistics over the whole batch
+    layer_decay: float  # fine-tuning: each backbone block's lr is this times the next one's; 1 = one lr
+    l2sp: float  # fine-tuning: pull of the backbone toward its pretrained weights (L2-SP); 0 = off
+    distill_weight: float  # loss weight of agreeing with dlib's untouched age model (classification); 0 = off
+    start_size: int  # fine-tuning: input size (px) of the first epoch, growing to model.input_size; 0 = off
+    resize_epochs: float  # with start_size: share of the fine-tuning epochs over which the input grows
+
+
+@dataclass(frozen=True)
+class AugmentParams(Checked):
+    """Random changes to training images, applied per image on uint8 batches from the array."""
+
+    SECTION: ClassVar[str] = "augment"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hflip": PROBABILITY,
+        "crop_scale": UP_TO_1,
+        "shift": (lambda v: 0 <= v <= 0.5, "0..0.5"),
+        "rotate": (lambda v: 0 <= v <= 180, "0..180"),
+        "brightness": AT_LEAST_0,
+        "contrast": AT_LEAST_0,
+        "saturation": AT_LEAST_0,
+        "hue": (lambda v: 0 <= v <= 0.5, "0..0.5"),
+        "grayscale": PROBABILITY,
+        "erasing": PROBABILITY,
+        "blur": PROBABILITY,
+        "blur_sigma": POSITIVE,
+        "noise": (lambda v: 0 <= v <= 0.5, "0..0.5"),
+        "jpeg": PROBABILITY,
+        "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
+    }
+
+    hflip: float  # probability
+    crop_scale: float  # random resized crop: smallest share of the area kept; 1 = off
+    shift: float  # largest shift, as a share of the side
+    rotate: float  # largest rotation in degrees
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float  # largest hue rotation, as a share of the colour circle
+    grayscale: float  # probability
+    erasing: float  # probability of erasing a random rectangle
+    blur: float  # probability of a Gaussian blur
+    blur_sigma: float  # largest blur width, pixels of the network input
+    noise: float  # largest standard deviation of added Gaussian noise (pixel values 0..1)
+    jpeg: float  # probability of re-encoding as JPEG
+    jpeg_quality: int  # lowest JPEG quality drawn (up to 95)
+    in_head_stage: bool  # augment in the head-only stage too (disables its feature cache)
+
+
+@dataclass(frozen=True)
+class MlflowParams(Checked):
+    """Experiment tracking; the store is $MLFLOW_TRACKING_URI, else mlflow.db at the repository root."""
+
+    SECTION: ClassVar[str] = "mlflow"
+    RANGES: ClassVar[dict[str, Range]] = {"experiment": (lambda v: bool(v.strip()), "a name")}
+
+    experiment: str
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Checked):
+    """Metrics, their confidence intervals, and the galleries."""
+
+    SECTION: ClassVar[str] = "evaluate"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "batch_size": AT_LEAST_1,
+        "bootstrap_resamples": AT_LEAST_1,
+        "confidence": OPEN_UNIT,
+        "cs_threshold": POSITIVE,
+        "bucket_edges": INCREASING,
+        "worst_errors": AT_LEAST_0,
+        "gradcam_per_bucket": AT_LEAST_0,
+        "age_groups": INCREASING,
+    }
+
+    batch_size: int
+    flip_tta: bool  # average the predictions of each image and its mirror image
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    confidence: float
+    cs_threshold: float  # CS@k: share of predictions within k years
+    bucket_edges: tuple[int, ...]
+    worst_errors: int  # faces in the worst-errors gallery
+    gradcam_per_bucket: int  # test faces per age bucket in the Grad-CAM gallery
+    age_groups: tuple[int, ...]  # first ages of the groups after the first: <30, 30-59, 60+
+
+
+@dataclass(frozen=True)
+class CompareParams(Checked):
+    """The paired test of the current run against the best other run on the same data."""
+
+    SECTION: ClassVar[str] = "compare"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "bootstrap_resamples": AT_LEAST_1,
+        "confidence": OPEN_UNIT,
+        "model_name": (lambda v: bool(v.strip()), "a name"),
+    }
+
+    bootstrap_resamples: int
+    seed: int
+    confidence: float
+    promote: bool  # register the model, and make it the champion if significantly better on val
+    model_name: str  # name in the MLflow Model Registry
