@@ -220,6 +220,7 @@ def test_stage_reports_a_bad_source_in_one_line(tmp_path):
 UTKFACE_ARCHIVE = SHARED / "datasets" / "UTKFace.tar.gz"
 
 
+@pytest.mark.slow  # reads all 23,708 files of UTKFace
 @pytest.mark.skipif(not UTKFACE_ARCHIVE.is_file(), reason=f"real UTKFace archive not found at {UTKFACE_ARCHIVE}")
 def test_real_utkface_archive_is_fully_accounted_for(tmp_path):
     report = run_ingest(UTKFACE_ARCHIVE, tmp_path, workers=0)

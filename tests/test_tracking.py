@@ -211,6 +211,7 @@ print(tracker.active, finished_run_ids("exp", "f"), finished_runs("exp", "f"), l
 """
 
 
+@pytest.mark.slow  # waits out the probe's timeout
 def test_a_server_that_does_not_answer_is_given_up_after_one_probe(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", SILENT_SERVER_CLIENT], capture_output=True, text=True, timeout=120, cwd=tmp_path
