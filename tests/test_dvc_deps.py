@@ -65,5 +65,5 @@ def test_the_check_sees_imports_inside_functions_and_transitive_ones():
         "faceage/serving/pyfunc.py",
         "faceage/serving/mlflow_model.py",
         "faceage/data/faces.py",
-        "faceage/model/weights.py",
+        "faceage/weights.py",
     } <= files

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceage.model.weights import packaged_file
 from faceage.sections import FacesParams
+from faceage.weights import packaged_file
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 LANDMARKS_SHA256 = "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"

@@ -17,7 +17,7 @@ from torch import nn
 
 from faceage.errors import FaceageError
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
-from faceage.model.weights import file_sha256, packaged_file
+from faceage.weights import file_sha256, packaged_file
 
 ONNX_FILE = "age-v1.onnx"
 ONNX_SHA256 = "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c"
