@@ -104,12 +104,12 @@ def test_dlib_head_init_predicts_as_dlibs_age_model():
 
     model = build_network(settings(ModelParams, input_size=64, hidden=0, head_init="dlib"), (1, 116)).eval()
     with torch.no_grad():
-        got = model.years(model(to_input(pixels, 64, torch.device("cpu")))["age"]).numpy()
+        got = model.years(model(to_input(pixels, 64, torch.device("cpu")))["age_output"]).numpy()
     np.testing.assert_allclose(got, expected, atol=0.05)  # dlib's 0.25-year class has no bin: a tiny gap
     assert got.min() > 20  # an adult
     untouched = build_network(settings(ModelParams, input_size=64, hidden=0), (1, 116)).eval()
     with torch.no_grad():
-        random_head = untouched.years(untouched(to_input(pixels, 64, torch.device("cpu")))["age"]).numpy()
+        random_head = untouched.years(untouched(to_input(pixels, 64, torch.device("cpu")))["age_output"]).numpy()
     assert np.abs(random_head - expected).max() > 1  # the comparison can tell a random head apart
 
 

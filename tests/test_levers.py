@@ -79,9 +79,9 @@ def test_the_distillation_term_is_the_weighted_kl_divergence_from_the_reference(
     model = build_network(DLIB, AGES)
     logits, reference = torch.randn(4, 100), torch.softmax(torch.randn(4, 100), dim=1)
     ages, genders = torch.tensor([5.0, 20, 40, 70]), torch.zeros(4, dtype=torch.long)
-    plain = total_loss(model, {"age": logits}, ages, genders, DLIB, TRAIN)
+    plain = total_loss(model, {"age_output": logits}, ages, genders, DLIB, TRAIN)
     taught = total_loss(
-        model, {"age": logits, "reference": reference}, ages, genders, DLIB, replace(TRAIN, distill_weight=2)
+        model, {"age_output": logits, "reference": reference}, ages, genders, DLIB, replace(TRAIN, distill_weight=2)
     )
     kl = (reference * (reference.log() - logits.log_softmax(1))).sum(1).mean()
     torch.testing.assert_close(taught, plain + 2 * kl)
@@ -93,7 +93,7 @@ def reference_gap(network, images: np.ndarray) -> float:
     x = to_input(images, 32, CPU)
     with torch.no_grad():
         teacher = ReferenceAgeModel(network.bin_ages)(x)
-        student = network(x)["age"].log_softmax(1)
+        student = network(x)["age_output"].log_softmax(1)
     return float((teacher * (teacher.clamp(min=1e-12).log() - student)).sum(1).mean())
 
 

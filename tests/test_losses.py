@@ -32,10 +32,10 @@ def test_classification_loss_is_lowest_at_the_true_bin():
 def test_unknown_genders_add_no_loss():
     params = settings(ModelParams, backbone="resnet18", pretrained=False, gender_weight=1.0)
     model = build_network(params, (1, 10))
-    outputs = {"age": torch.zeros(2, 10), "gender": torch.tensor([5.0, -5.0])}
+    outputs = {"age_output": torch.zeros(2, 10), "gender": torch.tensor([5.0, -5.0])}
     ages = torch.tensor([3.0, 4.0])
     unknown = torch.full((2,), UNKNOWN_GENDER)
-    age_only = age_loss(model, outputs["age"], ages, settings(TrainParams))
+    age_only = age_loss(model, outputs["age_output"], ages, settings(TrainParams))
     assert total_loss(model, outputs, ages, unknown, params, settings(TrainParams)) == age_only
     wrong = total_loss(model, outputs, ages, torch.tensor([0, 1]), params, settings(TrainParams))
     right = total_loss(model, outputs, ages, torch.tensor([1, 0]), params, settings(TrainParams))

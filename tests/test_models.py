@@ -16,10 +16,10 @@ def test_each_backbone_takes_a_training_step(backbone):
     model = build_network(settings(ModelParams, backbone=backbone, pretrained=False, input_size=32), AGES)
     x = torch.randn(4, 3, 32, 32)
     outputs = model(x)
-    assert outputs["age"].shape == (4, 100)
+    assert outputs["age_output"].shape == (4, 100)
     first_conv = next(p for p in model.trunk.parameters()).detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    torch.nn.functional.cross_entropy(outputs["age"], torch.tensor([0, 10, 50, 99])).backward()
+    torch.nn.functional.cross_entropy(outputs["age_output"], torch.tensor([0, 10, 50, 99])).backward()
     optimizer.step()
     assert not torch.equal(first_conv, next(p for p in model.trunk.parameters()))
 
@@ -43,7 +43,7 @@ def test_regression_output_is_denormalised():
 
 def test_auxiliary_heads_exist_only_with_a_weight():
     plain = build_network(settings(ModelParams, backbone="resnet18", pretrained=False), AGES)
-    assert set(plain(torch.randn(2, 3, 32, 32))) == {"age"}
+    assert set(plain(torch.randn(2, 3, 32, 32))) == {"age_output"}
     params = settings(ModelParams, backbone="resnet18", pretrained=False, gender_weight=0.5, age_group_weight=0.5)
     outputs = build_network(params, AGES)(torch.randn(2, 3, 32, 32))
     assert outputs["gender"].shape == (2,) and outputs["age_group"].shape == (2, 4)
@@ -56,7 +56,7 @@ def test_freezing_up_to_a_block_trains_only_that_block_and_the_head():
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     set_train_mode(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model(torch.randn(4, 3, 32, 32))["age"].sum().backward()
+    model(torch.randn(4, 3, 32, 32))["age_output"].sum().backward()
     optimizer.step()
     for name, parameter in model.named_parameters():
         changed = not torch.equal(before[name], parameter)

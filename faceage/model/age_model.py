@@ -89,7 +89,7 @@ class AgeModel(nn.Module):
         for index, (network, size) in enumerate(zip(self.networks, self.input_sizes, strict=True)):
             network_outputs = network(resized(x, size))
             with float32(x.device.type):  # the read-out as in training
-                ages.append(network.years(network_outputs["age"]))
+                ages.append(network.years(network_outputs["age_output"]))
                 if index == 0 and "gender" in network_outputs:
                     outputs["female_probability"] = network_outputs["gender"].float().sigmoid()
         return {"age": torch.stack(ages).mean(0), **outputs}

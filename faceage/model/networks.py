@@ -89,10 +89,10 @@ BACKBONES: dict[str, Backbone] = {
 class AgeNet(nn.Module):
     """A backbone's pooled features, a shared hidden layer, and age (plus optional gender, age-group) outputs.
 
-    The age output is one normalised value (regression) or logits over 1-year bins from ``min_age``
-    to ``max_age`` (classification, read out as the softmax expectation). The constants needed to turn
-    outputs into years are buffers, so a state dict is self-contained. It predicts on its own: models blend
-    networks (:class:`~faceage.model.age_model.AgeModel`).
+    Its ``age_output`` is one normalised value (regression) or logits over 1-year bins from ``min_age`` to
+    ``max_age`` (classification); :meth:`years` reads it out in years (the softmax expectation). The constants
+    needed for that are buffers, so a state dict is self-contained. Ages in years come from models
+    (:class:`~faceage.model.age_model.AgeModel`), which average and blend networks.
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class AgeNet(nn.Module):
     def head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs from pooled backbone features."""
         hidden = self.neck(features)
-        outputs = {"age": self.age(hidden)}
+        outputs = {"age_output": self.age(hidden)}
         if self.gender is not None:
             outputs["gender"] = self.gender(hidden).squeeze(1)
         if self.age_group is not None:

@@ -95,7 +95,7 @@ class Inputs:
         network.eval()
         rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
         with amp:
-            age_output = network.head(self.features[rows])["age"]
+            age_output = network.head(self.features[rows])["age_output"]
         years = network.years(age_output)  # in float32: autocast would run the read-out in low precision
         network.train(was_training)
         return years.cpu().numpy()

@@ -174,7 +174,7 @@ class Trainer:
             with self.amp:
                 outputs = self.inputs.outputs(network, batch[rows], augmenter, (rows, len(batch)))
                 loss = self.targets.loss(self.model, outputs, ids)
-            errors = (self.model.years(outputs["age"].detach()) - self.targets.ages[ids]).abs().sum().item()
+            errors = (self.model.years(outputs["age_output"].detach()) - self.targets.ages[ids]).abs().sum().item()
             counted = len(ids) if weight > 0 else 0
             batch_loss, batch_errors, batch_seen = workers.sum(
                 [loss.item() * counted if counted else 0.0, errors if counted else 0.0, counted]

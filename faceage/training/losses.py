@@ -46,9 +46,9 @@ def total_loss(
     """Age loss plus the weighted auxiliary losses; genders equal to ``UNKNOWN_GENDER`` are left out. With a
     ``reference`` output (dlib's untouched age distribution), ``distill_weight`` times the KL divergence of the
     age distribution from it."""
-    loss = age_loss(model, outputs["age"], ages, params)
+    loss = age_loss(model, outputs["age_output"], ages, params)
     if "reference" in outputs:
-        log_p = outputs["age"].float().log_softmax(dim=1)
+        log_p = outputs["age_output"].float().log_softmax(dim=1)
         loss = loss + params.distill_weight * F.kl_div(log_p, outputs["reference"], reduction="batchmean")
     if "gender" in outputs:
         known = (genders != UNKNOWN_GENDER).float()  # a weight, not a selection: the head takes part in every step
