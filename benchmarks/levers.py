@@ -41,6 +41,7 @@ from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
 from faceage.params import load_params
 from faceage.runtime import select_device
+from faceage.stage import pipeline_paths
 
 CODE = ("faceage", "stages")
 PHOTOS = "photos_val"
@@ -52,12 +53,13 @@ def prepare(workspace: Path, source: Path) -> None:
     """A copy of the repository with ``source`` ingested and split and ``photos_val`` made and ingested, unless
     ``workspace`` already has them."""
     env = tool_env(PYTHONPATH=str(workspace))
-    if not (workspace / "data" / "split.csv").is_file():
+    if not pipeline_paths(workspace)["split"].is_file():
         copy_worktree(REPO, workspace, {"data": {"source": str(source)}})
         subprocess.run(["dvc", "repro", "split"], cwd=workspace, env=env, check=True)
-    if (workspace / "data" / "test_sources" / PHOTOS).is_dir():
+    if (pipeline_paths(workspace)["test_sources"] / PHOTOS).is_dir():
         return
-    rows = load_manifest(workspace / "data" / "ingested").merge(pd.read_csv(workspace / "data" / "split.csv"))
+    paths = pipeline_paths(workspace)
+    rows = load_manifest(paths["ingested"]).merge(pd.read_csv(paths["split"]))
     rows = rows[rows["split"] == "val"]
     files = dict(open_source(source).read(set(rows["source_path"])))
     add_photo_sources(workspace, files, rows, PHOTO_FACES, kinds={PHOTOS: "val"})
@@ -70,12 +72,13 @@ class Scorer:
 
     def __init__(self, workspace: Path):
         self.workspace = workspace
-        split = pd.read_csv(workspace / "data" / "split.csv")
-        manifest = load_manifest(workspace / "data" / "ingested").merge(split[split["split"] == "val"])
-        photos = load_manifest(workspace / "data" / "test_sources" / PHOTOS)
+        paths = pipeline_paths(workspace)
+        split = pd.read_csv(paths["split"])
+        manifest = load_manifest(paths["ingested"]).merge(split[split["split"] == "val"])
+        photos = load_manifest(paths["test_sources"] / PHOTOS)
         self.sets = {
-            "val": (load_images(workspace / "data" / "ingested"), manifest.sort_values("id")),
-            PHOTOS: (load_images(workspace / "data" / "test_sources" / PHOTOS), photos.sort_values("id")),
+            "val": (load_images(paths["ingested"]), manifest.sort_values("id")),
+            PHOTOS: (load_images(paths["test_sources"] / PHOTOS), photos.sort_values("id")),
         }
         self.params = load_params(workspace / "params.yaml")
         self.device = select_device()
@@ -129,9 +132,9 @@ def run_lever(workspace: Path, name: str, settings: str) -> dict:
     seconds = time.perf_counter() - started
     kept = workspace / "levers" / f"{name}.pt"
     kept.parent.mkdir(exist_ok=True)
-    shutil.copy2(workspace / "models" / "model.pt", kept)
+    shutil.copy2(pipeline_paths(workspace)["model"], kept)
     kept.with_suffix(".predictions.npz").unlink(missing_ok=True)
-    report = json.loads((workspace / "reports" / "train.json").read_text())
+    report = json.loads(pipeline_paths(workspace)["train_report"].read_text())
     return {
         "settings": settings,
         "best_val_mae": report["best_val_mae"],
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="UTKFace archive or folder")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/faceage-levers"), help="kept between runs")
-    parser.add_argument("--out", type=Path, default=REPO / "reports", help="folder for levers.json and .md")
+    parser.add_argument("--out", type=Path, default=results_page.REPORTS, help="folder for levers.json and .md")
     parser.add_argument("--lever", action="append", default=[], metavar="NAME:SETTINGS", help="a lever to train")
     parser.add_argument("--ensemble", action="append", default=[], metavar="A+B", help="members to average")
     args = parser.parse_args(argv)

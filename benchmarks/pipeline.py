@@ -17,6 +17,7 @@ from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
 from faceage.params import MAIN_MEMBER, load_params
 from faceage.runtime import select_device
+from faceage.stage import pipeline_paths
 
 
 def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> dict:
@@ -45,9 +46,10 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
         seconds = run("split")
         before()
         seconds += run()
-    train = json.loads((repo / "reports" / "train.json").read_text())
+    paths = pipeline_paths(repo)
+    train = json.loads(paths["train_report"].read_text())
     main = train.get("members", {}).get(MAIN_MEMBER, train)  # the network the baseline loop trains
-    evaluation = json.loads((repo / "reports" / "evaluate.json").read_text())
+    evaluation = json.loads(paths["evaluate_report"].read_text())
     return {
         "dvc_repro_seconds": round(seconds, 1),
         "best_val_mae": train["best_val_mae"],
@@ -66,7 +68,7 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
         "source_ingest": {  # each test source's images, and those kept (a face found, when aligned)
             name: {"files": report["files"], "kept": report["outcomes"]["kept"]}
             for name in load_params(repo / "params.yaml").test_sources
-            for report in [json.loads((repo / "reports" / "test_sources" / f"{name}.json").read_text())]
+            for report in [json.loads((paths["test_source_reports"] / f"{name}.json").read_text())]
         },
     }
 

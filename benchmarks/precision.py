@@ -47,7 +47,7 @@ def step_speed(params: Params, name: str, bf16: bool, steps: int) -> float:
         if step == 1:
             started = time.perf_counter()
         with precision:
-            loss = torch.nn.functional.cross_entropy(model(images)["age"].float(), ages)
+            loss = torch.nn.functional.cross_entropy(model(images)["age_output"].float(), ages)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -107,7 +107,7 @@ def markdown(rows: dict[str, dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per network and precision")
-    parser.add_argument("--out", type=Path, default=REPO / "reports", help="folder of precision.{json,md}")
+    parser.add_argument("--out", type=Path, default=results_page.REPORTS, help="folder of precision.{json,md}")
     args = parser.parse_args(argv)
     row = measure(load_params(REPO / "params.yaml"), args.steps)
     path = args.out / "precision.json"

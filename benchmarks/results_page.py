@@ -11,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "results.md"
 README = REPO / "README.md"
+REPORTS = REPO / "reports"  # where the benchmark commands write their reports
 LOCAL_LINK = re.compile(r"\]\((?!https?://|\.\./|#)([^)]+)\)")
 HEADLINE = re.compile(r"(<!-- headline: .*? -->\n)(.*?)(\n<!-- /headline -->)", re.S)
 
@@ -68,7 +69,7 @@ and the evaluation time per image, and the train stage in 1 and 2 processes.""",
 )
 
 
-def render(reports: Path = REPO / "reports") -> str:
+def render(reports: Path = REPORTS) -> str:
     """The results page: each report the benchmarks wrote, under what it measures."""
     parts = [
         "# Results\n\nGenerated from `reports/` by the benchmark commands (`benchmarks/results_page.py`): "
@@ -85,7 +86,7 @@ def render(reports: Path = REPO / "reports") -> str:
     return "\n".join(parts)
 
 
-def headline(reports: Path = REPO / "reports") -> str:
+def headline(reports: Path = REPORTS) -> str:
     """The README's one-sentence result, from ``reports/benchmark.json``."""
     report = json.loads((reports / "benchmark.json").read_text())
     test, hardware = report["pipeline"]["test"]["mae"], report["hardware"]
@@ -97,12 +98,12 @@ def headline(reports: Path = REPO / "reports") -> str:
     )
 
 
-def with_headline(readme: str, reports: Path = REPO / "reports") -> str:
+def with_headline(readme: str, reports: Path = REPORTS) -> str:
     """``readme`` with its headline block rewritten."""
     return HEADLINE.sub(lambda match: match.group(1) + headline(reports) + match.group(3), readme)
 
 
-def write(reports: Path = REPO / "reports") -> None:
+def write(reports: Path = REPORTS) -> None:
     """Rewrite ``docs/results.md`` and the README's headline from ``reports``."""
     PAGE.write_text(render(reports))
     README.write_text(with_headline(README.read_text(), reports))
@@ -110,7 +111,7 @@ def write(reports: Path = REPO / "reports") -> None:
 
 def refresh(out: Path) -> None:
     """Rewrite the page and the headline after a benchmark wrote its report to ``out``, if that is ``reports/``."""
-    if Path(out).resolve() == (REPO / "reports").resolve():
+    if Path(out).resolve() == REPORTS.resolve():
         write()
 
 

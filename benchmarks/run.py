@@ -33,11 +33,13 @@ from benchmarks.photos import add_photo_sources, photo_benchmark
 from benchmarks.pipeline import repro, single_image_latency
 from benchmarks.report import markdown_report
 from benchmarks.workspace import copy_worktree
+from faceage.data.manifest import load_manifest
 from faceage.data.sources import open_source
 from faceage.evaluation.evaluate import split_report
 from faceage.evaluation.metrics import cs_name
 from faceage.params import Params, load_params
 from faceage.runtime import cpu_features, cpu_precision_reason, use_cpu_bf16
+from faceage.stage import pipeline_paths
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz"
@@ -99,7 +101,8 @@ def peer_on_test(test: pd.DataFrame, files: dict[str, bytes], params: Params) ->
 
 def split_rows(repo: Path) -> pd.DataFrame:
     """The manifest of ``repo``'s ingested data with each image's split."""
-    return pd.read_csv(repo / "data" / "ingested" / "manifest.csv").merge(pd.read_csv(repo / "data" / "split.csv"))
+    paths = pipeline_paths(repo)
+    return load_manifest(paths["ingested"]).merge(pd.read_csv(paths["split"]))
 
 
 def make_photo_sources(repo: Path, source: Path, limit: int) -> None:
@@ -155,7 +158,7 @@ def benchmark(
 
         ours["test"] = headline(ours["test"], params)
         ours["single_image_latency"] = single_image_latency(
-            repo / "models" / "model.pt", files[test["source_path"].iloc[0]], params.evaluate.flip_tta, latency_repeats
+            pipeline_paths(repo)["model"], files[test["source_path"].iloc[0]], params.evaluate.flip_tta, latency_repeats
         )
         baseline, same_precision = baseline_loops(
             Path(work) / "baseline_images", train, files, params, baseline_batches
@@ -164,10 +167,10 @@ def benchmark(
 
         peer = peer_on_test(test, files, params)
 
-        crops = pd.read_csv(repo / "data" / "predictions.csv").query("split == 'test'")
+        crops = pd.read_csv(pipeline_paths(repo)["predictions"]).query("split == 'test'")
         crops = crops.merge(test[["id", "source_path"]], on="id")
         photos = photo_benchmark(
-            repo / "models" / "model.pt", crops, [files[name] for name in crops["source_path"]], photo_limit
+            pipeline_paths(repo)["model"], crops, [files[name] for name in crops["source_path"]], photo_limit
         )
 
     report = {
@@ -201,7 +204,7 @@ def benchmark(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="UTKFace archive or folder")
-    parser.add_argument("--out", type=Path, default=REPO / "reports", help="folder for the reports")
+    parser.add_argument("--out", type=Path, default=results_page.REPORTS, help="folder for the reports")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="change a param")
     parser.add_argument("--baseline-batches", type=int, default=100, help="timed steps of the baseline loop")
     parser.add_argument("--latency-repeats", type=int, default=50, help="timed single-image predictions")

@@ -38,6 +38,7 @@ from faceage.model.inference import predict
 from faceage.model.networks import build_network
 from faceage.params import load_params
 from faceage.runtime import make_deterministic
+from faceage.stage import pipeline_paths
 from faceage.training.loop import train_network
 from faceage.training.setup import TrainingSetup, autocast
 
@@ -60,7 +61,8 @@ def run_stage(repo: Path, name: str) -> float:
 def per_image_costs(repo: Path, seed: int = 0) -> dict:
     """Training step time and evaluation time per image, on ids spread over the whole ingested array."""
     params = load_params(repo / "params.yaml")
-    images, ages = load_images(repo / "data" / "ingested"), load_manifest(repo / "data" / "ingested")["age"].to_numpy()
+    ingested = pipeline_paths(repo)["ingested"]
+    images, ages = load_images(ingested), load_manifest(ingested)["age"].to_numpy()
     ids = np.sort(np.random.default_rng(seed).choice(len(images), SAMPLE, replace=False))
     split = pd.DataFrame({"id": ids, "split": ["train", "val"] * (SAMPLE // 2)})
     train = replace(params.train, head_epochs=0, epochs=1)
@@ -89,7 +91,7 @@ def data_scaling(size: int, folder: Path) -> dict:
     demo_seconds = time.perf_counter() - started
     ingest_peak = run_stage(repo, "ingest")
     run_stage(repo, "split")
-    ingest = json.loads((repo / "reports" / "ingest.json").read_text())
+    ingest = json.loads(pipeline_paths(repo)["ingest_report"].read_text())
     return {
         "images": size,
         "demo_seconds": round(demo_seconds, 1),
@@ -109,7 +111,7 @@ def process_scaling(folder: Path, epochs: int = 2) -> dict:
     for nproc in (1, 2):
         set_params(repo, {"train": {"nproc": nproc}})
         run_stage(repo, "train")
-        speeds[nproc] = json.loads((repo / "reports" / "train.json").read_text())["finetune_images_per_second"]
+        speeds[nproc] = json.loads(pipeline_paths(repo)["train_report"].read_text())["finetune_images_per_second"]
     return {
         "epochs": epochs,
         "images_per_second": speeds,
@@ -158,7 +160,7 @@ def markdown(report: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
-    parser.add_argument("--out", type=Path, default=REPO / "reports")
+    parser.add_argument("--out", type=Path, default=results_page.REPORTS)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="faceage-scaling-") as folder:
         rows = []
