@@ -23,6 +23,10 @@ PAGES = ["README.md", *sorted(path.relative_to(REPO).as_posix() for path in (REP
 # UTKFace archive), and the test that runs them or the same code on small data.
 COVERED = {
     r"make test\b": ".ci/run (CI runs exactly this)",
+    r"\.venv/bin/python -m pytest\b": ".ci/run (make test runs every test, the fast lane among them)",
+    r"python -m benchmarks\.precision": (
+        "tests/test_benchmark.py::test_the_precision_benchmark_times_both_precisions_of_every_network_and_names_the_cpu_class"
+    ),
     r"dvc exp run -S data\.source=\$\(realpath \.\./shared/datasets/UTKFace": "benchmarks/run.py (make benchmark)",
     r"make benchmark\b": "tests/test_benchmark.py::test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer",
     r"python -m benchmarks\.levers": "benchmarks/levers.py (full trainings on UTKFace; reports/levers.json)",
