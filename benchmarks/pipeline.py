@@ -61,6 +61,7 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
             name: {key: member[key] for key in ("backbone", "best_val_mae", "epochs_run", "seconds")}
             for name, member in train.get("members", {}).items()
         },
+        "intervals": train["intervals"],  # the calibration: spread chosen, correction, quantiles
         "batch_inference_images_per_second": evaluation["inference"]["images_per_second"],
         "flip_tta": evaluation["inference"]["flip_tta"],
         "test": evaluation["test"],

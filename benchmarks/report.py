@@ -72,6 +72,13 @@ def markdown_report(report: dict) -> str:
     hw = report["hardware"]
     lines += photo_lines(report["photos"])
     lines += source_lines(ours.get("sources", {}))
+    lines += interval_lines(ours)
+    for face in report["astronaut"].get("faces", ()):
+        lines += [
+            "",
+            f"The astronaut photo (`tests/data/astronaut.jpg`): {face['age']} ({face['interval']}), "
+            f"over 18: {face['over']}.",
+        ]
     lines += [
         "",
         f"Hardware: {hw['cpu']}, {hw['cpu_cores']} cores, torch {hw['torch']} with {hw['torch_threads']} "
@@ -121,5 +128,63 @@ def source_lines(sources: dict) -> list[str]:
         lines.append(
             f"| {name} | {report['count']} | {interval(report['mae'])} | {report['age_groups']['accuracy']:.1%}"
             f" | {interval(reference['mae'])} | {reference['age_group_accuracy']:.1%} |"
+        )
+    return lines
+
+
+def interval_lines(ours: dict) -> list[str]:
+    """The intervals' coverage and width per age bucket and test source, and the threshold table on test."""
+    test, calibration = ours["test"]["intervals"], ours["intervals"]
+    fixed, level = test["one_width"], test["level"]
+    correction = calibration["correction"]
+    corrected = (
+        f"the monotone correction kept (cross-fitted validation MAE {correction['val_mae']:.3f} -> "
+        f"{correction['val_mae_corrected']:.3f})"
+        if correction.get("kept")
+        else "no monotone correction (it did not lower the cross-fitted validation MAE)"
+    )
+    widths = ", ".join(f"{name} {width:.2f}" for name, width in calibration["val_width_by_spread"].items())
+    lines = [
+        "",
+        f"Intervals at {level:.0%}, calibrated on {calibration['calibration_faces']} calibration faces; spread "
+        f"{calibration['spread']} (mean validation widths: {widths} years); {corrected}. Test: coverage "
+        f"{test['coverage']:.1%}, mean width {test['width']:.2f} years, against one width for all calibrated on the "
+        f"same faces: coverage {fixed['coverage']:.1%}, width {fixed['width']:.2f} years "
+        f"({1 - test['width'] / fixed['width']:.0%} narrower).",
+        "",
+        "| age bucket | test faces | coverage | mean width | one width: coverage | bias |",
+        "|---|---|---|---|---|---|",
+    ]
+    for bucket, row in test["buckets"].items():
+        if row["count"]:
+            bias = ours["test"]["buckets"][bucket]["bias"]
+            lines.append(
+                f"| {bucket} | {row['count']} | {row['coverage']:.1%} | {row['width']:.2f} "
+                f"| {fixed['buckets'][bucket]['coverage']:.1%} | {bias:+.2f} |"
+            )
+    lines += ["", "| test source | faces | coverage | mean width |", "|---|---|---|---|"]
+    for name, source in ours.get("sources", {}).items():
+        if "intervals" in source:
+            found = source["intervals"]
+            lines.append(f"| {name} | {source['count']} | {found['coverage']:.1%} | {found['width']:.2f} |")
+    lines += [
+        "",
+        "Age thresholds on the test split (shares of the faces under the threshold, then of those at or over it; "
+        "challenge age chosen on validation):",
+        "",
+        "| threshold | under called over: estimate / interval / uncertain | over called under: estimate / interval "
+        "/ uncertain | challenge age | under at or above it | over below it |",
+        "|---|---|---|---|---|---|",
+    ]
+    for threshold, rates in ours["test"]["thresholds"].items():
+        challenge = ours["test"]["challenge"][threshold]
+        keys = ("challenge_age", "under_at_or_above", "over_below")
+        chosen = ["n/a"] * 3 if challenge["buffer"] is None else [challenge[key] for key in keys]
+        shares = [value if isinstance(value, str) else f"{value:.1%}" for value in chosen[1:]]
+        lines.append(
+            f"| {threshold} | {rates['point_under_called_over']:.1%} / {rates['interval_under_called_over']:.1%} / "
+            f"{rates['interval_under_uncertain']:.1%} | {rates['point_over_called_under']:.1%} / "
+            f"{rates['interval_over_called_under']:.1%} / {rates['interval_over_uncertain']:.1%} | "
+            f"{chosen[0]} | {shares[0]} | {shares[1]} |"
         )
     return lines

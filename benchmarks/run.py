@@ -39,9 +39,11 @@ from faceage.evaluation.evaluate import split_report
 from faceage.evaluation.metrics import cs_name
 from faceage.params import Params, load_params
 from faceage.runtime import cpu_features, cpu_precision_reason, use_cpu_bf16
+from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.stage import pipeline_paths
 
 REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz"
 
 
@@ -85,9 +87,11 @@ def hardware() -> dict:
 
 
 def headline(report: dict, params: Params) -> dict:
-    """The figures of one split's report that the benchmark compares."""
+    """The figures of one split's report that the benchmark compares, with its intervals, threshold rates and
+    challenge ages where the model has them."""
     cs = cs_name(params.evaluate.cs_threshold)
-    return {key: report[key] for key in ("count", "mae", "rmse", cs, "buckets")}
+    keys = ("count", "mae", "rmse", cs, "buckets", "intervals", "thresholds", "challenge")
+    return {key: report[key] for key in keys if key in report}
 
 
 def peer_on_test(test: pd.DataFrame, files: dict[str, bytes], params: Params) -> dict:
@@ -97,6 +101,14 @@ def peer_on_test(test: pd.DataFrame, files: dict[str, bytes], params: Params) ->
     predicted["error"] = predicted["predicted_age"] - predicted["true_age"]
     peer["test"] = headline(split_report(predicted, params.evaluate), params)
     return peer
+
+
+def astronaut_answer(model: Path) -> dict:
+    """What ``faceage predict --over 18`` says of the public-domain astronaut photo (Eileen Collins, born 1956,
+    photographed in the 1990s)."""
+    estimator = AgeEstimator(model)
+    photo = find_faces("astronaut.jpg", ASTRONAUT.read_bytes(), estimator.chip_size, estimator.faces)
+    return estimator.results([photo], over=18)[0]
 
 
 def split_rows(repo: Path) -> pd.DataFrame:
@@ -166,6 +178,7 @@ def benchmark(
         baseline["projected_train_seconds"] = round(epoch_images / baseline["images_per_second"], 1)
 
         peer = peer_on_test(test, files, params)
+        astronaut = astronaut_answer(pipeline_paths(repo)["model"])
 
         crops = pd.read_csv(pipeline_paths(repo)["predictions"]).query("split == 'test'")
         crops = crops.merge(test[["id", "source_path"]], on="id")
@@ -194,6 +207,7 @@ def benchmark(
         ),
         "peer": peer,
         "photos": photos,
+        "astronaut": astronaut,
     }
     (out / "benchmark.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "benchmark.md").write_text(markdown_report(report))

@@ -22,9 +22,9 @@ Detection settings (faces.* in params.yaml) come from the model's checkpoint; --
 EXPORT_HELP = """\
 Write the age network for use without this package: ONNX (onnxruntime, any language) or TorchScript.
 The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S the model's input size
-(printed on export; resize the aligned chip to it), and returns the age in years per face
-(and, with a gender head, the probability of female). The batch size is dynamic. PyTorch deprecates
-TorchScript in favour of torch.export: prefer ONNX for new deployments."""
+(printed on export; resize the aligned chip to it), and returns per face the age in years, its calibrated
+interval (age_low, age_high) and, with a gender head, the probability of female. The batch size is dynamic.
+PyTorch deprecates TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
 
 SYNTHETIC_WARNING = (
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
     predict.add_argument("--aligned", action="store_true", help="inputs are ready face crops: skip face detection")
+    predict.add_argument(
+        "--over", type=float, metavar="AGE", help="say per face whether it is AGE or older: yes/no/uncertain"
+    )
     predict.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
     predict.add_argument("--upsample", type=int, help="detector upsampling (finds smaller faces, slower)")
     predict.add_argument("--min-score", type=float, help="detection score a face must exceed")
@@ -99,12 +102,15 @@ def run_predict(args: argparse.Namespace) -> int:
     estimator = AgeEstimator(args.model, flip=not args.no_flip)
     if estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
+    if estimator.level is None:
+        print(f"note: {args.model} has no calibrated intervals: ages come without one", file=sys.stderr)
     overrides = {"upsample": args.upsample, "min_score": args.min_score}
     estimator.faces = replace(estimator.faces, **{k: v for k, v in overrides.items() if v is not None})
     files = photo_files(args.paths)
     results, failed = [], 0
     with tqdm(total=len(files), desc="photos", unit="photo", disable=None) as progress:
-        for result in estimator.predict_files(files, args.aligned, worker_count(args.workers), args.block):
+        found = estimator.predict_files(files, args.aligned, worker_count(args.workers), args.block, args.over)
+        for result in found:
             progress.update()
             failed += "error" in result
             if args.annotate and "faces" in result:
@@ -114,10 +120,11 @@ def run_predict(args: argparse.Namespace) -> int:
             if args.json:
                 results.append(result)
             else:
-                print_result(result)
+                print_result(result, args.over)
     if args.json:
         faces = sum(len(r.get("faces", ())) for r in results)
         summary = {"model": str(args.model), "dataset": estimator.dataset, "photos": len(results), "faces": faces}
+        summary.update(interval_level=estimator.level, over=args.over)
         print(json.dumps({**summary, "results": results}))
     return 1 if failed else 0
 
@@ -132,7 +139,7 @@ def annotated_name(file: str, named: Sequence[Path]) -> Path:
     return Path(path.name)
 
 
-def print_result(result: dict) -> None:
+def print_result(result: dict, over: float | None) -> None:
     """One line per face on stdout; a photo without a face says so; errors go to stderr."""
     if "error" in result:
         print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
@@ -144,8 +151,10 @@ def print_result(result: dict) -> None:
             if face["box"] is None
             else f" face {face['face'] + 1} at {tuple(face['box'])} (score {face['score']:.2f})"
         )
+        interval = f" ({face['interval']})" if "interval" in face else ""
+        decision = f", over {over:g}: {face['over']}" if "over" in face else ""
         gender = f", female {face['female_probability']:.2f}" if "female_probability" in face else ""
-        print(f"{result['file']}{where}: {face['age_years']:.1f} years ({face['age']}){gender}")
+        print(f"{result['file']}{where}: {face['age']}{interval}{decision}{gender}")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -19,13 +19,12 @@ from faceage.checked import (
     from_dict,
 )
 from faceage.errors import FaceageError
+from faceage.report_sections import CompareParams, EvaluateParams, IntervalParams
 from faceage.sections import (
     DLIB_MIN_INPUT,
     AugmentParams,
-    CompareParams,
     DataParams,
     DemoParams,
-    EvaluateParams,
     FacesParams,
     MlflowParams,
     ModelParams,
@@ -43,7 +42,7 @@ class TestSource(Checked):
 
     SECTION: ClassVar[str] = "test_sources"
     RANGES: ClassVar[dict[str, Range]] = {"source": (lambda v: bool(v.strip()), "a path")}
-    RESERVED: ClassVar[tuple[str, ...]] = ("train", "val", "test")  # the split's names
+    RESERVED: ClassVar[tuple[str, ...]] = ("train", "val", "calibration", "test")  # the split's names
 
     source: str
     align: bool  # detect and align each image's face first (raw photos)
@@ -74,6 +73,7 @@ class Params:
     model: ModelParams
     train: TrainParams
     augment: AugmentParams
+    intervals: IntervalParams
     mlflow: MlflowParams
     evaluate: EvaluateParams
     compare: CompareParams

@@ -48,6 +48,31 @@ def bucket_mae(buckets_by_split: dict[str, dict], path: str | Path) -> None:
     save(figure, path)
 
 
+def interval_buckets(intervals_by_split: dict[str, dict], path: str | Path) -> None:
+    """Per age bucket, one colour per split: the share of faces whose interval holds their age against the
+    nominal level (left), and the mean interval width beside that of one width for all (right, hatched)."""
+    labels = list(next(iter(intervals_by_split.values()))["buckets"])
+    level = next(iter(intervals_by_split.values()))["level"]
+    figure, (cover, wide) = plt.subplots(1, 2, figsize=(13, 4))
+    width = 0.8 / len(intervals_by_split)
+    for k, (name, intervals) in enumerate(intervals_by_split.items()):
+        positions = [i + (k - (len(intervals_by_split) - 1) / 2) * width for i in range(len(labels))]
+        rows = [intervals["buckets"][label] for label in labels]
+        fixed = [intervals["one_width"]["buckets"][label] for label in labels]
+        cover.bar(positions, [row["coverage"] or 0.0 for row in rows], width, label=name)
+        bars = wide.bar(positions, [row["width"] or 0.0 for row in rows], width, label=name)
+        colour = bars.patches[0].get_facecolor()
+        wide.scatter(positions, [row["width"] or 0.0 for row in fixed], marker="_", s=200, color=colour, zorder=3)
+    cover.axhline(level, color="black", linestyle="--", linewidth=1, label=f"nominal {level:.0%}")
+    cover.set(ylim=(0, 1.05), ylabel="coverage", title="Share of faces whose interval holds their age")
+    wide.set(ylabel="mean width (years)", title="Interval width (dash: one width for all)")
+    for axis in (cover, wide):
+        axis.set_xticks(range(len(labels)), labels)
+        axis.set_xlabel("true age bucket (years)")
+        axis.legend(fontsize=8)
+    save(figure, path)
+
+
 def learning_curves(history: list[dict], best_epoch: int, path: str | Path) -> None:
     """Training loss and train/validation MAE per epoch, with where fine-tuning starts and the kept epoch."""
     epochs = [row["epoch"] for row in history]

@@ -98,20 +98,23 @@ class SplitParams(Checked):
     RANGES: ClassVar[dict[str, Range]] = {
         "train": PROBABILITY,
         "val": PROBABILITY,
+        "calibration": OPEN_UNIT,
         "test": PROBABILITY,
         "stratify_bins": AT_LEAST_1,
     }
 
     train: float
     val: float
+    calibration: float  # faces that only calibrate the intervals
     test: float
     seed: int
     stratify_bins: int
     use_given: bool
 
     def check_together(self) -> None:
-        total = self.train + self.val + self.test
-        check(math.isclose(total, 1.0, abs_tol=1e-6), "split.train + split.val + split.test", round(total, 6), 1)
+        total = self.train + self.val + self.calibration + self.test
+        where = "split.train + split.val + split.calibration + split.test"
+        check(math.isclose(total, 1.0, abs_tol=1e-6), where, round(total, 6), 1)
 
 
 @dataclass(frozen=True)
@@ -277,49 +280,3 @@ class MlflowParams(Checked):
     RANGES: ClassVar[dict[str, Range]] = {"experiment": (lambda v: bool(v.strip()), "a name")}
 
     experiment: str
-
-
-@dataclass(frozen=True)
-class EvaluateParams(Checked):
-    """Metrics, their confidence intervals, and the galleries."""
-
-    SECTION: ClassVar[str] = "evaluate"
-    RANGES: ClassVar[dict[str, Range]] = {
-        "batch_size": AT_LEAST_1,
-        "bootstrap_resamples": AT_LEAST_1,
-        "confidence": OPEN_UNIT,
-        "cs_threshold": POSITIVE,
-        "bucket_edges": INCREASING,
-        "worst_errors": AT_LEAST_0,
-        "gradcam_per_bucket": AT_LEAST_0,
-        "age_groups": INCREASING,
-    }
-
-    batch_size: int
-    flip_tta: bool  # average the predictions of each image and its mirror image
-    bootstrap_resamples: int
-    bootstrap_seed: int
-    confidence: float
-    cs_threshold: float  # CS@k: share of predictions within k years
-    bucket_edges: tuple[int, ...]
-    worst_errors: int  # faces in the worst-errors gallery
-    gradcam_per_bucket: int  # test faces per age bucket in the Grad-CAM gallery
-    age_groups: tuple[int, ...]  # first ages of the groups after the first: <30, 30-59, 60+
-
-
-@dataclass(frozen=True)
-class CompareParams(Checked):
-    """The paired test of the current run against the best other run on the same data."""
-
-    SECTION: ClassVar[str] = "compare"
-    RANGES: ClassVar[dict[str, Range]] = {
-        "bootstrap_resamples": AT_LEAST_1,
-        "confidence": OPEN_UNIT,
-        "model_name": (lambda v: bool(v.strip()), "a name"),
-    }
-
-    bootstrap_resamples: int
-    seed: int
-    confidence: float
-    promote: bool  # register the model, and make it the champion if significantly better on val
-    model_name: str  # name in the MLflow Model Registry

@@ -1,5 +1,5 @@
 """Stage evaluate: predict the validation and test splits and every test source; write metrics, predictions,
-plots and galleries, and add them to the MLflow run of the model."""
+plots, galleries and the model card, and add them to the MLflow run of the model."""
 
 import logging
 import time
@@ -14,23 +14,36 @@ from faceage.data.manifest import MANIFEST_FILE, load_images, load_manifest
 from faceage.errors import FaceageError
 from faceage.evaluation import evaluate
 from faceage.evaluation.metrics import cs_name
+from faceage.evaluation.model_card import model_card
 from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import load_model
 from faceage.params import Params, load_params
 from faceage.runtime import select_device
 from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
+from faceage.tracking.registry import RUN_DESCRIPTION_TAG
 from faceage.tracking.runs import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker
 
 log = logging.getLogger("faceage.evaluation.evaluate")
 
 
-PLOTS = ("bucket_table", "bucket_plot", "predicted_vs_true", "error_histogram", "age_groups_plot")
+PLOTS = (
+    "bucket_table",
+    "bucket_plot",
+    "predicted_vs_true",
+    "error_histogram",
+    "age_groups_plot",
+    "interval_table",
+    "interval_plot",
+    "threshold_table",
+)
 
 
 def main() -> None:
     params, paths = load_params(), pipeline_paths()
     device = select_device()
     model, checkpoint = load_model(paths["model"], device)
+    if model.calibration is None:
+        raise FaceageError(f"{paths['model']} has no calibrated intervals (it predates them): run the train stage")
     images = load_images(paths["ingested"])
     started = time.perf_counter()
     manifest, split = load_manifest(paths["ingested"]), pd.read_csv(paths["split"])
@@ -41,7 +54,7 @@ def main() -> None:
     others = test_source_predictions(model, params, paths, device)
     predictions = pd.concat([predictions, *others], ignore_index=True)
     write_csv(predictions, paths["predictions"])
-    report = evaluate.evaluation_report(predictions, params.evaluate, sources)
+    report = evaluate.evaluation_report(predictions, params.evaluate, sources, model)
     inference = {"images_per_second": speed, "flip_tta": params.evaluate.flip_tta}
     write_json({**report, "inference": inference}, paths["evaluate_report"])
     headline = evaluate.headline_metrics(report, cs_name(params.evaluate.cs_threshold), speed, sources)
@@ -49,18 +62,22 @@ def main() -> None:
 
     write_plots(report, predictions, params, paths)
     write_galleries(predictions, images, model, params, paths["galleries"], device)
+    card = model_card(checkpoint, report, sources)
+    paths["model_card"].write_text(card)
 
     if checkpoint.run_id:
         tracker = RunTracker(run_id=checkpoint.run_id)
         tracker.log_metrics(headline)
-        tracker.set_tags({FLIP_TTA_TAG: str(params.evaluate.flip_tta)})
+        tracker.set_tags({FLIP_TTA_TAG: str(params.evaluate.flip_tta), RUN_DESCRIPTION_TAG: card})
+        tracker.log_artifact(paths["model_card"])
         logged = ["evaluate_metrics", "evaluate_report", "predictions", *PLOTS]
         for path in (*(paths[name] for name in logged), *sorted(paths["galleries"].iterdir())):
             tracker.log_artifact(path, EVALUATE_ARTIFACTS)
 
 
 def write_plots(report: dict, predictions: pd.DataFrame, params: Params, paths: dict[str, Path]) -> None:
-    """Per-bucket MAE (CSV for ``dvc plots``, PNG), predicted against true age, errors and age groups."""
+    """Per-bucket MAE (CSV for ``dvc plots``, PNG), predicted against true age, errors and age groups, interval
+    coverage and width per bucket (CSV, PNG) and the threshold table (CSV)."""
     write_csv(evaluate.bucket_table(report["test"]), paths["bucket_table"])
     plots.bucket_mae({name: summary["buckets"] for name, summary in report.items()}, paths["bucket_plot"])
     test = predictions[predictions["split"] == "test"]
@@ -68,6 +85,10 @@ def write_plots(report: dict, predictions: pd.DataFrame, params: Params, paths: 
     plots.predicted_vs_true(test["true_age"], test["predicted_age"], ages, "Test split", paths["predicted_vs_true"])
     plots.error_histogram(test["error"].to_numpy(), "Test split errors", paths["error_histogram"])
     plots.confusion(report["test"]["age_groups"]["confusion"], "Test split age groups", paths["age_groups_plot"])
+    write_csv(evaluate.interval_table(report["test"]), paths["interval_table"])
+    intervals = {name: summary["intervals"] for name, summary in report.items() if name != "val"}
+    plots.interval_buckets(intervals, paths["interval_plot"])
+    write_csv(evaluate.threshold_table(report), paths["threshold_table"])
 
 
 def write_galleries(

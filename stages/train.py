@@ -1,6 +1,7 @@
-"""Stage train: fit the model on the train split, keep the best epoch, and log the run and the model
-(as a servable MLflow model, see faceage.serving.pyfunc) to MLflow. With ``members`` in params.yaml, each member is
-trained next, logged to a run nested in the stage's, and the networks are kept as one model.
+"""Stage train: fit the model on the train split, keep the best epoch, calibrate its intervals on the calibration
+split, and log the run and the model (as a servable MLflow model, see faceage.serving.pyfunc) to MLflow. With
+``members`` in params.yaml, each member is trained next, logged to a run nested in the stage's, and the networks
+are kept as one model.
 With ``train.nproc`` > 1 the stage starts itself that many times under torchrun; started by torchrun (or a
 scheduler's torchrun across nodes), it is one of the training processes, and only the first of them logs and
 writes outputs."""
@@ -21,13 +22,14 @@ from faceage.serving.pyfunc import log_age_model
 from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
 from faceage.tracking.runs import RunTracker
 from faceage.tracking.training_runs import resumable_run, start_member_run, start_pipeline_run
+from faceage.training.calibrate import calibrate
 from faceage.training.distributed import Workers, joined, launch, launched_by_torchrun
 from faceage.training.loop import train_network
 from faceage.training.losses import UNKNOWN_GENDER
 from faceage.training.members import assemble, member_params
 from faceage.training.reports import headline_metrics, history_table
 from faceage.training.resume import ResumeFile
-from faceage.training.setup import TrainingSetup
+from faceage.training.setup import TrainingSetup, split_ids
 
 
 def main() -> None:
@@ -87,6 +89,10 @@ def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
                     {**headline_metrics(results[name].summary), "parameters": results[name].summary["parameters"]}
                 )
         model, summary = assemble(results, setups, params.model.reference_blend)
+        main = setups[MAIN_MEMBER]
+        calibration_faces = (main.val_ids, split_ids(split, "calibration"), params.intervals)
+        inference = (params.evaluate.batch_size, model.bin_ages.device, params.evaluate.flip_tta)
+        summary["intervals"] = calibrate(model, images, main.ages, *calibration_faces, *inference)
         best = results[MAIN_MEMBER].summary["best_epoch"]
         info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id, "epoch": best}
         checkpoint = checkpoint_of(model, [setup.model_params for setup in setups.values()], **info)

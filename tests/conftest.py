@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY = {
     "demo": {"num_images": 150, "image_size": 48, "restyled_images": 40},
+    "split": {"train": 0.65, "val": 0.10, "calibration": 0.10},  # 15 calibration faces: enough for 90 % intervals
     "data": {"image_size": 32},
     "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},
@@ -174,22 +175,26 @@ def encode(pixels: np.ndarray, fmt: str = "JPEG") -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A small trained checkpoint with a gender head, saved as the train stage does (with face settings)."""
+    """A small trained checkpoint with a gender head and calibrated intervals, saved as the train stage does
+    (with face settings)."""
     import pandas as pd
     import torch
 
     from faceage.model.age_model import AgeModel
     from faceage.model.checkpoint import checkpoint_of, save_checkpoint
+    from faceage.report_sections import IntervalParams
     from faceage.sections import AugmentParams, FacesParams, ModelParams, TrainParams
+    from faceage.training.calibrate import calibrate
     from faceage.training.setup import TrainingSetup
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    split = pd.DataFrame({"id": range(40), "split": ["train"] * 30 + ["val"] * 10})
+    images = rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    ages = rng.integers(1, 90, 60)
+    split = pd.DataFrame({"id": range(60), "split": ["train"] * 30 + ["val"] * 15 + ["calibration"] * 15})
     setup = TrainingSetup(
         images,
-        rng.integers(1, 90, 40),
-        rng.integers(0, 2, 40),
+        ages,
+        rng.integers(0, 2, 60),
         split,
         settings(
             ModelParams, backbone="resnet18", pretrained=False, input_size=32, gender_weight=1.0, reference_blend=(0.0,)
@@ -199,16 +204,19 @@ def tiny_model(tmp_path_factory) -> Path:
         (1, 100),
     )
     result = train_network(setup, torch.device("cpu"))
+    model = AgeModel.of(result.network, 32)
+    spread = settings(IntervalParams, spreads=("distribution",))  # its ages barely differ: the "age" curve is steep
+    held_out = (np.arange(30, 45), np.arange(45, 60), spread)
+    calibrate(model, images, ages, *held_out, 16, torch.device("cpu"), flip=True)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(
-        checkpoint_of(AgeModel.of(result.network, 32), [setup.model_params], faces=settings(FacesParams)), path
-    )
+    save_checkpoint(checkpoint_of(model, [setup.model_params], faces=settings(FacesParams)), path)
     return path
 
 
 def assert_onnx_export_predicts_as_the_model(model_path: Path, images: np.ndarray, tmp_path: Path) -> None:
-    """``faceage export`` of the checkpoint at ``model_path`` to ONNX gives, under onnxruntime, the ages its model
-    predicts for ``images`` (uint8 chips at the model's input size), mirror images averaged in both."""
+    """``faceage export`` of the checkpoint at ``model_path`` to ONNX gives, under onnxruntime, the ages and
+    intervals its model predicts for ``images`` (uint8 chips at the model's input size), mirror images averaged
+    in both."""
     import onnxruntime as ort
     import torch
 
@@ -218,11 +226,12 @@ def assert_onnx_export_predicts_as_the_model(model_path: Path, images: np.ndarra
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--format", "onnx", "--model", str(model_path), "--output", str(onnx_path)]) == 0
     model, _ = load_model(model_path, torch.device("cpu"))
-    expected = predict(model, images, np.arange(len(images)), 8, torch.device("cpu"), flip=True)["age"]
+    expected = predict(model, images, np.arange(len(images)), 8, torch.device("cpu"), flip=True)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
-    (age,) = session.run(["age"], {"chips": chips})
-    np.testing.assert_allclose(age, expected, atol=1e-3)
+    names = ["age", "age_low", "age_high"] if model.calibration else ["age"]
+    for name, values in zip(names, session.run(names, {"chips": chips}), strict=True):
+        np.testing.assert_allclose(values, expected[name], atol=1e-3, err_msg=name)
 
 
 def run(args, cwd, **extra_env):

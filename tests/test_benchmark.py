@@ -14,6 +14,7 @@ from faceage.sections import DemoParams
 
 TINY = {
     "data": {"image_size": 32},
+    "split": {"train": 0.6, "val": 0.1, "calibration": 0.15},  # 18 calibration faces: enough for 90 % intervals
     "model": {"input_size": 32},  # the default backbone, pretrained
     "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16, "warmup_epochs": 0.5},
     "evaluate": {"bootstrap_resamples": 100},

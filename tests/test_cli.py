@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_predict_a_folder_reports_each_face_a_photo_without_one_and_a_broken_fil
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert lines[f"{photos / 'wall.jpg'}"] == "no face found"
     face_line = lines[f"{photos / 'astronaut.jpg'} face 1 at {ASTRONAUT_FACE} (score 1.59)"]
-    assert "years (" in face_line and "female" in face_line
+    assert re.fullmatch(r"\d+ years? \d+ months? \(90 %: \d+-\d+\), female 0\.\d\d", face_line), face_line
     mirrored = [key for key in lines if key.startswith(f"{photos / 'nested' / 'mirrored.png'} face 1 at")]
     assert len(mirrored) == 1
     assert len(lines) == 3 and "notes.txt" not in out
@@ -190,3 +191,29 @@ def test_a_model_of_synthetic_faces_warns_once_that_its_ages_of_real_photos_mean
         main(["predict", str(ASTRONAUT), "--model", str(model)])
         warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
         assert len(warnings) == warned and ("--model dlib" in warnings[0] if warned else True)
+
+
+def test_over_answers_each_face_from_its_interval(tiny_model, photos, capsys):
+    main(["predict", str(photos), "--model", str(tiny_model), "--json"])
+    faces = [face for result in json.loads(capsys.readouterr().out)["results"] for face in result.get("faces", ())]
+    ages = sorted(age for face in faces for age in (face["age_low"], face["age_high"]))
+    thresholds = (ages[0] - 1, (ages[0] + ages[-1]) / 2, ages[-1] + 1)  # under every interval, inside, above
+    for threshold, answer in zip(thresholds, ("yes", None, "no"), strict=True):
+        assert main(["predict", str(photos), "--model", str(tiny_model), "--over", f"{threshold:g}", "--json"]) == 1
+        document = json.loads(capsys.readouterr().out)
+        decided = [face for result in document["results"] for face in result.get("faces", ())]
+        assert document["over"] == pytest.approx(threshold, abs=1e-3) and document["interval_level"] == 0.9
+        for face in decided:
+            inside = face["age_low"] < threshold <= face["age_high"]
+            assert face["over"] == (
+                answer or ("uncertain" if inside else "yes" if face["age_low"] >= threshold else "no")
+            )
+    main(["predict", str(photos / "astronaut.jpg"), "--model", str(tiny_model), "--over", "18"])
+    line = capsys.readouterr().out.strip()
+    assert re.search(r"\(90 %: \d+-\d+\), over 18: (yes|no|uncertain), female", line), line
+
+
+def test_over_needs_a_model_with_intervals(photos, capsys):
+    assert main(["predict", str(photos / "astronaut.jpg"), "--model", "dlib", "--over", "18"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "error: --over needs a model with calibrated intervals; this one has none"

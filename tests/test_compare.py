@@ -20,7 +20,8 @@ from faceage.evaluation.compare import (
     promote_leaderboard_best,
     promotion_decision,
 )
-from faceage.sections import CompareParams, FacesParams
+from faceage.report_sections import CompareParams
+from faceage.sections import FacesParams
 from faceage.serving.pyfunc import log_age_model
 from faceage.tracking.registry import champion_run
 from faceage.tracking.runs import RunTracker
@@ -122,7 +123,7 @@ def test_reports_and_mlflow_give_the_same_entry_for_any_cs_threshold(threshold, 
     from faceage.evaluation.evaluate import evaluation_report, headline_metrics
     from faceage.evaluation.metrics import bucket_labels, cs_name
     from faceage.params import Params
-    from faceage.sections import EvaluateParams
+    from faceage.report_sections import EvaluateParams
     from faceage.tracking.runs import flatten, metric_key
     from faceage.tracking.training_runs import backbone_label
 

@@ -11,7 +11,8 @@ from faceage.model.age_model import AgeModel
 from faceage.model.inference import predict
 from faceage.model.networks import build_network
 from faceage.plots import face_gallery
-from faceage.sections import EvaluateParams, ModelParams
+from faceage.report_sections import EvaluateParams
+from faceage.sections import ModelParams
 
 CPU = torch.device("cpu")
 

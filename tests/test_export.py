@@ -37,12 +37,13 @@ def test_onnx_matches_pytorch(tiny_model, chips, tmp_path, flip, capsys):
     )
     assert "input (batch, 3, 32, 32)" in capsys.readouterr().out
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["age", "female_probability"]
+    names = ["age", "age_low", "age_high", "female_probability"]
+    assert [o.name for o in session.get_outputs()] == names
     expected = reference(tiny_model, chips, flip)
     for batch in (chips, chips[:1]):
-        age, female = session.run(None, {"chips": as_graph_input(batch)})
-        np.testing.assert_allclose(age, expected["age"][: len(batch)], atol=1e-3)
-        np.testing.assert_allclose(female, expected["female_probability"][: len(batch)], atol=1e-5)
+        for name, values in zip(names, session.run(None, {"chips": as_graph_input(batch)}), strict=True):
+            np.testing.assert_allclose(values, expected[name][: len(batch)], atol=1e-3, err_msg=name)
+    assert (expected["age_low"] < expected["age"]).all() and (expected["age"] < expected["age_high"]).all()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -52,5 +53,6 @@ def test_torchscript_matches_pytorch(tiny_model, chips, tmp_path):
     loaded = torch.jit.load(str(output))
     result = loaded(torch.from_numpy(as_graph_input(chips)))
     expected = reference(tiny_model, chips, flip=True)
-    np.testing.assert_allclose(result["age"].numpy(), expected["age"], atol=1e-3)
-    np.testing.assert_allclose(result["female_probability"].numpy(), expected["female_probability"], atol=1e-5)
+    assert set(result) == {"age", "age_low", "age_high", "female_probability"}
+    for name, values in result.items():
+        np.testing.assert_allclose(values.numpy(), expected[name], atol=1e-3, err_msg=name)

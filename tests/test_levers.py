@@ -130,7 +130,7 @@ def test_a_blended_model_predicts_the_weighted_mean_of_its_own_and_the_reference
 
 def test_evaluation_scores_dlibs_untouched_model_on_the_same_images(data):
     from faceage.evaluation.evaluate import predict_source, split_report
-    from faceage.sections import EvaluateParams
+    from faceage.report_sections import EvaluateParams
 
     images, ages = data[0], data[1]
     model = untouched_dlib(AGES)

@@ -37,8 +37,14 @@ def test_bucket_edges_are_inclusive_as_documented():
     assert bucket_labels(edges) == ["1-5", "6-12", "13+"]
     true = np.array([1.0, 5, 6, 12, 13, 90])
     table = bucket_mae(true, true + np.array([1, 1, 2, 2, 3, 3]), edges)
-    assert table == {"1-5": {"count": 2, "mae": 1.0}, "6-12": {"count": 2, "mae": 2.0}, "13+": {"count": 2, "mae": 3.0}}
-    assert bucket_mae(np.array([3.0]), np.array([3.0]), edges)["13+"] == {"count": 0, "mae": None}
+    assert table == {
+        "1-5": {"count": 2, "mae": 1.0, "bias": 1.0},
+        "6-12": {"count": 2, "mae": 2.0, "bias": 2.0},
+        "13+": {"count": 2, "mae": 3.0, "bias": 3.0},
+    }
+    assert bucket_mae(np.array([3.0]), np.array([3.0]), edges)["13+"] == {"count": 0, "mae": None, "bias": None}
+    pulled = bucket_mae(true, np.array([3.0, 6, 7, 11, 12, 80]), edges)  # young up, old down: toward the mean
+    assert pulled["1-5"]["bias"] == 1.5 and pulled["13+"]["bias"] == -5.5
 
 
 def test_interval_contains_the_estimate_and_narrows_with_more_samples():

@@ -144,6 +144,22 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     assert compare["leaderboard"][0]["sources"]["restyled"]["mae"] == source["mae"]
     assert pd.read_csv(repo / "plots" / "compare" / "leaderboard.csv")["restyled_mae"].tolist() == [source["mae"]]
     assert read_json(repo / "data" / "mlflow_runs.json")["finished_runs"] == [mlflow_run.info.run_id]
+    # Intervals: calibrated on the calibration split alone, reported per split and source, and the model card.
+    calibration = summary["intervals"]
+    split = pd.read_csv(repo / "data" / "split.csv")
+    assert calibration["calibration_faces"] == (split["split"] == "calibration").sum() >= 9
+    assert calibration["spread"] in calibration["val_width_by_spread"]
+    test = predictions[predictions["split"] == "test"]
+    inside = (test["age_low"] <= test["true_age"]) & (test["true_age"] <= test["age_high"])
+    metrics = read_json(repo / "metrics" / "evaluate.json")
+    assert metrics["test"]["interval_coverage"] == pytest.approx(inside.mean(), abs=1e-4)
+    thresholds = pd.read_csv(repo / "reports" / "thresholds.csv")
+    assert set(zip(thresholds["split"], thresholds["threshold"], strict=True)) == {
+        (name, t) for name in ("val", "test", "restyled") for t in (13, 16, 18, 21, 25)
+    }
+    card = (repo / "reports" / "model_card.md").read_text()
+    assert "**Not for:**" in card and "| 18 |" in card and "restyled" in card and "CC0-1.0" in card
+    assert mlflow_run.data.tags["mlflow.note.content"] == card
 
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["runs"]  # always checks the MLflow store; nothing changed, so no compare
@@ -153,7 +169,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     page = (repo / "rendered" / "index.html").read_text()
     assert "vegaEmbed(" in page and "https://cdn" not in page and "<script src" not in page
     assert "Test MAE per age bucket" in page and "Test MAE of each backbone" in page
-    assert "Validation MAE per epoch" in page
+    assert "Validation MAE per epoch" in page and "Test interval coverage per age bucket" in page
     # Pictures only where their scales do not follow the run's data; the others are vega plots.
     pictures = ("split_age_histogram", "evaluate_predicted_vs_true", "evaluate_age_groups")
     assert page.count('<img src="static/') == 3 and all(f"plots_{name}.png" in page for name in pictures)

@@ -21,7 +21,7 @@ from conftest import ASTRONAUT, ASTRONAUT_FACE, settings
 from faceage.sections import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.serving.pyfunc import example_input, log_age_model
-from faceage.tracking.registry import MODEL_IN_RUN, register_with_alias
+from faceage.tracking.registry import MODEL_IN_RUN, RUN_DESCRIPTION_TAG, register_with_alias
 from faceage.tracking.runs import RunTracker
 
 pytestmark = pytest.mark.slow  # MLflow models loaded in fresh processes, a served model: seconds each
@@ -31,8 +31,9 @@ import json, sys, mlflow, pandas as pd
 model = mlflow.pyfunc.load_model("models:/faceage@champion")
 images = [open(sys.argv[1], "rb").read(), b"not an image", open(sys.argv[2], "rb").read()]
 frame = pd.DataFrame({"image": images, "aligned": [False, False, True]})
-print(model.predict(frame).to_json(orient="records"))
+print(model.predict(frame, params={"over": 18}).to_json(orient="records"))
 """
+CARD = "# Model card\n\nWhat the tiny model is for."
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +43,24 @@ def champion(tiny_model, tmp_path_factory) -> dict:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracker = RunTracker("serving", run_name="tiny", uri=uri)
     log_age_model(tracker, tiny_model, settings(FacesParams), np.zeros((32, 32, 3), np.uint8), DATASET)
+    tracker.set_tags({RUN_DESCRIPTION_TAG: CARD})  # as the evaluate stage does
     tracker.finish()
     version = register_with_alias(tracker.run_id, "faceage", "champion", uri)
     return {"uri": uri, "version": version, "run_id": tracker.run_id, "folder": folder}
 
 
-def expected_age(model_path: Path, data: bytes, aligned: bool) -> list[float]:
+def expected_faces(model_path: Path, data: bytes, aligned: bool) -> list[dict]:
+    """What ``faceage predict`` says of each face: the ages, intervals and decisions at 18 to match."""
     estimator = AgeEstimator(model_path)
     photo = find_faces("x", data, estimator.chip_size, None if aligned else estimator.faces)
-    return [face["age_years"] for face in estimator.results([photo])[0]["faces"]]
+    return estimator.results([photo], over=18)[0]["faces"]
+
+
+def assert_same_answer(row: pd.Series | dict, face: dict) -> None:
+    for name in ("age_years", "age_low", "age_high"):
+        assert row[name] == pytest.approx(face[name], abs=0.01), name
+    assert row["age_low"] < row["age_years"] < row["age_high"]
+    assert row["interval"] == face["interval"] and row["over"] == face["over"]
 
 
 def isolated_env(uri: str) -> dict:
@@ -70,9 +80,9 @@ def test_champion_loads_and_predicts_in_a_fresh_process_outside_the_repository(c
     rows = pd.DataFrame(json.loads(result.stdout.strip().splitlines()[-1]))
     face, broken, crop = (rows[rows["input"] == i].iloc[0] for i in range(3))
     assert (rows["input"] == 0).sum() == 1 and tuple(face[["left", "top", "right", "bottom"]]) == ASTRONAUT_FACE
-    assert face["age_years"] == pytest.approx(expected_age(tiny_model, ASTRONAUT.read_bytes(), False)[0], abs=0.01)
+    assert_same_answer(face, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
     assert broken["face"] == -1 and broken["error"].startswith("not an image")
-    assert crop["age_years"] == pytest.approx(expected_age(tiny_model, chip.read_bytes(), True)[0], abs=0.01)
+    assert_same_answer(crop, expected_faces(tiny_model, chip.read_bytes(), True)[0])
 
 
 def test_the_logged_model_says_what_it_learnt_from(champion):
@@ -116,7 +126,8 @@ def test_served_champion_answers_invocations_with_an_image(champion, tiny_model,
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server, 180)
         image = base64.b64encode(ASTRONAUT.read_bytes()).decode()
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[image]]}, "params": {"over": 18}}
+        body = json.dumps(payload).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
         )
@@ -129,7 +140,7 @@ def test_served_champion_answers_invocations_with_an_image(champion, tiny_model,
         server.wait(30)
         log.close()
     assert [row["left"], row["top"], row["right"], row["bottom"]] == list(ASTRONAUT_FACE) and row["error"] is None
-    assert row["age_years"] == pytest.approx(expected_age(tiny_model, ASTRONAUT.read_bytes(), False)[0], abs=0.01)
+    assert_same_answer(row, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
 
 
 def test_registered_version_is_the_runs_logged_model(champion):
@@ -138,5 +149,6 @@ def test_registered_version_is_the_runs_logged_model(champion):
     client = MlflowClient(champion["uri"])
     version = client.get_model_version_by_alias("faceage", "champion")
     assert str(version.version) == champion["version"] and version.run_id == champion["run_id"]
+    assert version.description == CARD
     logged = client.get_logged_model(version.source.removeprefix("models:/"))
     assert logged.name == MODEL_IN_RUN and logged.source_run_id == champion["run_id"]

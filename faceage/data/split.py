@@ -1,4 +1,4 @@
-"""Reproducible train/validation/test split, stratified on age, keeping duplicate images together."""
+"""Reproducible train/validation/calibration/test split, stratified on age, keeping duplicate images together."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 
 from faceage.sections import SplitParams
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "calibration", "test")  # in this order, so that calibration faces come out of val's
 
 
 def age_strata(ages: pd.Series, bins: int) -> np.ndarray:
@@ -34,9 +34,10 @@ def split_manifest(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
 
     Images with identical pixels (``pixel_hash``) form one group that never straddles two splits.
     When ``params.use_given`` is set and the data set names splits (``given_split``), those are
-    kept; a validation split is carved from the given training images when none is given.
+    kept; a validation split is carved from the given training images when none is given, and a calibration
+    split from the validation images when none is given.
     """
-    fractions = {"train": params.train, "val": params.val, "test": params.test}
+    fractions = {name: getattr(params, name) for name in SPLITS}
     frame = manifest[["id", "age", "pixel_hash"]].copy()
     frame["group"] = frame.groupby("pixel_hash", sort=False).ngroup()
     frame["stratum"] = age_strata(frame["age"], params.stratify_bins)
@@ -49,17 +50,25 @@ def split_manifest(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
         # A given split decides for its whole group; fill the rest from the given training images.
         by_group = frame[~undecided].groupby("group")["split"].first()
         frame.loc[undecided, "split"] = frame.loc[undecided, "group"].map(by_group)
-        if "val" not in set(frame["split"].dropna()):
-            train_share = params.train / (params.train + params.val)
-            carve = frame["split"] == "train"
-            groups = _groups(frame[carve])
-            assignment = _allocate(groups, {"train": train_share, "val": 1 - train_share}, rng)
-            frame.loc[carve, "split"] = frame.loc[carve, "group"].map(assignment)
+        given_names = set(frame["split"].dropna())
+        if "val" not in given_names:  # with the calibration faces, carved from these in turn
+            held_out = params.val + (params.calibration if "calibration" not in given_names else 0)
+            _carve(frame, "train", "val", params.train, held_out, rng)
+        if "calibration" not in given_names:
+            _carve(frame, "val", "calibration", params.val, params.calibration, rng)
         undecided = frame["split"].isna()
     if undecided.any():
         assignment = _allocate(_groups(frame[undecided]), fractions, rng)
         frame.loc[undecided, "split"] = frame.loc[undecided, "group"].map(assignment)
     return frame[["id", "split"]].astype({"split": "string"})
+
+
+def _carve(frame: pd.DataFrame, source: str, carved: str, kept: float, share: float, rng: np.random.Generator) -> None:
+    """Move ``share / (kept + share)`` of split ``source``'s groups to split ``carved``, in place."""
+    rows = frame["split"] == source
+    fractions = {source: kept / (kept + share), carved: share / (kept + share)}
+    assignment = _allocate(_groups(frame[rows]), fractions, rng)
+    frame.loc[rows, "split"] = frame.loc[rows, "group"].map(assignment)
 
 
 def _groups(frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from scipy.stats import wilcoxon
 
 from faceage.evaluation.metrics import bootstrap_interval
 from faceage.params import Params
-from faceage.sections import CompareParams
+from faceage.report_sections import CompareParams
 from faceage.tracking.registry import champion_run, register_with_alias
 from faceage.tracking.runs import EVALUATE_ARTIFACTS, FLIP_TTA_TAG, RunTracker, flatten, metric_key
 from faceage.tracking.store import download_artifact, finished_runs

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from faceage.evaluation.gradcam import grad_cam
+from faceage.evaluation.intervals import challenge_report, interval_report, threshold_report
 from faceage.evaluation.metrics import (
     GENDER_NAMES,
     RACE_NAMES,
@@ -27,7 +28,8 @@ from faceage.evaluation.metrics import (
 from faceage.model.age_model import AgeModel, untouched_dlib
 from faceage.model.batches import to_input
 from faceage.model.inference import predict
-from faceage.sections import EvaluateParams
+from faceage.model.intervals import interval_text
+from faceage.report_sections import EvaluateParams
 
 EVALUATED_SPLITS = ("test", "val")  # the test split is the headline; validation is for model selection
 
@@ -67,17 +69,19 @@ def predict_rows(
     params: EvaluateParams,
     device: torch.device,
 ) -> pd.DataFrame:
-    """For ``rows`` (id, age, gender, race, split), ordered by id: true and predicted age, error, and the
-    predicted probability of gender 1 when the model has a gender head."""
+    """For ``rows`` (id, age, gender, race, split), ordered by id: true and predicted age, error, the interval
+    (``age_low``, ``age_high``) when the model is calibrated, and the predicted probability of gender 1 when the
+    model has a gender head."""
     rows = rows.sort_values("id").reset_index(drop=True)
     ids = rows["id"].to_numpy()
     outputs = predict(model, images, ids, params.batch_size, device, flip=params.flip_tta)
     rows["predicted_age"] = outputs["age"]
     rows["error"] = rows["predicted_age"] - rows["age"]
     columns = ["id", "split", "true_age", "predicted_age", "error", "gender", "race"]
-    if "female_probability" in outputs:
-        rows["female_probability"] = outputs["female_probability"]
-        columns.append("female_probability")
+    for name in ("age_low", "age_high", "female_probability"):
+        if name in outputs:
+            rows[name] = outputs[name]
+            columns.append(name)
     return rows.rename(columns={"age": "true_age"})[columns]
 
 
@@ -93,9 +97,10 @@ def with_reference_ages(
     return predictions.assign(reference_age=ages)[[*predictions.columns[:5], "reference_age", *predictions.columns[5:]]]
 
 
-def split_report(predictions: pd.DataFrame, params: EvaluateParams) -> dict:
+def split_report(predictions: pd.DataFrame, params: EvaluateParams, model: AgeModel | None = None) -> dict:
     """All metrics of one split's (or test source's) predictions; with a ``reference_age`` column, the MAE and
-    age-group accuracy of dlib's untouched model on the same images as ``reference``."""
+    age-group accuracy of dlib's untouched model on the same images as ``reference``; when ``model`` (which
+    predicted them) is calibrated, its intervals' coverage and the over/under decisions at each threshold."""
     true = predictions["true_age"].to_numpy(float)
     predicted = predictions["predicted_age"].to_numpy(float)
     metrics = {
@@ -111,6 +116,9 @@ def split_report(predictions: pd.DataFrame, params: EvaluateParams) -> dict:
         report[name] = with_interval(metric, true, predicted, *bootstrap)
     report["buckets"] = bucket_mae(true, predicted, params.bucket_edges)
     report["age_groups"] = group_confusion(true, predicted, params.age_groups)
+    if model is not None and model.calibration is not None:
+        report["intervals"] = interval_report(predictions, model.calibration, model.age_range, params.bucket_edges)
+        report["thresholds"] = threshold_report(predictions, params.thresholds)
     if "reference_age" in predictions:
         reference = predictions["reference_age"].to_numpy(float)
         report["reference"] = {
@@ -126,25 +134,34 @@ def split_report(predictions: pd.DataFrame, params: EvaluateParams) -> dict:
     return report
 
 
-def evaluation_report(predictions: pd.DataFrame, params: EvaluateParams, sources: list[str]) -> dict:
-    """Metrics per evaluated split, then per test source (``sources``, by name)."""
-    return {
-        name: split_report(predictions[predictions["split"] == name], params)
-        for name in (*EVALUATED_SPLITS, *sources)
-        if (predictions["split"] == name).any()
-    }
+def evaluation_report(
+    predictions: pd.DataFrame, params: EvaluateParams, sources: list[str], model: AgeModel | None = None
+) -> dict:
+    """Metrics per evaluated split, then per test source (``sources``, by name); for a calibrated ``model``,
+    each with the rates at the challenge ages chosen on validation (``challenge``)."""
+    names = [name for name in (*EVALUATED_SPLITS, *sources) if (predictions["split"] == name).any()]
+    report = {name: split_report(predictions[predictions["split"] == name], params, model) for name in names}
+    if model is not None and model.calibration is not None:
+        for name, rates in challenge_report(predictions, names, params.thresholds, params.challenge_rate).items():
+            report[name]["challenge"] = rates
+    return report
 
 
 def headline_metrics(report: dict, cs_key: str, images_per_second: float, sources: list[str]) -> dict:
     """The figures DVC tracks and MLflow charts: test and validation MAE with their interval, test RMSE,
-    bias, CS@k (``cs_key``) and age-group accuracy, test MAE per age bucket, inference speed, and per test
-    source its MAE, age-group accuracy and those of dlib's untouched model. The rest of ``report`` is
+    bias, CS@k (``cs_key``), age-group accuracy and (calibrated) interval coverage and width, test MAE per age
+    bucket, challenge ages, inference speed, and per test source its MAE, age-group accuracy, interval
+    coverage and width, and the MAE and age-group accuracy of dlib's untouched model. The rest of ``report`` is
     details. The test MAE comes first in ``dvc exp show`` (file order) and near the top of
     ``dvc metrics diff`` (sorted names)."""
 
     def mae(split: str) -> dict:
         metric = report[split]["mae"]
         return {"mae": metric["value"], "mae_low": metric["ci_low"], "mae_high": metric["ci_high"]}
+
+    def intervals(split: str) -> dict:
+        found = report[split].get("intervals")
+        return {"interval_coverage": found["coverage"], "interval_width": found["width"]} if found else {}
 
     def other(name: str) -> dict:
         reference = report[name]["reference"]
@@ -153,22 +170,70 @@ def headline_metrics(report: dict, cs_key: str, images_per_second: float, source
             "age_group_accuracy": report[name]["age_groups"]["accuracy"],
             "reference_mae": reference["mae"]["value"],
             "reference_age_group_accuracy": reference["age_group_accuracy"],
+            **intervals(name),
         }
 
     test = {**mae("test"), **{name: report["test"][name]["value"] for name in ("rmse", "bias", cs_key)}}
     test["age_group_accuracy"] = report["test"]["age_groups"]["accuracy"]
+    test.update(intervals("test"))
+    if "intervals" in report["test"]:
+        test["one_width_interval_width"] = report["test"]["intervals"]["one_width"]["width"]
     buckets = {label: row["mae"] for label, row in report["test"]["buckets"].items()}
     headline = {"test": test, "val": mae("val"), "test_bucket_mae": buckets}
     if sources:
         headline["test_sources"] = {name: other(name) for name in sources if name in report}
+    if "challenge" in report["test"]:
+        challenge = report["test"]["challenge"].items()
+        headline["challenge_ages"] = {
+            t: rates["challenge_age"] for t, rates in challenge if rates["buffer"] is not None
+        }
     return {**headline, "inference_images_per_second": images_per_second}
 
 
 def bucket_table(report: dict) -> pd.DataFrame:
-    """Per-bucket MAE of one split as rows, for ``dvc plots``."""
+    """Per-bucket MAE and bias of one split as rows, for ``dvc plots``."""
     return pd.DataFrame(
-        [{"bucket": label, "mae": row["mae"], "count": row["count"]} for label, row in report["buckets"].items()]
+        [
+            {"bucket": label, **{key: row[key] for key in ("mae", "bias", "count")}}
+            for label, row in report["buckets"].items()
+        ]
     )
+
+
+def interval_table(report: dict) -> pd.DataFrame:
+    """Per-bucket coverage and mean width of one split's intervals, beside the nominal level and the one-width
+    interval's, as rows for ``dvc plots``."""
+    intervals, fixed = report["intervals"], report["intervals"]["one_width"]["buckets"]
+    return pd.DataFrame(
+        [
+            {
+                "bucket": label,
+                "coverage": row["coverage"],
+                "nominal": intervals["level"],
+                "width": row["width"],
+                "one_width_coverage": fixed[label]["coverage"],
+                "one_width_width": fixed[label]["width"],
+                "count": row["count"],
+            }
+            for label, row in intervals["buckets"].items()
+        ]
+    )
+
+
+def threshold_table(report: dict) -> pd.DataFrame:
+    """The over/under decision rates at each threshold, on every split and test source, with the challenge age
+    and its rates: one row per split and threshold."""
+    rows = []
+    for name, summary in report.items():
+        for threshold, rates in summary.get("thresholds", {}).items():
+            challenge = summary.get("challenge", {}).get(threshold, {})
+            extra = {
+                key if key.startswith("challenge_") else f"challenge_{key}": value
+                for key, value in challenge.items()
+                if key != "reason"
+            }
+            rows.append({"split": name, "threshold": int(threshold), **rates, **extra})
+    return pd.DataFrame(rows)
 
 
 def worst_errors(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -198,5 +263,6 @@ def gradcam_maps(model: AgeModel, images: np.ndarray, ids: np.ndarray, device: t
 
 
 def caption(row: pd.Series) -> str:
-    """``true 34 / pred 41.2``."""
-    return f"true {row['true_age']:.0f} / pred {row['predicted_age']:.1f}"
+    """``true 34 / pred 41.2``, and the interval when there is one: ``(36-47)``."""
+    text = f"true {row['true_age']:.0f} / pred {row['predicted_age']:.1f}"
+    return f"{text} ({interval_text(row['age_low'], row['age_high'])})" if "age_low" in row else text

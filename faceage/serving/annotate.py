@@ -1,10 +1,12 @@
-"""Copies of photos with each face's box and predicted age drawn on them."""
+"""Copies of photos with each face's box, predicted age and interval drawn on them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from faceage.model.intervals import interval_text
 
 BOX_COLOUR = (255, 214, 0)
 TEXT_COLOUR = (0, 0, 0)
@@ -25,6 +27,8 @@ def annotate_photo(path: Path, faces: list[dict], out: Path) -> None:
         if face["box"] is not None:
             draw.rectangle(face["box"], outline=BOX_COLOUR, width=line)
         label = f"{face['age_years']:.0f}"
+        if "age_low" in face:
+            label += f" ({interval_text(face['age_low'], face['age_high'])})"
         text_box = draw.textbbox((left, top), label, font=font)
         height = text_box[3] - text_box[1] + 2 * line
         origin = (left, max(0, top - height)) if face["box"] is not None else (0, 0)

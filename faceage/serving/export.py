@@ -12,17 +12,19 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.model.checkpoint import load_model
-from faceage.model.inference import mirrored
 
 EXAMPLE_BATCH = 2
 OPSET = 18
+EXPORTED = ("age", "age_low", "age_high", "female_probability")  # the graph's outputs, where the model has them
 
 
 class ExportableModel(nn.Module):
-    """RGB chips in ``[0, 1]`` at the model's input size to ages in years (and the probability of female).
+    """RGB chips in ``[0, 1]`` at the model's input size to ages in years, their calibrated intervals (when
+    the model has them) and the probability of female (with a gender head).
 
-    The ImageNet normalisation and the read-out of the age head are part of the graph; with ``flip``, so is
-    the averaging of each face's prediction with its mirror image's, as ``faceage predict`` does by default.
+    The ImageNet normalisation, the read-out of the age head and the calibration are part of the graph; with
+    ``flip``, so is the averaging of each face's prediction with its mirror image's, as ``faceage predict``
+    does by default.
     """
 
     def __init__(self, model: AgeModel, flip: bool):
@@ -33,7 +35,8 @@ class ExportableModel(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, chips: torch.Tensor) -> dict[str, torch.Tensor]:
-        return mirrored(self.model, (chips - self.mean) / self.std, self.flip)
+        outputs = self.model((chips - self.mean) / self.std, flip=self.flip)
+        return {name: outputs[name] for name in EXPORTED if name in outputs}
 
 
 def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableModel, int]:

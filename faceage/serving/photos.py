@@ -22,6 +22,7 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, untouched_dlib
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
+from faceage.model.intervals import interval_text, over_decisions
 from faceage.params import PROJECT_PARAMS, load_params
 from faceage.runtime import select_device
 from faceage.sections import FacesParams
@@ -97,9 +98,23 @@ class AgeEstimator:
         """Side of the face chips the model was trained on (``data.image_size`` at training)."""
         return self.model.image_size
 
-    def results(self, photos: Sequence[PhotoFaces], batch_size: int = 64) -> list[dict]:
+    @property
+    def level(self) -> float | None:
+        """The level of the model's intervals; ``None`` for a model without (dlib's untouched model, or one
+        trained before intervals)."""
+        return self.model.calibration.level if self.model.calibration else None
+
+    def check_over(self, over: float | None) -> None:
+        """One line when an over/under decision is asked of a model without intervals."""
+        if over is not None and self.level is None:
+            raise FaceageError("--over needs a model with calibrated intervals; this one has none")
+
+    def results(self, photos: Sequence[PhotoFaces], batch_size: int = 64, over: float | None = None) -> list[dict]:
         """One result per photo: ``file``, ``faces`` (``face``, ``box``, ``score``, ``age_years``, ``age`` and,
-        with a gender head, ``female_probability``) or ``error``."""
+        with intervals, ``age_low``, ``age_high`` and ``interval`` (the text), with ``over`` the decision
+        whether the face is at least ``over`` years old, and with a gender head, ``female_probability``) or
+        ``error``."""
+        self.check_over(over)
         chips = [face.chip for photo in photos for face in photo.faces]
         outputs: dict[str, np.ndarray] = {}
         if chips:
@@ -113,30 +128,40 @@ class AgeEstimator:
                 continue
             faces = []
             for index, face in enumerate(photo.faces):
-                faces.append(face_result(index, face, {key: float(values[row]) for key, values in outputs.items()}))
+                values = {key: float(values[row]) for key, values in outputs.items()}
+                faces.append(face_result(index, face, values, self.level, over))
                 row += 1
             results.append({"file": photo.name, "faces": faces})
         return results
 
-    def predict_files(self, paths: Iterable[str], aligned: bool, workers: int, block_size: int) -> Iterator[dict]:
+    def predict_files(
+        self, paths: Iterable[str], aligned: bool, workers: int, block_size: int, over: float | None = None
+    ) -> Iterator[dict]:
         """:meth:`results` for each file in ``paths``, in order; faces are found by ``workers`` processes."""
+        self.check_over(over)
         jobs = ((str(path), self.chip_size, None if aligned else self.faces) for path in paths)
         with multiprocessing.Pool(workers) as pool:
             pending = None
             for block in blocks(jobs, block_size):
                 started = pool.map_async(read_and_find_faces, block)
                 if pending is not None:
-                    yield from self.results(pending.get())
+                    yield from self.results(pending.get(), over=over)
                 pending = started
             if pending is not None:
-                yield from self.results(pending.get())
+                yield from self.results(pending.get(), over=over)
 
 
-def face_result(index: int, face: Face, outputs: dict[str, float]) -> dict:
-    """The JSON-ready result for one face."""
+def face_result(index: int, face: Face, outputs: dict[str, float], level: float | None, over: float | None) -> dict:
+    """The JSON-ready result for one face: with a ``level``, its interval; with ``over``, the decision."""
     result: dict = {"face": index, "box": list(face.box) if face.box else None, "score": face.score}
     result["age_years"] = round(outputs["age"], 2)
     result["age"] = years_and_months(outputs["age"])
+    if level is not None:
+        low, high = outputs["age_low"], outputs["age_high"]
+        result.update(age_low=round(low, 2), age_high=round(high, 2))
+        result["interval"] = f"{level * 100:g} %: {interval_text(low, high)}"
+        if over is not None:
+            result["over"] = str(over_decisions(low, high, over))
     if "female_probability" in outputs:
         result["female_probability"] = round(outputs["female_probability"], 4)
     return result

@@ -3,7 +3,9 @@
 The logged model carries the checkpoint, dlib's landmark file and this package's code, with pinned pip
 requirements, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work outside this repository.
 Its input is a DataFrame with a binary column ``image`` (base64 in JSON requests) and an optional boolean
-``aligned`` (the image is a ready face crop); its ``model_config`` holds the face settings (``faces.*``).
+``aligned`` (the image is a ready face crop); its optional parameter ``over`` (an age) adds the decision
+whether each face is that old or older (``yes``, ``no``, ``uncertain``, from its interval); its
+``model_config`` holds the face settings (``faces.*``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 import faceage
@@ -32,13 +34,17 @@ from faceage.tracking.runs import RunTracker
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow")
 OUTPUT_COLUMNS = ["input", "face", "left", "top", "right", "bottom", "score", "age_years", "age"]
+OPTIONAL_COLUMNS = ["age_low", "age_high", "interval", "over", "female_probability", "error"]
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", "image"), ColSpec("boolean", "aligned", required=False)]),
     outputs=Schema(
         [ColSpec("long", name) for name in OUTPUT_COLUMNS[:6]]
         + [ColSpec("double", "score"), ColSpec("double", "age_years"), ColSpec("string", "age")]
+        + [ColSpec("double", "age_low", required=False), ColSpec("double", "age_high", required=False)]
+        + [ColSpec("string", "interval", required=False), ColSpec("string", "over", required=False)]
         + [ColSpec("double", "female_probability", required=False), ColSpec("string", "error", required=False)]
     ),
+    params=ParamSchema([ParamSpec("over", "double", None)]),
 )
 
 
@@ -53,28 +59,31 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
         if self.estimator.synthetic:
             log.warning("this model learnt ages from synthetic drawn faces: its ages of real photos mean nothing")
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame) -> pd.DataFrame:
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        over = (params or {}).get("over")
         aligned = model_input["aligned"] if "aligned" in model_input else pd.Series(False, index=model_input.index)
         photos = [
             find_faces(str(row), bytes(data), self.estimator.chip_size, None if ready else self.faces, self.landmarks)
             for row, (data, ready) in enumerate(zip(model_input["image"], aligned.fillna(False), strict=True))
         ]
         rows = []
-        for row, result in enumerate(self.estimator.results(photos)):
+        for row, result in enumerate(self.estimator.results(photos, over=over)):
             if "error" in result:
                 rows.append({"input": row, "face": -1, "error": result["error"]})
             else:
                 rows += [face_row(row, face) for face in result["faces"]] or [{"input": row, "face": -1}]
-        frame = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "female_probability", "error"])
+        frame = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, *OPTIONAL_COLUMNS])
         return frame.astype(object).where(frame.notna(), None)  # missing values as null in JSON, not NaN
 
 
 def face_row(row: int, face: dict) -> dict:
     """One output row from a face's result."""
     box = dict(zip(("left", "top", "right", "bottom"), face["box"] or (None,) * 4, strict=True))
-    gender = {"female_probability": face["female_probability"]} if "female_probability" in face else {}
+    optional = {name: face[name] for name in OPTIONAL_COLUMNS if name in face}
     ages = {"age_years": face["age_years"], "age": face["age"]}
-    return {"input": row, "face": face["face"], **box, "score": face["score"], **ages, **gender}
+    return {"input": row, "face": face["face"], **box, "score": face["score"], **ages, **optional}
 
 
 def example_input(chip: np.ndarray) -> pd.DataFrame:
