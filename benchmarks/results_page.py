@@ -91,11 +91,18 @@ def headline(reports: Path = REPORTS) -> str:
     report = json.loads((reports / "benchmark.json").read_text())
     test, hardware = report["pipeline"]["test"]["mae"], report["hardware"]
     where = f"{hardware['cpu']}, {hardware['cpu_cores']} cores" + (f", {hardware['gpu']}" if hardware["gpu"] else "")
-    return (
+    sentence = (
         f"On UTKFace the default model reaches a test MAE of {test['value']:.2f} years "
         f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}] in a {report['pipeline']['dvc_repro_seconds'] / 60:.1f}-minute "
         f"`dvc repro` from an empty cache ({where}; [results](docs/results.md))."
     )
+    intervals = report["pipeline"]["test"].get("intervals")
+    if intervals:
+        sentence += (
+            f" Its {intervals['level']:.0%} intervals hold {intervals['coverage']:.1%} of the test faces, "
+            f"{intervals['width']:.1f} years wide on average."
+        )
+    return sentence
 
 
 def with_headline(readme: str, reports: Path = REPORTS) -> str:

@@ -67,7 +67,7 @@ def main() -> None:
 
     if checkpoint.run_id:
         tracker = RunTracker(run_id=checkpoint.run_id)
-        tracker.log_metrics(headline)
+        tracker.log_metrics({**headline, **evaluate.interval_details(report, sources)})
         tracker.set_tags({FLIP_TTA_TAG: str(params.evaluate.flip_tta), RUN_DESCRIPTION_TAG: card})
         tracker.log_artifact(paths["model_card"])
         logged = ["evaluate_metrics", "evaluate_report", "predictions", *PLOTS]

@@ -44,6 +44,8 @@ HEADLINE = {
         "test.age_group_accuracy",
         "test.bias",
         "test.cs5",
+        "test.interval_coverage",
+        "test.interval_width",
         "test.mae",
         "test.mae_high",
         "test.mae_low",
@@ -121,7 +123,10 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     assert mlflow_run.data.params["model.input_size"] == "32"
     charted = mlflow_run.data.metrics  # the headline figures and the per-epoch ones, no details
     headline = {key.replace("+", "_") for keys in headline_keys(repo).values() for key in keys}
-    assert headline | {"parameters", "epochs_run", "train_loss", "train_mae", "val_mae", "lr"} == charted.keys()
+    intervals = {"intervals.test_one_width_width", "intervals.restyled_coverage", "intervals.restyled_width"}
+    challenge = {f"challenge_ages.{age}" for age in (13, 16, 18, 21, 25)}
+    per_epoch = {"parameters", "epochs_run", "train_loss", "train_mae", "val_mae", "lr"}
+    assert headline | intervals | challenge | per_epoch == charted.keys()
     logged = {a.path for a in mlflow_client(repo).list_artifacts(mlflow_run.info.run_id, "evaluate")}
     assert {"evaluate/evaluate.json", "evaluate/gradcam.png", "evaluate/bucket_mae.csv"} <= logged
 
@@ -170,6 +175,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     assert "vegaEmbed(" in page and "https://cdn" not in page and "<script src" not in page
     assert "Test MAE per age bucket" in page and "Test MAE of each backbone" in page
     assert "Validation MAE per epoch" in page and "Test interval coverage per age bucket" in page
+    assert "Test interval width per age bucket" in page
     # Pictures only where their scales do not follow the run's data; the others are vega plots.
     pictures = ("split_age_histogram", "evaluate_predicted_vs_true", "evaluate_age_groups")
     assert page.count('<img src="static/') == 3 and all(f"plots_{name}.png" in page for name in pictures)
