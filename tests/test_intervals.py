@@ -3,6 +3,7 @@ decisions and challenge ages, and the same intervals from every door of the mode
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -46,10 +47,11 @@ def test_the_conformal_quantile_is_the_ceil_n_plus_1_level_th_smallest_score():
     assert conformal_quantile(scores, 0.8) == 2.5  # ceil(10 x 0.8) = 8th
     assert conformal_quantile(scores, 0.5) == 0.9  # ceil(10 x 0.5) = 5th
     assert conformal_quantile(scores, 0.9) == 3.2  # ceil(10 x 0.9) = 9th: the largest
-    with pytest.raises(
-        FaceageError, match=r"9 calibration faces cannot calibrate a 95% interval: it needs at least 19"
-    ):
-        conformal_quantile(scores, 0.95)
+    too_few = r"(\d+) calibration faces cannot calibrate a (\d+)% interval: it needs at least (\d+)"
+    for faces, level, needed in ((scores, 0.95, 19), (scores[:8], 0.9, 9)):
+        with pytest.raises(FaceageError, match=too_few) as refused:
+            conformal_quantile(faces, level)
+        assert re.search(too_few, str(refused.value)).groups() == (str(len(faces)), f"{level * 100:.0f}", str(needed))
 
 
 def test_piecewise_linear_is_numpy_interp_and_constant_beyond_its_knots():

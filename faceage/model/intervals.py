@@ -3,6 +3,7 @@ quantile so that the interval holds the true age of a set share of faces like th
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     scores = np.sort(np.asarray(scores, dtype=float))
     rank = math.ceil((len(scores) + 1) * level)
     if rank > len(scores):
-        needed = math.ceil(level / (1 - level))
+        needed = next(n for n in itertools.count(1) if math.ceil((n + 1) * level) <= n)
         raise FaceageError(
             f"{len(scores)} calibration faces cannot calibrate a {level:.0%} interval: it needs at least {needed} "
             "(raise split.calibration or lower intervals.level)"
