@@ -134,12 +134,23 @@ def failure_modes(report: dict, sources: list[str], synthetic: bool) -> list[str
     return lines
 
 
-def model_card(checkpoint: Checkpoint, report: dict, sources: list[str]) -> str:
-    """The model card in Markdown, from ``checkpoint`` and the evaluation ``report``."""
-    test, calibration = report["test"], checkpoint.calibration
-    intervals = test["intervals"]
-    dataset = checkpoint.dataset or {"name": "unrecorded", "kind": "unrecorded"}
-    lines = [
+THRESHOLD_HEADER = [
+    "threshold",
+    "under called over (estimate)",
+    "over called under (estimate)",
+    "under called over (interval)",
+    "under left uncertain",
+    "over called under (interval)",
+    "challenge age",
+    "under at or above it",
+    "over below it",
+]
+
+
+def model_lines(checkpoint: Checkpoint, report: dict, sources: list[str], dataset: dict) -> list[str]:
+    """What the model is, what it is for and not for, what it learnt from and the licences."""
+    calibration = checkpoint.calibration
+    return [
         "# Model card",
         "",
         f"Written by the evaluate stage from the model and its evaluation (MLflow run `{checkpoint.run_id}`).",
@@ -156,15 +167,22 @@ def model_card(checkpoint: Checkpoint, report: dict, sources: list[str]) -> str:
         "",
         "## Data and licences",
         "",
-        f"Learnt from {dataset['name']} ({dataset['kind']}); tested on its test split ({test['count']} faces)"
+        f"Learnt from {dataset['name']} ({dataset['kind']}); tested on its test split ({report['test']['count']} faces)"
         + (f" and on {', '.join(sources)}." if sources else "."),
         "",
         *(f"- {licence}" for licence in licences(checkpoint)),
-        "",
+    ]
+
+
+def metric_lines(report: dict, sources: list[str], level: float) -> list[str]:
+    """The headline figures, per test source, per age bucket and per group."""
+    test = report["test"]
+    intervals = test["intervals"]
+    return [
         "## How well it does (test split, 95 % bootstrap intervals)",
         "",
         f"- MAE {metric(test['mae'])} years, RMSE {metric(test['rmse'])}, bias {metric(test['bias'])}",
-        f"- {calibration.level:.0%} intervals hold {percent(intervals['coverage'])} of the test faces, mean width "
+        f"- {level:.0%} intervals hold {percent(intervals['coverage'])} of the test faces, mean width "
         f"{intervals['width']:.1f} years (one width for all: {intervals['one_width']['width']:.1f} years, "
         f"holding {percent(intervals['one_width']['coverage'])})",
         *(
@@ -178,6 +196,16 @@ def model_card(checkpoint: Checkpoint, report: dict, sources: list[str]) -> str:
         "",
         *table(["age", "faces", "MAE", "bias", "interval coverage", "mean width"], bucket_rows(test)),
         *group_lines(test),
+    ]
+
+
+def model_card(checkpoint: Checkpoint, report: dict, sources: list[str]) -> str:
+    """The model card in Markdown, from ``checkpoint`` and the evaluation ``report``."""
+    dataset = checkpoint.dataset or {"name": "unrecorded", "kind": "unrecorded"}
+    lines = [
+        *model_lines(checkpoint, report, sources, dataset),
+        "",
+        *metric_lines(report, sources, checkpoint.calibration.level),
         "",
         "## Age thresholds (test)",
         "",
@@ -185,20 +213,7 @@ def model_card(checkpoint: Checkpoint, report: dict, sources: list[str]) -> str:
         "interval rule says yes only when the whole interval is at or over the threshold. The challenge age is "
         "the estimate above which at most the set share of validation faces under the threshold fall.",
         "",
-        *table(
-            [
-                "threshold",
-                "under called over (estimate)",
-                "over called under (estimate)",
-                "under called over (interval)",
-                "under left uncertain",
-                "over called under (interval)",
-                "challenge age",
-                "under at or above it",
-                "over below it",
-            ],
-            threshold_rows(test),
-        ),
+        *table(THRESHOLD_HEADER, threshold_rows(report["test"])),
         "",
         "## Known failure modes",
         "",
