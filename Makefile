@@ -45,8 +45,9 @@ sweep: setup
 benchmark: setup
 	python -m benchmarks.run $(BENCHMARK_ARGS)
 
+# Two processes, each taking whole test files (their module fixtures are built once).
 test: setup services lint
-	python -m pytest
+	python -m pytest --numprocesses 2 --dist loadfile
 
 # PostgreSQL for the team tests (tests/test_team.py), from Debian's packages where it is missing and we may
 # install it (as root, with apt-get); otherwise, or with NO_SERVICES=1, those tests are skipped and say why.

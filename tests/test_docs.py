@@ -107,7 +107,7 @@ def workspace(tmp_path_factory):
     stamp = REPO / ".venv" / ".installed"  # the copy's install inputs as old as the install: make never reinstalls
     for name in ("requirements.txt", "pyproject.toml"):  # (it would point this environment's faceage at the copy)
         if stamp.is_file():
-            os.utime(repo / name, (stamp.stat().st_mtime, stamp.stat().st_mtime))
+            os.utime(repo / name, ns=(stamp.stat().st_mtime_ns, stamp.stat().st_mtime_ns))
     if SHARED.is_dir():
         (root / "shared").symlink_to(SHARED)
     else:  # where the pages expect shared weights: empty, as on a machine that has none

@@ -44,8 +44,8 @@ HEADLINE = {
         "test.age_group_accuracy",
         "test.bias",
         "test.cs5",
-        "test.interval_coverage",
-        "test.interval_width",
+        "test.pi_coverage",
+        "test.pi_width",
         "test.mae",
         "test.mae_high",
         "test.mae_low",
@@ -90,6 +90,21 @@ def read_json(path):
 def repo(prepared, tmp_path):
     """This test's own copy of :func:`prepared`."""
     return shutil.copytree(prepared, tmp_path / "repo", symlinks=True)
+
+
+@pytest.fixture(scope="module")
+def reproduced_once(prepared, tmp_path_factory):
+    """:func:`prepared` after a whole ``dvc repro``, committed. Tests work on copies of it, never on it."""
+    repo = shutil.copytree(prepared, tmp_path_factory.mktemp("reproduced") / "repo", symlinks=True)
+    run(["dvc", "repro"], repo)
+    commit(repo, "repro")
+    return repo
+
+
+@pytest.fixture
+def reproduced(reproduced_once, tmp_path):
+    """This test's own copy of :func:`reproduced_once`."""
+    return shutil.copytree(reproduced_once, tmp_path / "repo", symlinks=True)
 
 
 def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
@@ -157,7 +172,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     test = predictions[predictions["split"] == "test"]
     inside = (test["age_low"] <= test["true_age"]) & (test["true_age"] <= test["age_high"])
     metrics = read_json(repo / "metrics" / "evaluate.json")
-    assert metrics["test"]["interval_coverage"] == pytest.approx(inside.mean(), abs=1e-4)
+    assert metrics["test"]["pi_coverage"] == pytest.approx(inside.mean(), abs=1e-4)
     thresholds = pd.read_csv(repo / "reports" / "thresholds.csv")
     assert set(zip(thresholds["split"], thresholds["threshold"], strict=True)) == {
         (name, t) for name in ("val", "test", "restyled") for t in (13, 16, 18, 21, 25)
@@ -195,8 +210,8 @@ def reproducible_results(repo):
     return hashes, weights, metrics
 
 
-def test_a_forced_repro_reproduces_every_result(repo):
-    run(["dvc", "repro"], repo)
+def test_a_forced_repro_reproduces_every_result(reproduced):
+    repo = reproduced
     hashes, weights, metrics = reproducible_results(repo)
     run(["dvc", "repro", "-f"], repo)
     hashes_again, weights_again, metrics_again = reproducible_results(repo)
@@ -208,10 +223,9 @@ def test_a_forced_repro_reproduces_every_result(repo):
     assert metrics_again == metrics
 
 
-def test_the_verdict_is_against_the_best_other_run_on_validation(repo):
-    run(["dvc", "repro"], repo)
+def test_the_verdict_is_against_the_best_other_run_on_validation(reproduced):
+    repo = reproduced
     first = read_json(repo / "reports" / "train.json")["mlflow_run_id"]
-    commit(repo, "baseline")
     # The second run barely trains (and may not blend in dlib's model), so the third run's rival must be the
     # first, not the latest, run.
     barely = ["-S", "model.backbone=resnet18", "-S", "train.head_lr=1e-7", "-S", "train.lr=1e-7"]
@@ -353,9 +367,8 @@ def test_a_member_whose_weights_cannot_be_had_stops_training_before_it_starts(re
     assert line.startswith("error: pretrained weights mobilenet_v2-b0353104.pth are not in"), line
 
 
-def test_a_failed_experiment_shows_no_figures_of_an_earlier_run(repo, tmp_path):
-    run(["dvc", "repro"], repo)
-    commit(repo, "repro")
+def test_a_failed_experiment_shows_no_figures_of_an_earlier_run(reproduced, tmp_path):
+    repo = reproduced
     dead_proxy = "http://127.0.0.1:9"  # the ImageNet weights can be neither found nor downloaded: train fails
     offline = {"TORCH_HOME": str(tmp_path / "empty"), "HTTPS_PROXY": dead_proxy, "https_proxy": dead_proxy}
     failed = subprocess.run(
@@ -394,8 +407,8 @@ def test_two_queued_experiments_started_at_once_on_no_store_both_land(repo):
     assert {r.info.status for r in runs} == {"FINISHED"}, logs
 
 
-def test_changing_the_split_seed_reruns_split_and_what_follows(repo):
-    run(["dvc", "repro"], repo)
+def test_changing_the_split_seed_reruns_split_and_what_follows(reproduced):
+    repo = reproduced
     set_params(repo, {"split": {"seed": 7}})
     output = run(["dvc", "repro"], repo)
     assert stages_run(output) == ["split", "train", "evaluate", "runs", "compare"]

@@ -152,7 +152,8 @@ def headline_metrics(report: dict, cs_key: str, images_per_second: float, source
     bias, CS@k (``cs_key``), age-group accuracy and (calibrated) interval coverage and width, test MAE per age
     bucket, inference speed, and per test source its MAE, age-group accuracy and those of dlib's untouched
     model. The rest of ``report`` is details. The test MAE comes first in ``dvc exp show`` (file order) and
-    near the top of ``dvc metrics diff`` (sorted names)."""
+    near the top of ``dvc metrics diff`` (sorted names: the interval's ``pi_coverage`` and ``pi_width``, pi for
+    prediction interval, sort after it)."""
 
     def mae(split: str) -> dict:
         metric = report[split]["mae"]
@@ -160,7 +161,7 @@ def headline_metrics(report: dict, cs_key: str, images_per_second: float, source
 
     def intervals(split: str) -> dict:
         found = report[split].get("intervals")
-        return {"interval_coverage": found["coverage"], "interval_width": found["width"]} if found else {}
+        return {"pi_coverage": found["coverage"], "pi_width": found["width"]} if found else {}
 
     def other(name: str) -> dict:
         reference = report[name]["reference"]
