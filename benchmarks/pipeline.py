@@ -77,11 +77,11 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
 def single_image_latency(model_path: Path, image: bytes, flip: bool, repeats: int) -> dict:
     """Milliseconds to predict one JPEG (decode, resize, forward passes), model loaded once, after a warm-up."""
     device = select_device()
-    model, _ = load_model(model_path, device)
+    model, checkpoint = load_model(model_path, device)
 
     def once() -> float:
         started = time.perf_counter()
-        face = decode_image(image, model.image_size)[None]
+        face = decode_image(image, model.image_size, checkpoint.faces.max_pixels)[None]
         predict(model, face, np.arange(1), 1, device, flip=flip)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -27,6 +27,16 @@ UP_TO_1: Range = (lambda v: 0 < v <= 1, "0 < value <= 1")
 INCREASING: Range = (lambda v: len(v) > 0 and all(a < b for a, b in itertools.pairwise(v)), "increasing values")
 
 
+def between(low: float, high: float) -> Range:
+    """``low`` to ``high`` inclusive: the upper bound keeps a setting from exhausting the machine."""
+    return (lambda v: low <= v <= high, f"{low}..{high}")
+
+
+SEED: Range = between(0, 2**32 - 1)  # what numpy's and torch's generators accept
+COUNT = 1_000_000  # the most images, resamples or gallery faces any setting asks for
+MAX_BATCH = 65_536  # faces in one batch
+
+
 def check(condition: bool, key: str, value: Any, allowed: object) -> None:
     """Raise a one-line :class:`FaceageError` naming ``key``, ``value`` and what is ``allowed`` unless ``condition``."""
     if not condition:

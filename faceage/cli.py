@@ -73,6 +73,8 @@ class Raw(argparse.RawDescriptionHelpFormatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name the terminal's encoding cannot show is escaped, not fatal
+        stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     from faceage.errors import FaceageError
 
@@ -99,6 +101,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.block < 1:
         raise FaceageError(f"--block must be at least 1, got {args.block}")
+    if args.annotate and args.annotate.exists() and not args.annotate.is_dir():
+        raise FaceageError(f"--annotate: {args.annotate} is not a folder")
+    if args.annotate:
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise FaceageError(f"--annotate: cannot make the folder {args.annotate}: {error.strerror}") from None
     estimator = AgeEstimator(args.model, flip=not args.no_flip)
     if estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
@@ -114,9 +123,11 @@ def run_predict(args: argparse.Namespace) -> int:
             progress.update()
             failed += "error" in result
             if args.annotate and "faces" in result:
-                annotate_photo(
-                    Path(result["file"]), result["faces"], args.annotate / annotated_name(result["file"], args.paths)
-                )
+                out = args.annotate / annotated_name(result["file"], args.paths)
+                try:
+                    annotate_photo(Path(result["file"]), result["faces"], out)
+                except OSError as error:
+                    raise FaceageError(f"--annotate: cannot write {out}: {error.strerror or error}") from None
             if args.json:
                 results.append(result)
             else:

@@ -21,6 +21,7 @@ from faceage.checked import (
 from faceage.errors import FaceageError
 from faceage.report_sections import CompareParams, EvaluateParams, IntervalParams
 from faceage.sections import (
+    BACKBONE_BLOCKS,
     DLIB_MIN_INPUT,
     AugmentParams,
     DataParams,
@@ -108,6 +109,13 @@ class Params:
 
     def check_training(self) -> None:
         """Rules across the model and train sections."""
+        blocks = BACKBONE_BLOCKS[self.model.backbone]
+        freeze = self.train.freeze
+        if freeze not in ("none", "backbone") and not any(
+            freeze == block or block.startswith(f"{freeze}.") or freeze.startswith(f"{block}.") for block in blocks
+        ):
+            allowed = f"none, backbone or a block of {self.model.backbone} ({', '.join(blocks)})"
+            raise FaceageError(f"train.freeze: {freeze!r} is not allowed; expected {allowed}")
         if self.train.distill_weight > 0 and self.model.head != "classification":
             raise FaceageError("train.distill_weight needs model.head: classification (it compares distributions)")
         start = self.train.start_size
@@ -128,3 +136,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return from_dict(Params, values)
     except FaceageError as error:
         raise FaceageError(f"{path}: {error}") from None
+
+
+def saved_faces(values: dict[str, Any], where: str) -> FacesParams:
+    """Face settings saved with a model (its checkpoint, its MLflow ``model_config``); a setting added since it
+    was saved takes the value in faceage's own ``params.yaml``."""
+    missing = {item.name for item in dataclasses.fields(FacesParams)} - set(values)
+    if missing and PROJECT_PARAMS.is_file():
+        project = dataclasses.asdict(load_params(PROJECT_PARAMS).faces)
+        values = {**{name: project[name] for name in missing}, **values}
+    return from_dict(FacesParams, values, where)

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from faceage.checked import AT_LEAST_0, AT_LEAST_1, INCREASING, OPEN_UNIT, POSITIVE, Checked, Range
+from faceage.checked import COUNT, INCREASING, MAX_BATCH, OPEN_UNIT, POSITIVE, SEED, Checked, Range, between
 
 Spread = Literal["distribution", "members", "age", "fixed"]  # intervals.spreads: what scales a face's interval
 
@@ -18,13 +18,14 @@ class EvaluateParams(Checked):
 
     SECTION: ClassVar[str] = "evaluate"
     RANGES: ClassVar[dict[str, Range]] = {
-        "batch_size": AT_LEAST_1,
-        "bootstrap_resamples": AT_LEAST_1,
+        "batch_size": between(1, MAX_BATCH),
+        "bootstrap_resamples": between(1, COUNT),
+        "bootstrap_seed": SEED,
         "confidence": OPEN_UNIT,
         "cs_threshold": POSITIVE,
         "bucket_edges": INCREASING,
-        "worst_errors": AT_LEAST_0,
-        "gradcam_per_bucket": AT_LEAST_0,
+        "worst_errors": between(0, COUNT),
+        "gradcam_per_bucket": between(0, COUNT),
         "age_groups": INCREASING,
         "thresholds": INCREASING,
         "challenge_rate": OPEN_UNIT,
@@ -55,8 +56,9 @@ class IntervalParams(Checked):
             lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(typing.get_args(Spread)),
             f"different names of {', '.join(typing.get_args(Spread))}",
         ),
-        "age_bins": AT_LEAST_1,
-        "correction_folds": (lambda v: v >= 2, ">= 2"),
+        "age_bins": between(1, 1000),
+        "correction_folds": between(2, 100),
+        "seed": SEED,
     }
 
     level: float  # share of faces like the calibration faces whose interval holds their age
@@ -73,7 +75,8 @@ class CompareParams(Checked):
 
     SECTION: ClassVar[str] = "compare"
     RANGES: ClassVar[dict[str, Range]] = {
-        "bootstrap_resamples": AT_LEAST_1,
+        "bootstrap_resamples": between(1, COUNT),
+        "seed": SEED,
         "confidence": OPEN_UNIT,
         "model_name": (lambda v: bool(v.strip()), "a name"),
     }

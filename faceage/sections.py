@@ -9,15 +9,18 @@ from typing import ClassVar, Literal
 
 from faceage.checked import (
     AT_LEAST_0,
-    AT_LEAST_1,
+    COUNT,
     FRACTION_BELOW_1,
     INCREASING,
+    MAX_BATCH,
     OPEN_UNIT,
     POSITIVE,
     PROBABILITY,
+    SEED,
     UP_TO_1,
     Checked,
     Range,
+    between,
     check,
 )
 from faceage.errors import FaceageError
@@ -25,6 +28,32 @@ from faceage.errors import FaceageError
 CpuBf16 = Literal["auto", True, False]  # train.cpu_bf16
 
 DLIB_MIN_INPUT = 32  # pixels: smaller inputs vanish in dlib's age network before its last convolution
+MAX_SIDE = 1024  # pixels: the largest stored image or network input
+MAX_AGE = 150  # years
+MAX_PROCESSES = 1024  # workers, threads or training processes
+MAX_EPOCHS = 10_000
+RESNET_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+def numbered(name: str, count: int) -> tuple[str, ...]:
+    """``name.0`` to ``name.{count - 1}``: the blocks of a sequential trunk."""
+    return tuple(f"{name}.{index}" for index in range(count))
+
+
+# Each backbone's trunk blocks (module paths): what train.freeze may name, at or below one of them.
+BACKBONE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "resnet18": RESNET_BLOCKS,
+    "resnet34": RESNET_BLOCKS,
+    "resnet50": RESNET_BLOCKS,
+    "resnet101": RESNET_BLOCKS,
+    "mobilenet_v2": numbered("features", 19),
+    "mobilenet_v3_small": numbered("features", 13),
+    "mobilenet_v3_large": numbered("features", 17),
+    "efficientnet_b0": numbered("features", 9),
+    "efficientnet_b1": numbered("features", 9),
+    "efficientnet_b2": numbered("features", 9),
+    "dlib_age_resnet10": ("stem", "layer1", "layer2", "layer3"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,10 +62,11 @@ class DemoParams(Checked):
 
     SECTION: ClassVar[str] = "demo"
     RANGES: ClassVar[dict[str, Range]] = {
-        "num_images": AT_LEAST_1,
-        "restyled_images": AT_LEAST_1,
-        "image_size": (lambda v: v >= 16, ">= 16"),
-        "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
+        "num_images": between(1, COUNT),
+        "restyled_images": between(1, COUNT),
+        "image_size": between(16, MAX_SIDE),
+        "jpeg_quality": between(1, 100),
+        "seed": SEED,
     }
 
     num_images: int
@@ -52,9 +82,10 @@ class DataParams(Checked):
 
     SECTION: ClassVar[str] = "data"
     RANGES: ClassVar[dict[str, Range]] = {
-        "image_size": (lambda v: v >= 8, ">= 8"),
-        "min_age": AT_LEAST_0,
-        "workers": AT_LEAST_0,
+        "image_size": between(8, MAX_SIDE),
+        "min_age": between(0, MAX_AGE),
+        "max_age": between(0, MAX_AGE),  # one output per year of age
+        "workers": between(0, MAX_PROCESSES),
     }
 
     source: str
@@ -77,17 +108,24 @@ class FacesParams(Checked):
     RANGES: ClassVar[dict[str, Range]] = {
         "upsample": (lambda v: 0 <= v <= 3, "0..3"),
         "padding": (lambda v: 0 <= v <= 2, "0..2"),
-        "max_side": (lambda v: v >= 64, ">= 64"),
-        "min_size": AT_LEAST_1,
+        "max_side": between(64, 16384),
+        "max_megapixels": (lambda v: 0 < v <= 1000, "0 < value <= 1000"),
+        "min_size": between(1, 16384),
         "rotations": (lambda v: all(-90 <= a <= 90 and a != 0 for a in v), "angles in -90..90, none 0"),
     }
 
     upsample: int  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
     padding: float  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
     max_side: int  # photos whose longer side exceeds this are downscaled for detection only
+    max_megapixels: float  # larger images are refused from their header, never decoded (bounds memory and time)
     min_size: int  # smallest face side kept, in pixels of the photo
     min_score: float  # HOG detection score a face must exceed (tilted faces score lower)
     rotations: tuple[float, ...]  # photo turns (degrees) searched when the upright one has no face
+
+    @property
+    def max_pixels(self) -> int:
+        """``max_megapixels`` in pixels."""
+        return round(self.max_megapixels * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -100,7 +138,8 @@ class SplitParams(Checked):
         "val": PROBABILITY,
         "calibration": OPEN_UNIT,
         "test": PROBABILITY,
-        "stratify_bins": AT_LEAST_1,
+        "seed": SEED,
+        "stratify_bins": between(1, 1000),
     }
 
     train: float
@@ -123,8 +162,9 @@ class ModelParams(Checked):
 
     SECTION: ClassVar[str] = "model"
     RANGES: ClassVar[dict[str, Range]] = {
-        "input_size": (lambda v: v >= 16, ">= 16"),
-        "hidden": AT_LEAST_0,
+        "input_size": between(16, MAX_SIDE),
+        "hidden": between(0, 65536),
+        "backbone": (lambda v: v in BACKBONE_BLOCKS, f"one of {', '.join(BACKBONE_BLOCKS)}"),
         "dropout": FRACTION_BELOW_1,
         "gender_weight": AT_LEAST_0,
         "age_group_weight": AT_LEAST_0,
@@ -172,28 +212,29 @@ class TrainParams(Checked):
 
     SECTION: ClassVar[str] = "train"
     RANGES: ClassVar[dict[str, Range]] = {
-        "head_epochs": AT_LEAST_0,
+        "head_epochs": between(0, MAX_EPOCHS),
         "head_lr": POSITIVE,
-        "epochs": AT_LEAST_0,
+        "epochs": between(0, MAX_EPOCHS),
         "lr": POSITIVE,
-        "batch_size": AT_LEAST_1,
+        "batch_size": between(1, MAX_BATCH),
         "momentum": FRACTION_BELOW_1,
         "weight_decay": AT_LEAST_0,
         "warmup_epochs": AT_LEAST_0,
         "plateau_factor": OPEN_UNIT,
-        "plateau_patience": AT_LEAST_0,
-        "patience": AT_LEAST_0,
+        "plateau_patience": between(0, MAX_EPOCHS),
+        "patience": between(0, MAX_EPOCHS),
         "grad_clip": AT_LEAST_0,
         "ema_decay": FRACTION_BELOW_1,
         "label_smoothing": FRACTION_BELOW_1,
         "label_sigma": AT_LEAST_0,
-        "threads": AT_LEAST_0,
-        "nproc": AT_LEAST_1,
-        "max_restarts": AT_LEAST_0,
+        "seed": SEED,
+        "threads": between(0, MAX_PROCESSES),
+        "nproc": between(1, MAX_PROCESSES),
+        "max_restarts": between(0, 100),
         "layer_decay": UP_TO_1,
         "l2sp": AT_LEAST_0,
         "distill_weight": AT_LEAST_0,
-        "start_size": (lambda v: v == 0 or v >= 16, "0 or >= 16"),
+        "start_size": (lambda v: v == 0 or 16 <= v <= MAX_SIDE, f"0 or 16..{MAX_SIDE}"),
         "resize_epochs": UP_TO_1,
     }
 
@@ -248,10 +289,10 @@ class AugmentParams(Checked):
         "grayscale": PROBABILITY,
         "erasing": PROBABILITY,
         "blur": PROBABILITY,
-        "blur_sigma": POSITIVE,
+        "blur_sigma": (lambda v: 0 < v <= 16, "0 < value <= 16"),  # the kernel grows with it
         "noise": (lambda v: 0 <= v <= 0.5, "0..0.5"),
         "jpeg": PROBABILITY,
-        "jpeg_quality": (lambda v: 1 <= v <= 100, "1..100"),
+        "jpeg_quality": between(1, 100),
     }
 
     hflip: float  # probability

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +18,7 @@ from faceage.errors import FaceageError
 
 log = logging.getLogger(__name__)
 PIPELINE_FILE = "dvc.yaml"
+ENVIRONMENT_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def pipeline_paths(root: str | Path = ".") -> dict[str, Path]:
@@ -32,18 +35,31 @@ def pipeline_paths(root: str | Path = ".") -> dict[str, Path]:
     raise FaceageError(f"{file} names no paths among its vars")
 
 
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in an :class:`OSError` raised while writing it that names no file (a full disk's does not)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
+
+
 def write_json(data: dict, path: str | Path) -> None:
     """Write ``data`` as indented JSON, creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with writing(path):
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> None:
     """Write ``table`` as CSV without its index, creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
+    with writing(path):
+        table.to_csv(path, index=False)
 
 
 def stop_on_sigterm() -> None:
@@ -81,9 +97,19 @@ def forget_later_metrics(stage: str) -> None:
                 log.info("removed %s: its figures are an earlier run's", os.path.relpath(path))
 
 
+def environment_fault(error: BaseException) -> str | None:
+    """The one line for a fault of the machine rather than of the stage (no space left, a read-only or
+    forbidden path), naming the path where the error has one; ``None`` for any other error."""
+    if not isinstance(error, OSError) or error.errno not in ENVIRONMENT_FAULTS:
+        return None
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or os.strerror(error.errno)}"
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``: log to stderr and turn a :class:`FaceageError` into a one-line exit. Progress
-    bars (ours and MLflow's) show only on terminals; a log gets a line per epoch instead."""
+    """Run a stage's ``main``: log to stderr and turn a :class:`FaceageError` or an :func:`environment_fault`
+    into a one-line exit (non-zero, so DVC records none of its outputs). Progress bars (ours and MLflow's)
+    show only on terminals; a log gets a line per epoch instead."""
     if not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -98,4 +124,7 @@ def run_stage(main: Callable[[], None]) -> None:
                 log.warning("cannot remove the metrics of later stages: %s", failure)
         if isinstance(error, FaceageError):
             sys.exit(f"error: {error}")
+        fault = environment_fault(error)
+        if fault:
+            sys.exit(f"error: {fault}")
         raise

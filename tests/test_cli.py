@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -217,3 +218,42 @@ def test_over_needs_a_model_with_intervals(photos, capsys):
     assert main(["predict", str(photos / "astronaut.jpg"), "--model", "dlib", "--over", "18"]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "error: --over needs a model with calibrated intervals; this one has none"
+
+
+NAMES = [b"caf\xe9.jpg", "zoë.jpg".encode(), b"\xff\xfe\x80.jpg", b"plain.jpg"]  # not UTF-8, UTF-8, bytes, ASCII
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii", "latin-1"])
+def test_names_the_output_cannot_encode_are_escaped_and_every_photo_is_reported(tiny_model, tmp_path, encoding):
+    folder = tmp_path / "named"
+    folder.mkdir()
+    for name in NAMES:
+        (folder / os.fsdecode(name)).write_bytes(ASTRONAUT.read_bytes())
+    command = [str(Path(sys.executable).parent / "faceage"), "predict", str(folder), "--model", str(tiny_model)]
+    env = {**os.environ, "PYTHONIOENCODING": f"{encoding}:strict"}
+    result = subprocess.run(command, capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    lines = result.stdout.decode(encoding).splitlines()
+    assert len(lines) == len(NAMES) and all(f"face 1 at {ASTRONAUT_FACE}" in line for line in lines)
+    assert any("plain.jpg" in line for line in lines) and any("\\udce9" in line or "\\xe9" in line for line in lines)
+
+
+def test_special_files_named_on_the_command_line_are_refused_without_opening(tiny_model, tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    named = [str(fifo), "/dev/zero", str(tmp_path), str(ASTRONAUT)]  # a FIFO blocks, /dev/zero never ends
+    command = [str(Path(sys.executable).parent / "faceage"), "predict", *named, "--model", str(tiny_model)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    errors = dict(line.split(": error: ", 1) for line in result.stderr.splitlines() if ": error: " in line)
+    assert result.returncode == 1 and f"face 1 at {ASTRONAUT_FACE}" in result.stdout
+    assert errors == {str(fifo): "not a regular file (a FIFO)", "/dev/zero": "not a regular file (a character device)"}
+
+
+@pytest.mark.parametrize("target", ["a file", "below a file"])
+def test_annotate_where_no_folder_can_be_is_one_line(tiny_model, tmp_path, capsys, target):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file")
+    out = occupied if target == "a file" else occupied / "annotated"
+    assert main(["predict", str(ASTRONAUT), "--model", str(tiny_model), "--annotate", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --annotate: ") and str(out) in err and "\n" not in err

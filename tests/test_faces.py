@@ -129,7 +129,8 @@ def test_utkface_crops_pasted_into_photos_and_turned_15_degrees_keep_their_age(d
     estimator = AgeEstimator(dlib_age_model)
     on_crops, on_photos = [], []
     for crop in crops:
-        on_crops.append(estimator.results([find_faces("crop", crop, 128, None)])[0]["faces"][0]["age_years"])
+        ready = find_faces("crop", crop, 128, estimator.faces, aligned=True)
+        on_crops.append(estimator.results([ready])[0]["faces"][0]["age_years"])
         big = np.asarray(Image.open(io.BytesIO(crop)).convert("RGB"))
         photo = encode(paste(big, 15, (1024, 768), (400, 250)))
         faces = estimator.results([find_faces("photo", photo, 128, estimator.faces)])[0]["faces"]

@@ -5,11 +5,20 @@ import pytest
 from conftest import image_bytes, noise_jpeg
 from PIL import Image
 
-from faceage.data.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
+from faceage.data.images import (
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    UNREADABLE_IMAGE,
+    ImageDecodeError,
+    decode_image,
+    decode_photo,
+)
+
+LIMIT = 50_000_000  # pixels
 
 
 def test_rgb_jpeg_is_resized_to_a_square_uint8_array():
-    pixels = decode_image(image_bytes((200, 100, 50), size=(40, 40)), 16)
+    pixels = decode_image(image_bytes((200, 100, 50), size=(40, 40)), 16, LIMIT)
     assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
     assert np.abs(pixels.astype(int) - (200, 100, 50)).max() <= 3
 
@@ -19,21 +28,21 @@ def test_non_square_image_is_centre_cropped():
     image.paste((0, 0, 255), (20, 0, 40, 20))  # blue centre third
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    pixels = decode_image(buffer.getvalue(), 10)
+    pixels = decode_image(buffer.getvalue(), 10, LIMIT)
     assert (pixels[..., 2] > 200).all() and (pixels[..., 0] < 50).all()
 
 
 def test_grayscale_becomes_three_equal_channels():
-    pixels = decode_image(image_bytes(128, mode="L"), 8)
+    pixels = decode_image(image_bytes(128, mode="L"), 8, LIMIT)
     assert pixels.shape == (8, 8, 3)
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
     assert abs(int(pixels[0, 0, 0]) - 128) <= 2
 
 
 def test_transparent_png_is_composited_on_black():
-    pixels = decode_image(image_bytes((255, 255, 255, 0), fmt="PNG", mode="RGBA"), 8)
+    pixels = decode_image(image_bytes((255, 255, 255, 0), fmt="PNG", mode="RGBA"), 8, LIMIT)
     assert pixels.max() == 0
-    opaque = decode_image(image_bytes((10, 200, 30, 255), fmt="PNG", mode="RGBA"), 8)
+    opaque = decode_image(image_bytes((10, 200, 30, 255), fmt="PNG", mode="RGBA"), 8, LIMIT)
     assert tuple(opaque[0, 0]) == (10, 200, 30)
 
 
@@ -41,11 +50,11 @@ def test_palette_image_becomes_rgb():
     image = Image.new("RGB", (8, 8), (0, 128, 255)).convert("P", palette=Image.Palette.ADAPTIVE)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    assert tuple(decode_image(buffer.getvalue(), 8)[0, 0]) == (0, 128, 255)
+    assert tuple(decode_image(buffer.getvalue(), 8, LIMIT)[0, 0]) == (0, 128, 255)
 
 
 def test_cmyk_jpeg_becomes_rgb():
-    pixels = decode_image(image_bytes((0, 255, 255, 0), mode="CMYK"), 8)  # pure red in CMYK
+    pixels = decode_image(image_bytes((0, 255, 255, 0), mode="CMYK"), 8, LIMIT)  # pure red in CMYK
     assert pixels.shape == (8, 8, 3)
     assert pixels[..., 0].mean() > 200 and pixels[..., 1].mean() < 60 and pixels[..., 2].mean() < 60
 
@@ -55,7 +64,7 @@ def test_16_bit_png_is_rescaled_not_clipped():
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
-    assert abs(int(decode_image(buffer.getvalue(), 8)[0, 0, 0]) - 128) <= 1
+    assert abs(int(decode_image(buffer.getvalue(), 8, LIMIT)[0, 0, 0]) - 128) <= 1
 
 
 def test_exif_orientation_is_applied():
@@ -65,7 +74,7 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # display rotated 90 degrees clockwise: left half goes to the top
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", exif=exif, quality=95)
-    pixels = decode_image(buffer.getvalue(), 20).astype(int)
+    pixels = decode_image(buffer.getvalue(), 20, LIMIT).astype(int)
     assert pixels[2, 10, 0] > 200 and pixels[2, 10, 2] < 60  # top is red
     assert pixels[17, 10, 2] > 200 and pixels[17, 10, 0] < 60  # bottom is blue
 
@@ -73,13 +82,13 @@ def test_exif_orientation_is_applied():
 def test_truncated_jpeg_is_unreadable():
     data = noise_jpeg(0, size=64)
     with pytest.raises(ImageDecodeError) as error:
-        decode_image(data[: len(data) // 2], 8)
+        decode_image(data[: len(data) // 2], 8, LIMIT)
     assert error.value.reason == UNREADABLE_IMAGE
 
 
 def test_text_file_is_not_an_image():
     with pytest.raises(ImageDecodeError) as error:
-        decode_image(b"hello, I am a text file\n", 8)
+        decode_image(b"hello, I am a text file\n", 8, LIMIT)
     assert error.value.reason == NOT_AN_IMAGE
 
 
@@ -109,14 +118,16 @@ def mutants(seed: int, count: int):
         yield fmt, bytes(data)
 
 
-@pytest.mark.parametrize("decode", [lambda data: decode_image(data, 8), decode_photo])
+@pytest.mark.parametrize(
+    "decode", [lambda data: decode_image(data, 8, LIMIT), lambda data: np.asarray(decode_photo(data, LIMIT))]
+)
 def test_damaged_images_of_every_format_decode_or_raise_one_error_type(decode):
     outcomes = {"decoded": 0, "refused": 0}
     for _fmt, data in mutants(0, 330):
         try:
             pixels = decode(data)
         except ImageDecodeError as error:
-            assert error.reason in (NOT_AN_IMAGE, UNREADABLE_IMAGE) and "\n" not in error.detail
+            assert error.reason in (NOT_AN_IMAGE, UNREADABLE_IMAGE, TOO_LARGE) and "\n" not in error.detail
             outcomes["refused"] += 1
         else:
             assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3

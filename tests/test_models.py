@@ -5,7 +5,7 @@ from torchvision.models import MobileNet_V2_Weights
 
 from faceage.errors import FaceageError
 from faceage.model.networks import BACKBONES, build_network, freeze_trunk, set_train_mode, weights_file
-from faceage.sections import ModelParams
+from faceage.sections import BACKBONE_BLOCKS, ModelParams
 
 AGES = (1, 100)
 
@@ -80,9 +80,14 @@ def test_unknown_block_lists_the_blocks():
         freeze_trunk(model, "layer9")
 
 
-def test_unknown_backbone_lists_the_choices():
-    with pytest.raises(FaceageError, match=r"unknown model\.backbone 'vgg99'; choose one of .*efficientnet_b0"):
-        build_network(settings(ModelParams, backbone="vgg99", pretrained=False), AGES)
+def test_the_blocks_params_check_freeze_against_are_each_backbones_own():
+    assert set(BACKBONE_BLOCKS) == set(BACKBONES)
+    for name, blocks in BACKBONE_BLOCKS.items():
+        trunk = build_network(settings(ModelParams, backbone=name, pretrained=False), AGES).trunk
+        children = [(path, block) for path, block in trunk.named_children() if list(block.parameters())]
+        if [path for path, _ in children] == ["features"]:  # a sequential trunk: frozen by its numbered blocks
+            children = [(f"features.{index}", block) for index, block in enumerate(children[0][1])]
+        assert blocks == tuple(path for path, _ in children), name
 
 
 def test_weights_that_cannot_be_downloaded_are_one_line_naming_file_and_folder(tmp_path, monkeypatch):

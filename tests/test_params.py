@@ -74,17 +74,6 @@ def test_a_dvc_set_value_loads_as_dvc_reads_it(tmp_path):
     )
 
 
-FREE_NUMBERS = {
-    "demo.seed",
-    "split.seed",
-    "train.seed",
-    "intervals.seed",
-    "evaluate.bootstrap_seed",
-    "compare.seed",
-    "data.max_age",
-}
-
-
 def numeric_keys():
     import dataclasses
     import typing
@@ -134,11 +123,13 @@ def test_a_bad_value_is_one_line_naming_the_key_the_value_and_what_is_allowed(tm
 def test_every_number_has_a_range_and_refuses_nan_and_extremes(tmp_path):
     checked = 0
     for section, key, cls, kind in numeric_keys():
-        name = f"{section}.{key}"
-        if name in FREE_NUMBERS or key == "min_score":
+        if key == "min_score":  # HOG scores: any finite number
             continue
-        assert key in cls.RANGES, f"{name} has no allowed range"
-        for bad in [float("nan"), -1e9] if kind is float else [-(10**9)]:
+        assert key in cls.RANGES, f"{section}.{key} has no allowed range"
+        # whole numbers count images, epochs, processes, pixels: each has a ceiling that keeps the machine alive
+        extremes = [float("nan"), -1e9] if kind is float else [-(10**9), 10**15]
+        extremes += [-1, 2**32] if key.endswith("seed") else []  # what numpy's and torch's generators refuse
+        for bad in extremes:
             with pytest.raises(FaceageError, match=rf"{section}\.{key}: "):
                 load_params(write(tmp_path, section, key, bad))
         checked += 1
@@ -167,7 +158,7 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
         ("model:\n  reference_blend: 1.5\n", "model.reference_blend: (1.5,) is not allowed"),
         ("model:\n  reference_blend: [0.5, 0.25]\n", "increasing weights in 0..1"),
         ("train:\n  layer_decay: 0\n", "train.layer_decay: 0"),
-        ("train:\n  start_size: 8\n", "train.start_size: 8 is not allowed; expected 0 or >= 16"),
+        ("train:\n  start_size: 8\n", "train.start_size: 8 is not allowed; expected 0 or 16..1024"),
         ("train:\n  start_size: 128\nmodel:\n  input_size: 96\n", "train.start_size: 128 is above model.input_size"),
         ("train:\n  resize_epochs: 0\n", "train.resize_epochs: 0"),
         ("train:\n  start_size: 24\n", "train.start_size: dlib_age_resnet10 needs at least 32 px"),
@@ -255,3 +246,31 @@ def test_cpu_bf16_refuses_anything_else_in_one_line(tmp_path, written):
     overlay(path, f"train:\n  cpu_bf16: {written}\n")
     with pytest.raises(FaceageError, match=r"train\.cpu_bf16: .* expected one of auto, true, false$"):
         load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model:\n  backbone: vgg19\n", "model.backbone: 'vgg19' is not allowed; expected one of resnet18"),
+        ("train:\n  freeze: layer99\n", "train.freeze: 'layer99' is not allowed; expected none, backbone or a block"),
+        ("model:\n  backbone: mobilenet_v2\ntrain:\n  freeze: layer4\n", "train.freeze: 'layer4' is not allowed"),
+        ("model:\n  backbone: resnet18\ntrain:\n  freeze: features.3\n", "train.freeze: 'features.3'"),
+        ("members:\n  m:\n    model:\n      backbone: vgg19\n", "model.backbone: 'vgg19'"),
+        ("members:\n  m:\n    train:\n      freeze: layer99\n", "members.m: train.freeze: 'layer99'"),
+    ],
+)
+def test_backbones_and_freeze_points_are_checked_when_params_load(tmp_path, text, message):
+    overlay(tmp_path / "params.yaml", text)
+    with pytest.raises(FaceageError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "freeze"),
+    [("resnet18", "layer4"), ("resnet50", "layer4.1"), ("mobilenet_v2", "features.14"), ("mobilenet_v2", "features")],
+)
+def test_freeze_points_at_or_below_a_block_are_accepted(tmp_path, backbone, freeze):
+    text = f"model:\n  backbone: {backbone}\ntrain:\n  freeze: {freeze}\nmembers: {{}}\n"  # no other backbone
+    overlay(tmp_path / "params.yaml", text)
+    assert load_params(tmp_path / "params.yaml").train.freeze == freeze

@@ -52,7 +52,7 @@ def champion(tiny_model, tmp_path_factory) -> dict:
 def expected_faces(model_path: Path, data: bytes, aligned: bool) -> list[dict]:
     """What ``faceage predict`` says of each face: the ages, intervals and decisions at 18 to match."""
     estimator = AgeEstimator(model_path)
-    photo = find_faces("x", data, estimator.chip_size, None if aligned else estimator.faces)
+    photo = find_faces("x", data, estimator.chip_size, estimator.faces, aligned)
     return estimator.results([photo], over=18)[0]["faces"]
 
 

@@ -1,7 +1,12 @@
-"""What every stage shares: SIGTERM ends the stage like Ctrl-C, and never reaches its pool workers' handlers."""
+"""What every stage shares: SIGTERM ends the stage like Ctrl-C, and never reaches its pool workers' handlers;
+a fault of the machine (no space, read-only, forbidden) ends it in one line."""
 
+import errno
+import os
 import subprocess
 import sys
+
+import pytest
 
 STAGE_WITH_POOLS = """
 import multiprocessing, signal
@@ -26,3 +31,32 @@ def test_sigterm_stops_the_stage_as_an_exit_and_pool_workers_keep_the_default():
     result = subprocess.run([sys.executable, "-c", STAGE_WITH_POOLS], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "stopped 143"
+
+
+FAULTY_STAGE = """
+import errno, os, sys
+from pathlib import Path
+from faceage.stage import run_stage, write_json
+
+def main():
+    if sys.argv[1] == "full":  # writing to /dev/full fails as a full disk does
+        os.symlink("/dev/full", "report.json")
+        write_json({"a": 1}, "report.json")
+    raise OSError(int(sys.argv[1]), os.strerror(int(sys.argv[1])), "data/ingested/images.npy")
+
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("fault", ["full", errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT])
+def test_environment_faults_end_a_stage_in_one_line_naming_the_path_and_cause(tmp_path, fault):
+    command = [sys.executable, "-c", FAULTY_STAGE, str(fault)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    path, cause = ("report.json", "No space left on device") if fault == "full" else ("data/ingested/images.npy", "")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {path}: {cause or os.strerror(fault)}")
+
+
+def test_other_errors_keep_their_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-c", FAULTY_STAGE, str(errno.ENOENT)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr  # a bug to see, not a machine's fault

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from faceage.data.images import rgb_array
 from faceage.sections import FacesParams
 from faceage.weights import packaged_file
 
@@ -56,36 +57,39 @@ class FaceFinder:
         self.detector = dlib.get_frontal_face_detector()
         self.landmarks = dlib.shape_predictor(str(landmarks or landmarks_path()))
 
-    def find(self, photo: np.ndarray, chip_size: int) -> list[Face]:
-        """Faces of an ``(H, W, 3)`` uint8 RGB photo, left to right, each with a ``chip_size`` square chip.
+    def find(self, photo: np.ndarray | Image.Image, chip_size: int) -> list[Face]:
+        """Faces of an RGB photo (``(H, W, 3)`` uint8, or a Pillow image), left to right, each with a
+        ``chip_size`` square chip.
 
         Detections scoring at most ``faces.min_score`` or smaller than ``faces.min_size`` pixels are dropped.
-        When the upright photo has no face, copies turned by each of ``faces.rotations`` degrees are searched
-        in turn, and the landmarks found there are turned back, so the chip is cut from the original photo.
+        The detector searches a copy downscaled to ``faces.max_side``; when it finds no face upright, turned
+        copies of that small copy are searched, by each of ``faces.rotations`` degrees in turn. Landmarks are
+        placed on the full-size photo (on a turned cut-out around the face for a turned find) and the chip is
+        cut from the full-size photo, so the cost of a turn does not grow with the photo's size.
         """
-        photo = np.ascontiguousarray(photo)
+        small, scale = detection_copy(photo, self.params.max_side)
+        photo = rgb_array(photo) if isinstance(photo, Image.Image) else np.ascontiguousarray(photo)
         for angle in (0.0, *self.params.rotations):
-            faces = self._find_turned(photo, angle, chip_size)
+            faces = self._find_turned(photo, small, scale, angle, chip_size)
             if faces:
                 return sorted(faces, key=lambda face: (face.box[0], face.box[1]))
         return []
 
-    def _find_turned(self, photo: np.ndarray, angle: float, chip_size: int) -> list[Face]:
+    def _find_turned(
+        self, photo: np.ndarray, small: np.ndarray, scale: float, angle: float, chip_size: int
+    ) -> list[Face]:
         import dlib
 
-        turn = Turn(photo.shape, angle)
-        turned = turn.apply(photo)
-        scale = min(1.0, self.params.max_side / max(turned.shape[:2]))
-        small = turned if scale == 1.0 else downscale(turned, scale)
-        boxes, scores, _ = self.detector.run(small, self.params.upsample, self.params.min_score)
+        turn = Turn(small.shape, angle)
+        boxes, scores, _ = self.detector.run(turn.apply(small), self.params.upsample, self.params.min_score)
         faces = []
         for box, score in zip(boxes, scores, strict=True):
-            corners = [(v / scale) for v in (box.left(), box.top(), box.right(), box.bottom())]
-            if min(corners[2] - corners[0], corners[3] - corners[1]) < self.params.min_size:
+            corners = [float(v) for v in (box.left(), box.top(), box.right(), box.bottom())]
+            if min(corners[2] - corners[0], corners[3] - corners[1]) / scale < self.params.min_size:
                 continue
-            shape = self.landmarks(turned, dlib.rectangle(*(round(v) for v in corners)))
-            points = turn.back(np.array([(p.x, p.y) for p in shape.parts()], dtype=float))
-            outline = turn.back(np.array([corners[:2], corners[2:], corners[::3], corners[2:0:-1]], dtype=float))
+            square = np.array([corners[:2], corners[2:], corners[::3], corners[2:0:-1]])
+            outline = turn.back(square) / scale  # the detection's corners in the full-size photo
+            points = self._landmarks(photo, outline, angle)
             left, top = np.floor(outline.min(0)).astype(int)
             right, bottom = np.ceil(outline.max(0)).astype(int)
             rect = dlib.rectangle(int(left), int(top), int(right), int(bottom))
@@ -93,6 +97,26 @@ class FaceFinder:
             chip = dlib.get_face_chip(photo, dlib.full_object_detection(rect, parts), chip_size, self.params.padding)
             faces.append(Face((int(left), int(top), int(right), int(bottom)), round(float(score), 4), chip))
         return faces
+
+    def _landmarks(self, photo: np.ndarray, outline: np.ndarray, angle: float) -> np.ndarray:
+        """The 5 landmarks, ``(5, 2)`` x, y in ``photo``, of the face whose box, turned by ``angle``, has the
+        corners ``outline`` (in ``photo``): placed on the photo, or for a turn on a cut-out around the face
+        turned by ``angle``."""
+        import dlib
+
+        if angle == 0:
+            rect = dlib.rectangle(*(round(v) for v in (*outline.min(0), *outline.max(0))))
+            return np.array([(p.x, p.y) for p in self.landmarks(photo, rect).parts()], dtype=float)
+        height, width = photo.shape[:2]
+        margin = (outline.max(0) - outline.min(0)).max() / 2
+        left, top = np.maximum(np.floor(outline.min(0) - margin), 0).astype(int)
+        right, bottom = np.minimum(np.ceil(outline.max(0) + margin), (width, height)).astype(int)
+        cut = np.ascontiguousarray(photo[top:bottom, left:right])
+        turn = Turn(cut.shape, angle)
+        box = turn.forward(outline - np.array([left, top]))
+        rect = dlib.rectangle(*(round(v) for v in (*box.min(0), *box.max(0))))
+        shape = self.landmarks(turn.apply(cut), rect)
+        return turn.back(np.array([(p.x, p.y) for p in shape.parts()], dtype=float)) + np.array([left, top])
 
 
 class Turn:
@@ -116,20 +140,30 @@ class Turn:
 
     def back(self, points: np.ndarray) -> np.ndarray:
         """``(N, 2)`` x, y points of the turned photo in the original photo's coordinates."""
-        radians = np.deg2rad(self.angle)
         # Image.rotate turns counter-clockwise on screen (y down); undo it about the centres.
-        cos, sin = np.cos(radians), np.sin(radians)
-        offset = points - self.turned_centre
-        x = cos * offset[:, 0] - sin * offset[:, 1]
-        y = sin * offset[:, 0] + cos * offset[:, 1]
-        return np.stack([x, y], axis=1) + self.centre
+        return rotated(points - self.turned_centre, self.angle) + self.centre
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` x, y points of the original photo in the turned photo's coordinates."""
+        return rotated(points - self.centre, -self.angle) + self.turned_centre
 
 
-def downscale(photo: np.ndarray, scale: float) -> np.ndarray:
-    """``photo`` resized by ``scale`` (< 1), antialiased."""
-    height, width = photo.shape[:2]
+def rotated(points: np.ndarray, angle: float) -> np.ndarray:
+    """``(N, 2)`` x, y offsets turned by ``angle`` degrees clockwise on screen (y down)."""
+    radians = np.deg2rad(angle)
+    cos, sin = np.cos(radians), np.sin(radians)
+    return np.stack([cos * points[:, 0] - sin * points[:, 1], sin * points[:, 0] + cos * points[:, 1]], axis=1)
+
+
+def detection_copy(photo: np.ndarray | Image.Image, max_side: int) -> tuple[np.ndarray, float]:
+    """The photo downscaled (antialiased) so that its longer side is at most ``max_side``, and the scale."""
+    width, height = photo.size if isinstance(photo, Image.Image) else photo.shape[1::-1]
+    scale = min(1.0, max_side / max(width, height))
+    if scale == 1.0:
+        return np.ascontiguousarray(photo), scale
+    image = photo if isinstance(photo, Image.Image) else Image.fromarray(photo)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR)), scale
 
 
 @functools.cache

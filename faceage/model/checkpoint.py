@@ -21,6 +21,7 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.intervals import Calibration
 from faceage.model.networks import build_network
+from faceage.params import saved_faces
 from faceage.sections import FacesParams, ModelParams
 
 FORMAT = 2
@@ -115,7 +116,7 @@ def typed(values: dict, where: str) -> Checkpoint:
         image_size=int(values["image_size"]),
         state_dict=values["state_dict"],
         calibration=Calibration.from_dict(calibration) if calibration else None,
-        faces=from_dict(FacesParams, faces, f"{where}: faces") if faces else None,
+        faces=saved_faces(faces, f"{where}: faces") if faces else None,
         dataset=values.get("dataset"),
         run_id=values.get("run_id"),
         epoch=int(values.get("epoch", 0)),

@@ -148,25 +148,18 @@ class AgeNet(nn.Module):
         return age_output.float().squeeze(1) * self.age_std + self.age_mean
 
 
-def backbone(name: str) -> Backbone:
-    """The registry's backbone ``name``; one line listing the others when there is none."""
-    if name not in BACKBONES:
-        raise FaceageError(f"unknown model.backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name]
-
-
 def fetch_pretrained_weights(params: ModelParams) -> None:
     """Read (or download once) the pretrained weights ``params`` asks for, so that a missing file stops a run
     before it trains anything rather than when its network is built."""
     if params.pretrained:
-        backbone(params.backbone).pretrained_state_dict()
+        BACKBONES[params.backbone].pretrained_state_dict()
 
 
 def build_network(
     params: ModelParams, age_range: tuple[int, int], age_stats: tuple[float, float] = (0.0, 1.0)
 ) -> AgeNet:
     """The backbone named by ``params.backbone`` with age heads; ``age_stats`` normalise regression targets."""
-    spec = backbone(params.backbone)
+    spec = BACKBONES[params.backbone]
     trunk = spec.build()
     if params.pretrained:
         trunk.load_state_dict(spec.pretrained_state_dict())

@@ -7,6 +7,8 @@ block of photos at once. Only two blocks are in memory at a time, however many p
 from __future__ import annotations
 
 import multiprocessing
+import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,14 @@ from faceage.params import PROJECT_PARAMS, load_params
 from faceage.runtime import select_device
 from faceage.sections import FacesParams
 
+SPECIAL_FILES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
 
 @dataclass(frozen=True)
 class PhotoFaces:
@@ -38,25 +48,31 @@ class PhotoFaces:
 
 
 def find_faces(
-    name: str, data: bytes, chip_size: int, faces: FacesParams | None, landmarks: Path | None = None
+    name: str, data: bytes, chip_size: int, faces: FacesParams, aligned: bool = False, landmarks: Path | None = None
 ) -> PhotoFaces:
-    """Decode ``data`` and cut out every face; with ``faces`` None the image is taken as one ready crop."""
+    """Decode ``data`` and cut out every face; an ``aligned`` image is taken as one ready crop. Images over
+    ``faces.max_megapixels`` are refused from their header."""
     try:
-        if faces is None:
-            return PhotoFaces(name, [Face(None, None, decode_image(data, chip_size))])
-        return PhotoFaces(name, face_finder(faces, landmarks).find(decode_photo(data), chip_size))
+        if aligned:
+            return PhotoFaces(name, [Face(None, None, decode_image(data, chip_size, faces.max_pixels))])
+        photo = decode_photo(data, faces.max_pixels)
+        return PhotoFaces(name, face_finder(faces, landmarks).find(photo, chip_size))
     except ImageDecodeError as error:
         return PhotoFaces(name, error=f"{error.reason.replace('_', ' ')}: {error.detail}")
 
 
-def read_and_find_faces(job: tuple[str, int, FacesParams | None]) -> PhotoFaces:
-    """:func:`find_faces` on a file; a file that cannot be read is reported, not raised."""
-    path, chip_size, faces = job
+def read_and_find_faces(job: tuple[str, int, FacesParams, bool]) -> PhotoFaces:
+    """:func:`find_faces` on a file; a file that cannot be read, or is not a regular file (a FIFO or a device
+    would block or never end), is reported, not raised."""
+    path, chip_size, faces, aligned = job
     try:
+        kind = os.stat(path).st_mode
+        if not stat.S_ISREG(kind):
+            return PhotoFaces(path, error=f"not a regular file ({SPECIAL_FILES.get(stat.S_IFMT(kind), 'special')})")
         data = Path(path).read_bytes()
     except OSError as error:
         return PhotoFaces(path, error=f"cannot read file: {error.strerror or error}")
-    return find_faces(path, data, chip_size, faces)
+    return find_faces(path, data, chip_size, faces, aligned)
 
 
 def years_and_months(age: float) -> str:
@@ -139,7 +155,7 @@ class AgeEstimator:
     ) -> Iterator[dict]:
         """:meth:`results` for each file in ``paths``, in order; faces are found by ``workers`` processes."""
         self.check_over(over)
-        jobs = ((str(path), self.chip_size, None if aligned else self.faces) for path in paths)
+        jobs = ((str(path), self.chip_size, self.faces, aligned) for path in paths)
         with multiprocessing.Pool(workers) as pool:
             pending = None
             for block in blocks(jobs, block_size):

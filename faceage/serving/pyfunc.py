@@ -2,16 +2,20 @@
 
 The logged model carries the checkpoint, dlib's landmark file and this package's code, with pinned pip
 requirements, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work outside this repository.
-Its input is a DataFrame with a binary column ``image`` (base64 in JSON requests) and an optional boolean
-``aligned`` (the image is a ready face crop); its optional parameter ``over`` (an age) adds the decision
-whether each face is that old or older (``yes``, ``no``, ``uncertain``, from its interval); its
-``model_config`` holds the face settings (``faces.*``).
+Its input is a DataFrame with a binary column ``image`` (base64 in JSON requests, in every request format) and
+an optional boolean ``aligned`` (the image is a ready face crop); its optional parameter ``over`` (an age) adds
+the decision whether each face is that old or older (``yes``, ``no``, ``uncertain``, from its interval); its
+``model_config`` holds the face settings (``faces.*``). A value of the wrong type, an image over
+``faces.max_megapixels`` and rows not started within the server's request timeout get an error row each.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import logging
+import time
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -19,15 +23,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 import faceage
-from faceage.checked import from_dict
 from faceage.data.faces import landmarks_path
+from faceage.params import saved_faces
 from faceage.sections import FacesParams
-from faceage.serving.photos import AgeEstimator, find_faces
+from faceage.serving.photos import AgeEstimator, PhotoFaces, find_faces
 from faceage.tracking.registry import MODEL_IN_RUN
 from faceage.tracking.runs import RunTracker
 
@@ -53,7 +58,7 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
     one, and a row with ``error`` for bytes that are not a readable image."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.faces = from_dict(FacesParams, dict(context.model_config or {}), "model_config")
+        self.faces = saved_faces(dict(context.model_config or {}), "model_config")
         self.landmarks = Path(context.artifacts["landmarks"])
         self.estimator = AgeEstimator(context.artifacts["checkpoint"], self.faces)
         if self.estimator.synthetic:
@@ -63,10 +68,11 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         over = (params or {}).get("over")
-        aligned = model_input["aligned"] if "aligned" in model_input else pd.Series(False, index=model_input.index)
+        deadline = time.monotonic() + float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
+        aligned = model_input["aligned"] if "aligned" in model_input else pd.Series(None, index=model_input.index)
         photos = [
-            find_faces(str(row), bytes(data), self.estimator.chip_size, None if ready else self.faces, self.landmarks)
-            for row, (data, ready) in enumerate(zip(model_input["image"], aligned.fillna(False), strict=True))
+            self.photo(str(row), image, ready, deadline)
+            for row, (image, ready) in enumerate(zip(model_input["image"], aligned, strict=True))
         ]
         rows = []
         for row, result in enumerate(self.estimator.results(photos, over=over)):
@@ -76,6 +82,37 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
                 rows += [face_row(row, face) for face in result["faces"]] or [{"input": row, "face": -1}]
         frame = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, *OPTIONAL_COLUMNS])
         return frame.astype(object).where(frame.notna(), None)  # missing values as null in JSON, not NaN
+
+    def photo(self, name: str, image: object, aligned: object, deadline: float) -> PhotoFaces:
+        """One input row's faces, or an error that names the field at fault, or says the request's time
+        (the server's ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``) ran out before this row was started."""
+        if time.monotonic() > deadline:
+            limit = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
+            return PhotoFaces(name, error=f"not processed: the request's time limit of {limit} s ran out")
+        if aligned is not None and not is_boolean(aligned) and not pd.isna(aligned):
+            return PhotoFaces(name, error=f"aligned: expected true or false, got {aligned!r}")
+        data = image_bytes(image)
+        if isinstance(data, str):
+            return PhotoFaces(name, error=data)
+        return find_faces(name, data, self.estimator.chip_size, self.faces, bool(aligned), self.landmarks)
+
+
+def is_boolean(value: object) -> bool:
+    """Whether ``value`` is a boolean, Python's or numpy's (never a string or a number)."""
+    return isinstance(value, bool | np.bool_)
+
+
+def image_bytes(image: object) -> bytes | str:
+    """An ``image`` value as bytes: bytes as they are, a string as base64 (the request formats that MLflow does
+    not decode: ``instances``, ``inputs``); otherwise the error to answer."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if isinstance(image, str):
+        try:
+            return base64.b64decode(image, validate=True)
+        except binascii.Error:
+            return "image: not base64-encoded bytes"
+    return f"image: expected image bytes (base64 in JSON), got {type(image).__name__}"
 
 
 def face_row(row: int, face: dict) -> dict:
