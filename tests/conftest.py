@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import struct
 import subprocess
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,19 @@ def image_bytes(
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A black RGB PNG of ``width`` x ``height`` pixels, a few hundred KB however large (a decompression bomb that
+    Pillow's own limit lets through below 179 megapixels)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row = zlib.compressobj(9), b"\x00" * (1 + 3 * width)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def noise_jpeg(seed: int, size: int = 24) -> bytes:

@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import image_bytes, noise_jpeg
+from conftest import huge_png, image_bytes, noise_jpeg
 from PIL import Image
 
 from faceage.data.images import (
@@ -133,3 +133,31 @@ def test_damaged_images_of_every_format_decode_or_raise_one_error_type(decode):
             assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
             outcomes["decoded"] += 1
     assert outcomes["refused"] > 50 and outcomes["decoded"] > 20  # both paths were exercised
+
+
+SIZES = [(100, 100), (10, 1000), (1000, 10), (1, 10_000)]  # 10,000 pixels each, of many shapes
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "QOI"])
+@pytest.mark.parametrize("size", SIZES)
+def test_images_over_the_pixel_limit_are_refused_from_their_header_whatever_their_format(fmt, size):
+    limit = size[0] * size[1]
+    exact, over = image_bytes(size=size, fmt=fmt), image_bytes(size=(size[0] + 1, size[1]), fmt=fmt)
+    assert np.asarray(decode_photo(exact, limit)).shape == (size[1], size[0], 3)
+    for decode in (lambda data: decode_image(data, 8, limit), lambda data: decode_photo(data, limit)):
+        with pytest.raises(ImageDecodeError) as error:
+            decode(over)
+        assert error.value.reason == TOO_LARGE
+        assert error.value.detail == f"{size[0] + 1}x{size[1]} pixels is over the limit of 0.01 megapixels " + (
+            "(faces.max_megapixels)"
+        )
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(monkeypatch):
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
+    bomb = huge_png(12000, 12000)  # 144 megapixels in a few hundred KB, under Pillow's own limit
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageDecodeError, match="12000x12000 pixels is over the limit of 50 megapixels"):
+        decode_photo(bomb, LIMIT)
+    assert decoded == []

@@ -85,7 +85,7 @@ def test_ingest_is_deterministic(tmp_path, utkface_files):
 
 
 def test_age_limits_are_parameters(tmp_path, utkface_files):
-    report = run_ingest(write_files(tmp_path / "src", utkface_files), tmp_path / "out", min_age=0, max_age=200)
+    report = run_ingest(write_files(tmp_path / "src", utkface_files), tmp_path / "out", min_age=0, max_age=150)
     assert report["outcomes"]["age_out_of_range"] == 0
     assert report["outcomes"]["kept"] == 32
 
@@ -276,3 +276,20 @@ def test_align_finds_the_face_of_each_raw_photo(tmp_path, raw_photos, rule, kept
     if rule == "largest":
         largest = images[int(manifest.index[manifest["source_path"] == "41/two_faces.jpg"][0])]
         assert np.abs(largest.astype(int) - direct).mean() < 8  # the full-size face, not the small copy
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16", "shift_jis"])
+def test_a_csv_in_another_encoding_is_refused_in_one_line_naming_the_one_it_needs(tmp_path, encoding):
+    files = {"images/zoë.jpg": noise_jpeg(0), "images/b.jpg": noise_jpeg(1)}
+    text = "file_name,real_age,note\nzoë.jpg,25,café ½\nb.jpg,31,日本\n" if encoding == "shift_jis" else None
+    text = text or "file_name,real_age,note\nzoë.jpg,25,café ½\nb.jpg,31,x\n"
+    files["labels.csv"] = text.encode(encoding, errors="ignore")
+    with pytest.raises(FaceageError, match=r"labels\.csv is not UTF-8 text \(byte 0x[0-9a-f]{2} at position \d+\)"):
+        run_ingest(write_files(tmp_path / "src", files), tmp_path / "out")
+
+
+def test_a_utf8_csv_with_a_byte_order_mark_is_read(tmp_path):
+    files = {"images/zoë.jpg": noise_jpeg(0), "images/b.jpg": noise_jpeg(1)}
+    files["labels.csv"] = "file_name,real_age\nzoë.jpg,25\nb.jpg,31\n".encode("utf-8-sig")
+    report = run_ingest(write_files(tmp_path / "src", files), tmp_path / "out")
+    assert report["layout"] == "csv" and report["outcomes"]["kept"] == 2

@@ -9,14 +9,17 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ASTRONAUT, ASTRONAUT_FACE, settings
+from conftest import ASTRONAUT, ASTRONAUT_FACE, huge_png, settings
 
 from faceage.sections import FacesParams
 from faceage.serving.photos import AgeEstimator, find_faces
@@ -110,37 +113,122 @@ def wait_until_up(url: str, server: subprocess.Popen, seconds: float) -> None:
     raise AssertionError(f"no answer from {url} within {seconds} s")
 
 
-def test_served_champion_answers_invocations_with_an_image(champion, tiny_model, tmp_path):
-    port = free_port()
+@pytest.fixture(scope="module")
+def server(champion, tmp_path_factory) -> Iterator[dict]:
+    """``mlflow models serve`` of the champion on a free loopback port: its URL and the processes it runs."""
+    folder, port = tmp_path_factory.mktemp("served"), free_port()
     mlflow = str(Path(sys.executable).parent / "mlflow")
     command = [mlflow, "models", "serve", "-m", "models:/faceage@champion", "--env-manager", "local"]
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
+    log = (folder / "serve.log").open("w")
+    process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path,
+        cwd=folder,
         env=isolated_env(champion["uri"]),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", server, 180)
-        image = base64.b64encode(ASTRONAUT.read_bytes()).decode()
-        payload = {"dataframe_split": {"columns": ["image"], "data": [[image]]}, "params": {"over": 18}}
-        body = json.dumps(payload).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read().decode()
-        (row,) = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["predictions"]
+        wait_until_up(f"http://127.0.0.1:{port}/ping", process, 180)
+        yield {"url": f"http://127.0.0.1:{port}/invocations", "session": process.pid}
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
         log.close()
-    assert [row["left"], row["top"], row["right"], row["bottom"]] == list(ASTRONAUT_FACE) and row["error"] is None
+
+
+def invoke(url: str, payload: dict) -> tuple[int, object]:
+    """POST ``payload`` as JSON: the status and the decoded answer (NaN or Infinity in it fail the test)."""
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read().decode()
+    return status, json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_served_champion_answers_invocations_with_an_image(server, tiny_model):
+    photo = b64(ASTRONAUT.read_bytes())
+    status, answer = invoke(server["url"], {**request_formats(photo)["dataframe_split"], "params": {"over": 18}})
+    (row,) = answer["predictions"]
+    assert status == 200 and row["error"] is None, row
+    assert [row["left"], row["top"], row["right"], row["bottom"]] == list(ASTRONAUT_FACE)
     assert_same_answer(row, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
+
+
+def request_formats(image: str) -> dict[str, dict]:
+    """The same one-photo request in each JSON format MLflow's scoring server documents."""
+    return {
+        "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[image]]}},
+        "dataframe_records": {"dataframe_records": [{"image": image}]},
+        "instances": {"instances": [{"image": image}]},
+        "inputs": {"inputs": {"image": [image]}},
+    }
+
+
+@pytest.mark.parametrize("form", list(request_formats("")))
+def test_every_request_format_gets_the_same_answer(server, tiny_model, form):
+    photo = b64(ASTRONAUT.read_bytes())
+    status, answer = invoke(server["url"], {**request_formats(photo)[form], "params": {"over": 18}})
+    (row,) = answer["predictions"]
+    assert status == 200 and row["error"] is None, row
+    assert_same_answer(row, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
+
+
+WRONG_VALUES = {
+    "aligned": ["false", "true", "yes", "", 1, 0, 1.5, [True], {"a": 1}],
+    "image": [12, 1.5, True, "not base64!", "AAA", [1, 2]],
+}
+
+
+@pytest.mark.parametrize(("field", "value"), [(f, v) for f, values in WRONG_VALUES.items() for v in values])
+def test_a_value_of_the_wrong_type_is_refused_naming_its_field(server, field, value):
+    row = {"image": b64(ASTRONAUT.read_bytes()), "aligned": False, field: value}
+    status, answer = invoke(server["url"], {"dataframe_records": [row]})
+    if status == 200:  # answered per row: an error that names the field, never an age
+        (predicted,) = answer["predictions"]
+        assert predicted["error"].startswith(f"{field}: ") and predicted["age_years"] is None, predicted
+    else:  # refused whole by MLflow's schema check
+        assert status == 400 and field in answer["message"], answer
+
+
+def server_peak_mib(session: int) -> int:
+    """The summed peak resident memory (VmHWM) of the server's processes, in MiB."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            if os.getsid(int(status.parent.name)) == session:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                total += int(fields["VmHWM"].split()[0]) // 1024
+    return total
+
+
+def test_a_burst_of_decompression_bombs_costs_little_and_the_server_goes_on_answering(server, tiny_model):
+    before = server_peak_mib(server["session"])
+    bomb = {"dataframe_split": {"columns": ["image"], "data": [[b64(huge_png(12000, 12000))]]}}
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: invoke(server["url"], bomb), range(20)))
+    assert all(status == 200 for status, _ in answers)
+    errors = {answer["predictions"][0]["error"] for _, answer in answers}
+    assert errors == {"too large: 12000x12000 pixels is over the limit of 50 megapixels (faces.max_megapixels)"}
+    assert server_peak_mib(server["session"]) - before < 100  # decoded, 12000x12000 RGB alone is 412 MiB
+    test_served_champion_answers_invocations_with_an_image(server, tiny_model)
+
+
+def test_rows_not_started_within_the_servers_time_limit_are_answered_as_such(champion, monkeypatch):
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model("models:/faceage@champion")
+    frame = pd.DataFrame({"image": [ASTRONAUT.read_bytes()] * 3})
+    assert model.predict(frame)["error"].isna().all()
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0")
+    answered = model.predict(frame)
+    assert list(answered["error"]) == ["not processed: the request's time limit of 0 s ran out"] * 3
 
 
 def test_registered_version_is_the_runs_logged_model(champion):

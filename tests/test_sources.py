@@ -157,3 +157,20 @@ def test_folder_symlinks_and_fifos_are_accounted_for(tmp_path):
     skipped = {entry.name: entry.detail for entry in source.skipped}
     assert set(skipped) == {"faces/60", "faces/62.jpg", "faces/63.jpg"}
     assert "folder" in skipped["faces/60"] and "not a regular file" in skipped["faces/63.jpg"]
+
+
+def test_links_that_leave_the_folder_are_an_outcome_of_their_own_and_never_read(tmp_path):
+    root = write_files(tmp_path / "src", FILES)
+    secret = tmp_path / "elsewhere" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(noise_jpeg(99))
+    os.symlink(secret, root / "faces" / "70.jpg")  # absolute
+    os.symlink(os.path.relpath(secret, root / "faces"), root / "faces" / "71.jpg")  # relative, through ..
+    os.symlink(root / "faces" / "70.jpg", root / "faces" / "72.jpg")  # inside, to a link that leaves
+    os.symlink(root / "faces" / "2" / "2.jpg", root / "faces" / "73.jpg")  # inside: read
+    source = open_source(root)
+    outcomes = {entry.name: (entry.reason, entry.detail) for entry in source.skipped}
+    detail = f"a symbolic link to {secret}, not followed"
+    leaving = {f"faces/{n}.jpg": ("link_outside_source", detail) for n in (70, 71, 72)}
+    assert outcomes == leaving and "faces/73.jpg" in source.names()
+    assert all(content != secret.read_bytes() for _, content in source.read())

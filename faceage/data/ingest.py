@@ -23,7 +23,6 @@ from faceage.data.chunks import blocks
 from faceage.data.faces import face_finder, largest
 from faceage.data.images import (
     NOT_AN_IMAGE,
-    TOO_LARGE,
     UNREADABLE_IMAGE,
     ImageDecodeError,
     decode_image,
@@ -68,7 +67,6 @@ OUTCOMES = (
     AGE_OUT_OF_RANGE,
     NOT_AN_IMAGE,
     UNREADABLE_IMAGE,
-    TOO_LARGE,
     NO_FACE,
     MULTIPLE_FACES,
     DUPLICATE,

@@ -201,9 +201,12 @@ def detect_layout(source: Source, names: list[str]) -> Layout:
     tables = {}
     for name, content in source.read(csv_names):
         try:
-            table = pd.read_csv(io.BytesIO(content))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            table = pd.read_csv(io.BytesIO(content), encoding="utf-8-sig")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
+        except UnicodeDecodeError as error:
+            where = f"byte 0x{error.object[error.start]:02x} at position {error.start}"
+            raise FaceageError(f"{source.path}: {name} is not UTF-8 text ({where}): save it as UTF-8") from None
         if set(CSV_COLUMNS) <= set(table.columns):
             tables[name] = table
     if tables:

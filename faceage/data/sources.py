@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faceage.data.demo import SYNTHETIC_MARK
+from faceage.data.images import TOO_LARGE
 from faceage.errors import FaceageError
 
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
@@ -28,9 +29,9 @@ READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSErr
 
 NOT_A_FILE = "not_a_file"
 DUPLICATE_NAME = "duplicate_name"
-TOO_LARGE = "too_large"
 ENCRYPTED = "encrypted"
-LISTING_OUTCOMES = (NOT_A_FILE, DUPLICATE_NAME, TOO_LARGE, ENCRYPTED)
+LINK_OUTSIDE = "link_outside_source"
+LISTING_OUTCOMES = (NOT_A_FILE, DUPLICATE_NAME, TOO_LARGE, ENCRYPTED, LINK_OUTSIDE)
 
 
 @dataclass(frozen=True)
@@ -93,18 +94,24 @@ def too_large(size: int) -> tuple[str, str] | None:
 
 
 class FolderSource(Source):
-    """A directory tree, read in sorted path order; symbolic links to files are followed, to folders not."""
+    """A directory tree, read in sorted path order; symbolic links to files inside it are followed, to files
+    outside it or to folders not."""
 
     def _list(self) -> Iterator[tuple[str, tuple[str, str] | None]]:
-        found = []
+        found, inside = [], self.path.resolve()
         for folder, subfolders, files in os.walk(self.path):
             for name in subfolders:
                 if os.path.islink(os.path.join(folder, name)):
-                    found.append((os.path.join(folder, name), "a symbolic link to a folder, not followed"))
-            found += [(os.path.join(folder, name), None) for name in files]
-        for full, note in sorted(found):
+                    link = (NOT_A_FILE, "a symbolic link to a folder, not followed")
+                    found.append((os.path.join(folder, name), link))
+            for name in files:
+                full = os.path.join(folder, name)
+                target = Path(full).resolve()
+                outside = os.path.islink(full) and not target.is_relative_to(inside)
+                found.append((full, (LINK_OUTSIDE, f"a symbolic link to {target}, not followed") if outside else None))
+        for full, outcome in sorted(found):
             relative = Path(full).relative_to(self.path).as_posix()
-            yield relative, (NOT_A_FILE, note) if note else self._check(Path(full))
+            yield relative, outcome or self._check(Path(full))
 
     @staticmethod
     def _check(path: Path) -> tuple[str, str] | None:

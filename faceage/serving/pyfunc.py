@@ -15,6 +15,7 @@ import base64
 import binascii
 import io
 import logging
+import math
 import time
 from dataclasses import asdict
 from importlib.metadata import version
@@ -26,6 +27,7 @@ import pandas as pd
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
 from PIL import Image
 
 import faceage
@@ -41,7 +43,8 @@ REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "
 OUTPUT_COLUMNS = ["input", "face", "left", "top", "right", "bottom", "score", "age_years", "age"]
 OPTIONAL_COLUMNS = ["age_low", "age_high", "interval", "over", "female_probability", "error"]
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("binary", "image"), ColSpec("boolean", "aligned", required=False)]),
+    # aligned is checked by the model itself: for a boolean column MLflow's request parser reads any string as true
+    inputs=Schema([ColSpec("binary", "image"), ColSpec(AnyType(), "aligned", required=False)]),
     outputs=Schema(
         [ColSpec("long", name) for name in OUTPUT_COLUMNS[:6]]
         + [ColSpec("double", "score"), ColSpec("double", "age_years"), ColSpec("string", "age")]
@@ -89,12 +92,13 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
         if time.monotonic() > deadline:
             limit = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
             return PhotoFaces(name, error=f"not processed: the request's time limit of {limit} s ran out")
-        if aligned is not None and not is_boolean(aligned) and not pd.isna(aligned):
+        if not is_boolean(aligned) and not is_missing(aligned):
             return PhotoFaces(name, error=f"aligned: expected true or false, got {aligned!r}")
         data = image_bytes(image)
         if isinstance(data, str):
             return PhotoFaces(name, error=data)
-        return find_faces(name, data, self.estimator.chip_size, self.faces, bool(aligned), self.landmarks)
+        ready = is_boolean(aligned) and bool(aligned)  # a missing value is false
+        return find_faces(name, data, self.estimator.chip_size, self.faces, ready, self.landmarks)
 
 
 def is_boolean(value: object) -> bool:
@@ -102,17 +106,21 @@ def is_boolean(value: object) -> bool:
     return isinstance(value, bool | np.bool_)
 
 
+def is_missing(value: object) -> bool:
+    """Whether ``value`` is a missing value (``None``, NaN) rather than a value of the wrong type."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def image_bytes(image: object) -> bytes | str:
-    """An ``image`` value as bytes: bytes as they are, a string as base64 (the request formats that MLflow does
-    not decode: ``instances``, ``inputs``); otherwise the error to answer."""
-    if isinstance(image, bytes | bytearray | memoryview):
-        return bytes(image)
-    if isinstance(image, str):
-        try:
-            return base64.b64decode(image, validate=True)
-        except binascii.Error:
-            return "image: not base64-encoded bytes"
-    return f"image: expected image bytes (base64 in JSON), got {type(image).__name__}"
+    """An ``image`` value as bytes, or the error to answer. The request formats ``instances`` and ``inputs``
+    reach the model with the base64 text undecoded (as a string or its bytes): text that is all base64 is
+    decoded, as no image file is (every format's header holds other bytes)."""
+    if not isinstance(image, str | bytes | bytearray | memoryview):
+        return f"image: expected image bytes (base64 in JSON), got {type(image).__name__}"
+    try:
+        return base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: a string with characters outside ASCII
+        return "image: not base64-encoded bytes" if isinstance(image, str) else bytes(image)
 
 
 def face_row(row: int, face: dict) -> dict:
