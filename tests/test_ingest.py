@@ -86,8 +86,8 @@ def test_ingest_is_deterministic(tmp_path, utkface_files):
 
 def test_age_limits_are_parameters(tmp_path, utkface_files):
     report = run_ingest(write_files(tmp_path / "src", utkface_files), tmp_path / "out", min_age=0, max_age=150)
-    assert report["outcomes"]["age_out_of_range"] == 0
-    assert report["outcomes"]["kept"] == 32
+    assert report["outcomes"]["age_out_of_range"] == 1  # 200 years; 0 is kept now
+    assert report["outcomes"]["kept"] == 31
 
 
 def test_age_folder_layout_keeps_the_given_split(tmp_path):
