@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ASTRONAUT, ASTRONAUT_FACE, encode
+from conftest import ASTRONAUT, ASTRONAUT_FACE, encode, huge_png
 from PIL import Image
 
 from faceage.cli import main
@@ -257,3 +257,41 @@ def test_annotate_where_no_folder_can_be_is_one_line(tiny_model, tmp_path, capsy
     assert main(["predict", str(ASTRONAUT), "--model", str(tiny_model), "--annotate", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --annotate: ") and str(out) in err and "\n" not in err
+
+
+PEAK_MEMORY = """
+import resource, sys
+from faceage.cli import main
+main(sys.argv[1:])
+print("peak", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, file=sys.stderr)
+"""
+
+
+def finding_peak_mib(photo: Path, model: Path) -> tuple[int, str]:
+    """The peak resident memory (MiB) of the process in which ``faceage predict`` reads one photo and finds its
+    faces (the main process holds the model and the faces' chips only), and what it printed."""
+    command = [sys.executable, "-c", PEAK_MEMORY, "predict", str(photo), "--model", str(model), "--workers", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return int(result.stderr.split()[-1]), result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_one_large_photo_costs_predict_memory_bounded_by_its_pixels(tiny_model, tmp_path, fmt):
+    baseline, _ = finding_peak_mib(ASTRONAUT, tiny_model)
+    large = Image.new("RGB", (8000, 6000), (90, 90, 90))  # 48 megapixels, under faces.max_megapixels
+    large.paste(Image.open(ASTRONAUT).resize((4096, 4096)), (2000, 1000))
+    large.save(tmp_path / f"large.{fmt.lower()}", format=fmt)
+    peak, printed = finding_peak_mib(tmp_path / f"large.{fmt.lower()}", tiny_model)
+    # 7 bytes a pixel: the decoded photo (Pillow's 4 bytes a pixel) and its array (3); nothing else full-size
+    assert "face 1 at" in printed and peak - baseline < 7 * 48, (peak, baseline)
+    (tmp_path / "bomb.png").write_bytes(huge_png(12000, 12000))
+    peak, printed = finding_peak_mib(tmp_path / "bomb.png", tiny_model)
+    assert "too large: 12000x12000 pixels" in printed and peak - baseline < 20, (peak, baseline)
+
+
+@pytest.mark.parametrize("over", ["nan", "inf", "-1", "1000"])
+def test_an_over_that_is_not_an_age_is_one_line(tiny_model, capsys, over):
+    assert main(["predict", str(ASTRONAUT), "--model", str(tiny_model), "--over", over]) == 1
+    expected = f"error: over: {float(over)!r} is not an age; expected a number of years in 0..150"
+    assert capsys.readouterr().err.strip() == expected

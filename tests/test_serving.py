@@ -198,6 +198,13 @@ def test_a_value_of_the_wrong_type_is_refused_naming_its_field(server, field, va
         assert status == 400 and field in answer["message"], answer
 
 
+@pytest.mark.parametrize("over", ["abc", "18", True, [18], {"age": 18}, float("inf"), -1, 1000])
+def test_an_over_that_is_not_an_age_is_refused(server, over):
+    payload = {**request_formats(b64(ASTRONAUT.read_bytes()))["dataframe_split"], "params": {"over": over}}
+    status, answer = invoke(server["url"], payload)  # infinity as Python writes it: Infinity
+    assert status == 400 and "over" in answer["message"], answer
+
+
 def server_peak_mib(session: int) -> int:
     """The summed peak resident memory (VmHWM) of the server's processes, in MiB."""
     total = 0

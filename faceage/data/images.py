@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -79,7 +80,9 @@ def _decode(data: bytes, size: int | None, max_pixels: int) -> Image.Image:
     """The loaded RGB image, EXIF orientation applied; JPEGs decoded reduced (at least ``size`` per side) when
     ``size`` is given."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked below, against faces.max_megapixels
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(NOT_AN_IMAGE, "not a recognised image format") from None
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above any sensible max_pixels

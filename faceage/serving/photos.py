@@ -27,7 +27,7 @@ from faceage.model.inference import predict
 from faceage.model.intervals import interval_text, over_decisions
 from faceage.params import PROJECT_PARAMS, load_params
 from faceage.runtime import select_device
-from faceage.sections import FacesParams
+from faceage.sections import MAX_AGE, FacesParams
 
 SPECIAL_FILES = {
     stat.S_IFIFO: "a FIFO",
@@ -121,7 +121,9 @@ class AgeEstimator:
         return self.model.calibration.level if self.model.calibration else None
 
     def check_over(self, over: float | None) -> None:
-        """One line when an over/under decision is asked of a model without intervals."""
+        """One line when ``over`` is not an age, or is asked of a model without intervals."""
+        if over is not None and not (isinstance(over, int | float) and 0 <= over <= MAX_AGE):
+            raise FaceageError(f"over: {over!r} is not an age; expected a number of years in 0..{MAX_AGE}")
         if over is not None and self.level is None:
             raise FaceageError("--over needs a model with calibrated intervals; this one has none")
 

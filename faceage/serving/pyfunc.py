@@ -25,6 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
@@ -32,6 +33,7 @@ from PIL import Image
 
 import faceage
 from faceage.data.faces import landmarks_path
+from faceage.errors import FaceageError
 from faceage.params import saved_faces
 from faceage.sections import FacesParams
 from faceage.serving.photos import AgeEstimator, PhotoFaces, find_faces
@@ -71,6 +73,10 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         over = (params or {}).get("over")
+        try:
+            self.estimator.check_over(over)
+        except FaceageError as error:  # a 400 answer from the scoring server
+            raise MlflowException.invalid_parameter_value(str(error)) from None
         deadline = time.monotonic() + float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
         aligned = model_input["aligned"] if "aligned" in model_input else pd.Series(None, index=model_input.index)
         photos = [
