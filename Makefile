@@ -13,10 +13,11 @@ export PATH := $(BIN):$(PATH)
 
 setup: $(INSTALLED)
 
-# Re-installs only when the requirements or the package metadata change.
+# Re-installs only when the requirements or the package metadata change. TORCH_INDEX adds a package index
+# for torch's wheels: https://download.pytorch.org/whl/cpu installs the CPU-only build (no CUDA libraries).
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --requirement requirements.txt
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) --requirement requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	touch $@
 
@@ -49,13 +50,16 @@ benchmark: setup
 test: setup services lint
 	python -m pytest --numprocesses 2 --dist loadfile
 
-# PostgreSQL for the team tests (tests/test_team.py), from Debian's packages where it is missing and we may
-# install it (as root, with apt-get); otherwise, or with NO_SERVICES=1, those tests are skipped and say why.
+# PostgreSQL for the team tests (tests/test_team.py) and Chromium with its driver for the page test
+# (tests/test_page.py), from Debian's packages where missing and we may install them (as root, with apt-get);
+# otherwise, or with NO_SERVICES=1, those tests are skipped and say why.
+APT_INSTALL = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 services:
 	@[ -n "$(NO_SERVICES)" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
-	  echo "PostgreSQL is not installed: the team tests will be skipped"
+	  { $(APT_INSTALL) postgresql >/dev/null; } || echo "PostgreSQL is not installed: the team tests will be skipped"
+	@[ -n "$(NO_SERVICES)" ] || { command -v chromium && command -v chromedriver; } >/dev/null || \
+	  { $(APT_INSTALL) chromium chromium-driver >/dev/null; } || echo "Chromium is not installed: the page test will be skipped"
 
 lint: setup
 	ruff check .

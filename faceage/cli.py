@@ -26,6 +26,11 @@ The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S 
 interval (age_low, age_high) and, with a gender head, the probability of female. The batch size is dynamic.
 PyTorch deprecates TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
+SERVE_HELP = """\
+Serve a web page where photos are dropped or picked (several at once) and each face is shown boxed with its age,
+its interval and, for a threshold typed on the page, whether it is that old or older; the results download as
+JSON. Faces are found and predicted as faceage predict does. The page needs nothing from the internet."""
+
 
 SYNTHETIC_WARNING = (
     "warning: {model} learnt ages from the synthetic demo's drawn faces: its ages of real photos mean nothing. "
@@ -45,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="image files or folders")
     predict.add_argument(
         "--model",
-        help="trained checkpoint (default: the pipeline's), or dlib: dlib's age model as its authors trained it on "
-        "real faces (no training)",
+        help="trained checkpoint (default: the pipeline's), dlib (dlib's age model as its authors trained it on "
+        "real faces), or an MLflow model URI (models:/NAME@ALIAS, runs:/RUN/model)",
     )
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
@@ -59,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-score", type=float, help="detection score a face must exceed")
     predict.add_argument("--workers", type=int, default=0, help="face-finding processes, 0 = one per core")
     predict.add_argument("--block", type=int, default=64, help="photos in memory at once (per block)")
+
+    serve = commands.add_parser("serve", help="a web page to try the model on photos", description=SERVE_HELP)
+    serve.add_argument(
+        "--model",
+        help="trained checkpoint (default: the pipeline's), dlib, or an MLflow model URI (models:/NAME@ALIAS)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
 
     export = commands.add_parser("export", help="write the network as ONNX or TorchScript", description=EXPORT_HELP)
     export.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
@@ -83,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from faceage.stage import pipeline_paths
 
             args.model = pipeline_paths()["model"]
-        return run_predict(args) if args.command == "predict" else run_export(args)
+        return {"predict": run_predict, "serve": run_serve, "export": run_export}[args.command](args)
     except FaceageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -97,7 +111,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from faceage.data.ingest import worker_count
     from faceage.errors import FaceageError
     from faceage.serving.annotate import annotate_photo
-    from faceage.serving.photos import AgeEstimator, photo_files
+    from faceage.serving.loading import load_any
+    from faceage.serving.photos import photo_files
 
     if args.block < 1:
         raise FaceageError(f"--block must be at least 1, got {args.block}")
@@ -108,7 +123,7 @@ def run_predict(args: argparse.Namespace) -> int:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise FaceageError(f"--annotate: cannot make the folder {args.annotate}: {error.strerror}") from None
-    estimator = AgeEstimator(args.model, flip=not args.no_flip)
+    estimator = load_any(str(args.model), flip=not args.no_flip).estimator
     if estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     if estimator.level is None:
@@ -166,6 +181,21 @@ def print_result(result: dict, over: float | None) -> None:
         decision = f", over {over:g}: {face['over']}" if "over" in face else ""
         gender = f", female {face['female_probability']:.2f}" if "female_probability" in face else ""
         print(f"{result['file']}{where}: {face['age']}{interval}{decision}{gender}")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from faceage.data.sources import MAX_FILE_BYTES
+    from faceage.errors import FaceageError
+    from faceage.serving.loading import load_any
+    from faceage.serving.page import serve
+
+    if not 0 < args.port < 65536:
+        raise FaceageError(f"--port must be 1..65535, got {args.port}")
+    model = load_any(str(args.model), flip=not args.no_flip)
+    if model.estimator.synthetic:
+        print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
+    serve(model, args.host, args.port, MAX_FILE_BYTES)
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:

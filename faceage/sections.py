@@ -318,6 +318,10 @@ class MlflowParams(Checked):
     """Experiment tracking; the store is $MLFLOW_TRACKING_URI, else mlflow.db at the repository root."""
 
     SECTION: ClassVar[str] = "mlflow"
-    RANGES: ClassVar[dict[str, Range]] = {"experiment": (lambda v: bool(v.strip()), "a name")}
+    RANGES: ClassVar[dict[str, Range]] = {
+        "experiment": (lambda v: bool(v.strip()), "a name"),
+        "system_metrics_seconds": (lambda v: v == 0 or 1 <= v <= 3600, "0 (off) or 1..3600"),
+    }
 
     experiment: str
+    system_metrics_seconds: float  # between samples of CPU, memory and GPU use in training runs; 0: off

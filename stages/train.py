@@ -71,7 +71,10 @@ def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
     dataset = load_dataset(ingested)
     fingerprint = dataset_fingerprint(ingested, paths["split"])
     start = functools.partial(start_pipeline_run, params, fingerprint, "stages/train.py")
-    with resumable_run(resumes[MAIN_MEMBER], start) as tracker:
+    with (
+        resumable_run(resumes[MAIN_MEMBER], start) as tracker,
+        tracker.system_metrics(params.mlflow.system_metrics_seconds),
+    ):
         tracker.log_dataset(dataset["name"], fingerprint, params.data.source, len(manifest))
         tracker.set_tags({"dataset_kind": dataset["kind"]})
         tracker.log_params({k: v for k, v in asdict(params).items() if k != "demo"})

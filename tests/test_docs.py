@@ -36,7 +36,12 @@ COVERED = {
     r"dvc exp run -S train\.nproc=4\b": "tests/test_distributed.py::test_two_gpu_processes_end_identical",
     r"torchrun --nnodes": "tests/test_distributed.py::test_two_processes_train_as_one_on_the_same_batches",
 }
-SERVERS = {"make serve": 5001, "make mlflow-ui": 5000}  # started in the background; the page's next commands use them
+SERVERS = {
+    "make serve": 5001,
+    "make mlflow-ui": 5000,
+    ".venv/bin/faceage serve": 8000,
+    "faceage serve": 8000,
+}  # started in the background; the page's next commands use them
 WAIT_FOR = "wait_for() { for i in $(seq 120); do curl -so /dev/null localhost:$1 && return; sleep 1; done; }"
 TEAM_PAGE = "docs/team.md"  # every command there needs a team's servers and stores: tests/test_team.py
 

@@ -108,7 +108,7 @@ def reproduced(reproduced_once, tmp_path):
 
 
 def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
-    repo = copy_worktree(REPO, tmp_path, TINY)
+    repo = copy_worktree(REPO, tmp_path, {**TINY, "mlflow": {"system_metrics_seconds": 1}})
     output = run(["dvc", "repro"], repo)
     stages = ["demo", "ingest", "test_source@restyled", "split", "train", "evaluate", "runs", "compare"]
     assert stages_run(output) == stages
@@ -136,7 +136,11 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     (mlflow_run,) = mlflow_runs(repo)
     assert mlflow_run.data.tags["backbone"] == "mobilenet_v2" and mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["model.input_size"] == "32"
-    charted = mlflow_run.data.metrics  # the headline figures and the per-epoch ones, no details
+    charted = dict(mlflow_run.data.metrics)  # the headline figures, the per-epoch ones, the machine's use
+    system = {key for key in charted if key.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    for key in system:
+        del charted[key]
     headline = {key.replace("+", "_") for keys in headline_keys(repo).values() for key in keys}
     intervals = {"intervals.test_one_width_width", "intervals.restyled_coverage", "intervals.restyled_width"}
     challenge = {f"challenge_ages.{age}" for age in (13, 16, 18, 21, 25)}

@@ -21,7 +21,9 @@ import pandas as pd
 import pytest
 from conftest import ASTRONAUT, ASTRONAUT_FACE, huge_png, settings
 
+from faceage.cli import main
 from faceage.sections import FacesParams
+from faceage.serving.loading import load_any
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.serving.pyfunc import example_input, log_age_model
 from faceage.tracking.registry import MODEL_IN_RUN, RUN_DESCRIPTION_TAG, register_with_alias
@@ -86,6 +88,22 @@ def test_champion_loads_and_predicts_in_a_fresh_process_outside_the_repository(c
     assert_same_answer(face, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
     assert broken["face"] == -1 and broken["error"].startswith("not an image")
     assert_same_answer(crop, expected_faces(tiny_model, chip.read_bytes(), True)[0])
+
+
+def test_predict_and_the_page_load_the_registered_model_by_its_uri(champion, tiny_model, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion["uri"])
+    loaded = load_any("models:/faceage@champion")
+    assert loaded.run_id == champion["run_id"] and loaded.name == "models:/faceage@champion"
+    found = find_faces("x", ASTRONAUT.read_bytes(), loaded.estimator.chip_size, loaded.estimator.faces)
+    assert_same_answer(
+        loaded.estimator.results([found], over=18)[0]["faces"][0],
+        expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0],
+    )
+    assert main(["predict", str(ASTRONAUT), "--model", "models:/faceage@champion", "--json", "--over", "18"]) == 0
+    (face,) = json.loads(capsys.readouterr().out)["results"][0]["faces"]
+    assert_same_answer(face, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
+    assert main(["predict", str(ASTRONAUT), "--model", "models:/faceage@nobody"]) == 1
+    assert "error: cannot load the MLflow model models:/faceage@nobody: " in capsys.readouterr().err
 
 
 def test_the_logged_model_says_what_it_learnt_from(champion):

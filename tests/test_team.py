@@ -48,6 +48,9 @@ def server(s3, tmp_path_factory):
         yield started
 
 
+ARTIFACT_KEYS = (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY"))
+
+
 def digests(repo: Path, paths: list[str]) -> dict[str, str]:
     """SHA-256 of every file under ``paths``."""
     files = sorted(f for path in paths for f in [repo / path, *(repo / path).rglob("*")] if f.is_file())
@@ -84,9 +87,17 @@ def test_a_dvc_remote_on_s3_restores_data_and_shares_experiments(prepared, s3, t
 
     # Experiments travel through git (a bare repository stands in for the team's) and the DVC remote.
     origin = tmp_path / "origin.git"
-    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "init", "-q", "--bare", "--initial-branch", "main", str(origin)], tmp_path)
     run(["git", "remote", "add", "origin", str(origin)], repo)
     run(["git", "push", "-q", "origin", "HEAD:main"], repo)
+
+    # The model as a registry artifact: a version tagged in GTO's format, fetched by name from the team's repository.
+    run(["git", "tag", "-a", "faceage-model@v1.0.0", "-m", "the first version"], repo)
+    run(["git", "push", "-q", "origin", "faceage-model@v1.0.0"], repo)
+    keys = [f"endpointurl={s3}", *(f"{name}={S3_KEYS[key]}" for name, key in ARTIFACT_KEYS)]
+    run(["dvc", "artifacts", "get", str(origin), "faceage-model", "-o", "got.pt", "--remote-config", *keys], tmp_path)
+    assert digests(tmp_path, ["got.pt"])["got.pt"] == before["models/model.pt"]
+
     run(["dvc", "exp", "run", "-n", "fewer-worst", "-S", "evaluate.worst_errors=4"], repo)  # evaluate onwards
     galleries = digests(repo, ["data/galleries"])
     assert galleries != {k: v for k, v in before.items() if k.startswith("data/galleries")}

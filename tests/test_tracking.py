@@ -278,3 +278,20 @@ def test_the_experiment_opens_in_mlflows_model_training_view_new_or_old(tmp_path
     RunTracker("old", uri=uri).finish()
     for name in ("new", "old"):
         assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.parametrize("seconds", [1, 0])
+def test_a_training_run_records_the_machines_use_unless_turned_off(tmp_path, seconds):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker("exp", uri=uri)
+    tracker.mark_running()
+    with tracker.system_metrics(seconds):
+        time.sleep(2.5)
+    tracker.finish()
+    client = MlflowClient(uri)
+    recorded = {key for key in client.get_run(tracker.run_id).data.metrics if key.startswith("system/")}
+    if seconds:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= recorded
+        assert len(client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")) >= 2
+    else:
+        assert not recorded

@@ -96,10 +96,12 @@ class AgeEstimator:
         if str(model_path) == UNTOUCHED_DLIB:
             self.model, self.dataset = untouched_dlib().to(self.device), UNTOUCHED_DLIB_DATASET
             self.faces = faces or load_params(PROJECT_PARAMS).faces  # no checkpoint: the project's settings
+            self.run_id = None
         else:
             self.model, checkpoint = load_model(model_path, self.device)
             self.dataset = checkpoint.dataset  # None for a checkpoint that predates the record
             self.faces = faces or checkpoint.faces
+            self.run_id = checkpoint.run_id  # the MLflow run that trained it
         if self.faces is None:
             raise FaceageError(f"{model_path} holds no face settings: give them (the faces section of params.yaml)")
         self.flip = flip

@@ -3,15 +3,16 @@ that ran it died; a tracking failure only warns, it never stops the pipeline."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faceage.tracking.store import (
     ARTIFACTS_FOLDER,
@@ -21,9 +22,6 @@ from faceage.tracking.store import (
     store_lock,
     tracking_uri,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +230,22 @@ class RunTracker:
                     self.client.set_terminated(run.info.run_id, "FAILED")
 
         self.call(close)
+
+    @contextlib.contextmanager
+    def system_metrics(self, seconds: float) -> Iterator[None]:
+        """While the block runs, MLflow samples this machine's CPU, memory, disk, network and (with
+        ``nvidia-ml-py``) GPU use every ``seconds`` into the run's ``system/*`` metrics; 0 samples nothing."""
+        if not seconds or not self.active:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=seconds, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run as ended."""
