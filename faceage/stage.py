@@ -66,18 +66,30 @@ def stop_on_sigterm() -> None:
     """Turn SIGTERM (a scheduler or ``kill``) into :class:`SystemExit`, so a stage ends as on Ctrl-C: its
     ``finally`` and ``except`` blocks run (an MLflow run is marked as killed) instead of dying on the spot.
     Processes forked from the stage get SIGTERM's default back at once: a pool stops its workers with SIGTERM,
-    and a worker blocked on a lock could not run a Python handler, so the pool would wait for it forever."""
+    and a worker blocked on a lock could not run a Python handler, so the pool would wait for it forever.
+    SIGTERM is blocked across each fork, so one sent to a child before its reset (a pool that ends before a
+    worker got to run) waits in the kernel and ends the child once the default is back; Python would otherwise
+    drop it while the child starts, and the pool would wait for that worker forever."""
     stage = os.getpid()
+    sigterm = {signal.SIGTERM}
 
     def stop(signum: int, frame: object) -> None:
-        if os.getpid() != stage:  # forked before the reset below ran: die as SIGTERM's default does
+        if os.getpid() != stage:  # a child forked without the hooks below (none known): die as the default does
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
         sys.exit(128 + signum)
 
+    def default_in_child() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigterm)
+
     signal.signal(signal.SIGTERM, stop)
-    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    os.register_at_fork(
+        before=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, sigterm),
+        after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, sigterm),
+        after_in_child=default_in_child,
+    )
 
 
 def forget_later_metrics(stage: str) -> None:

@@ -33,6 +33,30 @@ def test_sigterm_stops_the_stage_as_an_exit_and_pool_workers_keep_the_default():
     assert result.stdout.strip() == "stopped 143"
 
 
+KILLED_AT_BIRTH = """
+import os, signal, time
+from faceage.stage import stop_on_sigterm
+
+stop_on_sigterm()
+lost = 0
+for _ in range(20):
+    child = os.fork()
+    if child == 0:  # lives on unless SIGTERM ends it
+        time.sleep(2)
+        os._exit(0)
+    os.kill(child, signal.SIGTERM)  # at once: the child may not have run yet, as when a pool ends early
+    _, status = os.waitpid(child, 0)
+    lost += not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+print("lost", lost)
+"""
+
+
+def test_a_sigterm_sent_to_a_child_as_it_is_forked_still_ends_it():
+    result = subprocess.run([sys.executable, "-c", KILLED_AT_BIRTH], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "lost 0"
+
+
 FAULTY_STAGE = """
 import errno, os, sys
 from pathlib import Path
