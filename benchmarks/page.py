@@ -8,16 +8,17 @@ Usage: python -m benchmarks.page [--model models/model.pt] [--photo tests/data/a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import socket
 import statistics
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from faceage.data.sources import MAX_FILE_BYTES
 from faceage.runtime import cpu_features
@@ -26,6 +27,24 @@ from faceage.serving.page import create_app, predict_photo
 from faceage.stage import pipeline_paths
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def served_in_thread(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread of this process on a free loopback port: its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the page's server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:
@@ -46,22 +65,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
     model, data = load_any(args.model), args.photo.read_bytes()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model, MAX_FILE_BYTES), port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/api/photos?name={args.photo.name}&over=18"
+    with served_in_thread(create_app(model, MAX_FILE_BYTES)) as base:
+        url = f"{base}api/photos?name={args.photo.name}&over=18"
 
-    def request() -> None:
-        with urllib.request.urlopen(urllib.request.Request(url, data, method="POST"), timeout=60) as response:
-            response.read()
+        def request() -> None:
+            with urllib.request.urlopen(urllib.request.Request(url, data, method="POST"), timeout=60) as response:
+                response.read()
 
-    served = median_ms(request, args.repeats)
+        served = median_ms(request, args.repeats)
     direct = median_ms(lambda: predict_photo(model, args.photo.name, data, 18.0), args.repeats)
-    server.should_exit = True
     features = cpu_features()
     print(
         json.dumps(

@@ -11,8 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import uvicorn
 from conftest import ASTRONAUT, huge_png, image_bytes
 from PIL import Image
 from team_services import answers, free_port, wait_until
 
+from benchmarks.page import served_in_thread
 from faceage.serving.loading import load_any
 from faceage.serving.page import create_app
 from faceage.serving.photos import read_and_find_faces
@@ -52,16 +50,8 @@ def loaded(tiny_model):
 @pytest.fixture(scope="module")
 def api(loaded):
     """The page's app served in this process on a free loopback port: its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(loaded, UPLOAD_LIMIT), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
+    with served_in_thread(create_app(loaded, UPLOAD_LIMIT)) as base:
+        yield base
 
 
 def post(base: str, body: bytes, **query: str) -> tuple[int, dict]:
