@@ -4,7 +4,7 @@ A FastAPI app (FastAPI and uvicorn come with MLflow) with one static page and no
 works offline. The page sends each photo's bytes to ``POST /api/photos``, which finds and predicts its faces as
 ``faceage predict`` does (:func:`~faceage.serving.photos.find_faces`, :meth:`AgeEstimator.results`) and answers
 that command's JSON result for the photo. Photos are worked on one at a time; a body over ``max_upload`` bytes
-is refused before it is read whole, so a burst of requests queues instead of filling the memory.
+is read but not kept, then refused, so a burst of requests queues instead of filling the memory.
 """
 
 from __future__ import annotations
