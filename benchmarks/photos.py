@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, ImageFilter
 
 from benchmarks.peer import peer_predictions
+from benchmarks.profile import decode_limit, photo_profile
 from benchmarks.workspace import set_params
 from faceage.data.ingest import worker_count
 from faceage.evaluation.metrics import bootstrap_interval, with_interval
@@ -127,27 +128,42 @@ def paired_maes(true: np.ndarray, on_photos: np.ndarray, on_crops: np.ndarray, s
 
 
 def photo_benchmark(
-    model: Path, test: pd.DataFrame, crops: list[bytes], limit: int | None = None, seed: int = 0
+    models: dict[str, Path],
+    test: pd.DataFrame,
+    crops: list[bytes],
+    limit: int | None = None,
+    seed: int = 0,
+    profile_photos: int = 200,
 ) -> dict:
     """Compare the pipeline on photos made from the test ``crops`` with its own ``test["predicted_age"]`` on
-    the crops (``test["true_age"]`` the labels), and time it end to end against the peer (first ``limit`` only)."""
+    the crops (``test["true_age"]`` the labels), and time it end to end against the peer (first ``limit`` only)
+    under each engine of ``models`` (name -> checkpoint or exported graph; the first's ages are scored), with a
+    per-step profile of the first ``profile_photos`` photos under each and the limit decoding alone sets."""
     test, crops = test.iloc[:limit], crops[:limit]
     rng = np.random.default_rng(seed)
     photos = [make_photo(crop, rng) for crop in crops]
-    estimator = AgeEstimator(model)
+    estimators = {name: AgeEstimator(model) for name, model in models.items()}
     workers = worker_count(0)
+    engines, results = {}, {}
     with tempfile.TemporaryDirectory(prefix="faceage-photos-") as folder:
         paths = [Path(folder) / f"{index:05d}.jpg" for index in range(len(photos))]
         for path, photo in zip(paths, photos, strict=True):
             path.write_bytes(photo)
-        started = time.perf_counter()
-        results = list(estimator.predict_files(paths, aligned=False, workers=workers, block_size=64))
-        seconds = time.perf_counter() - started
-    on_photos = largest_face_ages(results)
+        for name, estimator in estimators.items():
+            started = time.perf_counter()
+            results[name] = list(estimator.predict_files(paths, aligned=False, workers=workers, block_size=64))
+            seconds = time.perf_counter() - started
+            engines[name] = {"photos_per_second": round(len(photos) / seconds, 2), "seconds": seconds}
+            engines[name]["profile"] = photo_profile(estimator, paths[:profile_photos])
+        decode_only = decode_limit(paths, next(iter(estimators.values())).faces.max_pixels, workers)
+    on_photos = largest_face_ages(next(iter(results.values())))
     found = ~np.isnan(on_photos)
     true, on_crops = test["true_age"].to_numpy(float), test["predicted_age"].to_numpy(float)
     accuracy = paired_maes(true[found], on_photos[found], on_crops[found], seed) if found.any() else {}
     peer = peer_predictions(photos)
+    for engine in engines.values():
+        engine["speed_ratio"] = round(peer["seconds"] / engine.pop("seconds"), 2)
+    first = next(iter(engines.values()))
     return {
         "photos": len(photos),
         "photo_size": list(PHOTO_SIZE),
@@ -157,12 +173,15 @@ def photo_benchmark(
         "detection_rate": round(float(found.mean()), 4),
         **accuracy,
         "mae_crops_all": with_interval(mae, true, on_crops, RESAMPLES, seed, CONFIDENCE),
-        "photos_per_second": round(len(photos) / seconds, 2),
+        "photos_per_second": first["photos_per_second"],
         "workers": workers,
         "peer_photos_per_second": round(len(photos) / peer["seconds"], 2),
         "peer_faces_detected": peer["faces_detected"],
         "peer_mae_photos": round(float(mae(true, peer["ages"])), 4),
-        "speed_ratio": round(peer["seconds"] / seconds, 2),
+        "speed_ratio": first["speed_ratio"],
+        "engines": engines,
+        "decode_only_photos_per_second": decode_only,
+        "profile_photos": min(profile_photos, len(photos)),
     }
 
 

@@ -8,15 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from benchmarks.workspace import tool_env
-from faceage.data.images import decode_image
-from faceage.model.checkpoint import load_model
-from faceage.model.inference import predict
 from faceage.params import MAIN_MEMBER, load_params
-from faceage.runtime import select_device
 from faceage.stage import pipeline_paths
 
 
@@ -72,22 +65,3 @@ def repro(repo: Path, log: Path, before: Callable[[], object] | None = None) -> 
             for report in [json.loads((paths["test_source_reports"] / f"{name}.json").read_text())]
         },
     }
-
-
-def single_image_latency(model_path: Path, image: bytes, flip: bool, repeats: int) -> dict:
-    """Milliseconds to predict one JPEG (decode, resize, forward passes), model loaded once, after a warm-up."""
-    device = select_device()
-    model, checkpoint = load_model(model_path, device)
-
-    def once() -> float:
-        started = time.perf_counter()
-        face = decode_image(image, model.image_size, checkpoint.faces.max_pixels)[None]
-        predict(model, face, np.arange(1), 1, device, flip=flip)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - started) * 1000
-
-    for _ in range(3):
-        once()
-    times = np.array([once() for _ in range(repeats)])
-    return {"median_ms": round(float(np.median(times)), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)}

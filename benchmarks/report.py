@@ -10,6 +10,9 @@ PUBLISHED = [
 ]
 
 
+ENGINE_NAMES = {"pytorch": "PyTorch (the checkpoint)", "onnxruntime": "ONNX Runtime (the exported graph)"}
+
+
 def interval(metric: dict, scale: float = 1.0, digits: int = 2) -> str:
     """``4.21 [4.05, 4.38]``."""
     value, low, high = (metric[key] * scale for key in ("value", "ci_low", "ci_high"))
@@ -70,6 +73,7 @@ def markdown_report(report: dict) -> str:
         mae = "" if row["mae"] is None else f"{row['mae']:.2f}"
         lines.append(f"| {bucket} | {row['count']} | {mae} | {'' if theirs is None else f'{theirs:.2f}'} |")
     hw = report["hardware"]
+    lines += engine_lines(report["engines"])
     lines += photo_lines(report["photos"])
     lines += source_lines(ours.get("sources", {}))
     lines += interval_lines(ours)
@@ -109,6 +113,34 @@ def photo_lines(photos: dict) -> list[str]:
         f"{photos['peer_photos_per_second']:.1f} (its own detection, 1 process) on the same photos: "
         f"{photos['speed_ratio']:.2f}x. Peer MAE on the photos {photos['peer_mae_photos']:.2f} "
         f"(its faces found in {photos['peer_faces_detected']}).",
+        "",
+        *(engine_photo_line(name, engine, photos["profile_photos"]) for name, engine in photos["engines"].items()),
+        f"- Reading and decoding alone ({photos['workers']} processes): {photos['decode_only_photos_per_second']:.1f} "
+        "photos/s, the limit of any end-to-end speed here.",
+    ]
+
+
+def engine_photo_line(name: str, engine: dict, profiled: int) -> str:
+    """One engine's end-to-end speed on the photos and where each photo's time goes."""
+    steps = ", ".join(f"{step.replace('_', ' ')} {ms:.1f}" for step, ms in engine["profile"]["ms_per_photo"].items())
+    return (
+        f"- {ENGINE_NAMES[name]}: {engine['photos_per_second']:.1f} photos/s end to end ({engine['speed_ratio']:.2f}x "
+        f"the peer); per photo in one process (first {profiled} photos): {steps} ms (total "
+        f"{engine['profile']['total_ms_per_photo']:.1f} ms)."
+    )
+
+
+def engine_lines(engines: dict) -> list[str]:
+    """The network under each engine: batch and one-image speed, and how far apart their ages are."""
+    ours, theirs = engines["onnxruntime"], engines["pytorch"]
+    return [
+        "",
+        f"The network on {engines['faces']} test faces (batches of {engines['batch_size']}; one image: decode, "
+        f"resize, forward passes): PyTorch {theirs['faces_per_second']:.0f} faces/s, one image "
+        f"{theirs['single_image']['median_ms']:.1f} ms; ONNX Runtime on the exported graph "
+        f"{ours['faces_per_second']:.0f} faces/s ({engines['batch_ratio']:.2f}x), one image "
+        f"{ours['single_image']['median_ms']:.1f} ms ({engines['single_image_ratio']:.2f}x). Their ages differ by "
+        f"{engines['age_difference']['mean']:.5f} years on average, {engines['age_difference']['max']:.5f} at most.",
     ]
 
 

@@ -28,9 +28,10 @@ import yaml
 
 from benchmarks import results_page
 from benchmarks.baseline import training_throughput
+from benchmarks.engines import engine_speeds
 from benchmarks.peer import peer_predictions
 from benchmarks.photos import add_photo_sources, photo_benchmark
-from benchmarks.pipeline import repro, single_image_latency
+from benchmarks.pipeline import repro
 from benchmarks.report import markdown_report
 from benchmarks.workspace import copy_worktree
 from faceage.data.manifest import load_manifest
@@ -39,12 +40,14 @@ from faceage.evaluation.evaluate import split_report
 from faceage.evaluation.metrics import cs_name
 from faceage.params import Params, load_params
 from faceage.runtime import cpu_features, cpu_precision_reason, use_cpu_bf16
+from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.stage import pipeline_paths
 
 REPO = Path(__file__).resolve().parents[1]
 ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz"
+ENGINE_FACES = 512  # test faces each engine predicts in batches
 
 
 def parse_settings(settings: Sequence[str]) -> dict[str, dict]:
@@ -169,9 +172,11 @@ def benchmark(
         files = dict(open_source(source).read(set(test["source_path"]) | set(train["source_path"])))
 
         ours["test"] = headline(ours["test"], params)
-        ours["single_image_latency"] = single_image_latency(
-            pipeline_paths(repo)["model"], files[test["source_path"].iloc[0]], params.evaluate.flip_tta, latency_repeats
-        )
+        model, graph = pipeline_paths(repo)["model"], Path(work) / "model.onnx"
+        export_model(model, graph, "onnx")
+        test_images = [files[name] for name in test["source_path"].iloc[:ENGINE_FACES]]
+        engines = engine_speeds(model, graph, test_images, latency_repeats)
+        ours["single_image_latency"] = engines["pytorch"]["single_image"]
         baseline, same_precision = baseline_loops(
             Path(work) / "baseline_images", train, files, params, baseline_batches
         )
@@ -182,9 +187,8 @@ def benchmark(
 
         crops = pd.read_csv(pipeline_paths(repo)["predictions"]).query("split == 'test'")
         crops = crops.merge(test[["id", "source_path"]], on="id")
-        photos = photo_benchmark(
-            pipeline_paths(repo)["model"], crops, [files[name] for name in crops["source_path"]], photo_limit
-        )
+        models = {"pytorch": model, "onnxruntime": graph}
+        photos = photo_benchmark(models, crops, [files[name] for name in crops["source_path"]], photo_limit)
 
     report = {
         "hardware": {**hardware(), "precision": cpu_precision_reason(params.train.cpu_bf16)},
@@ -206,6 +210,7 @@ def benchmark(
             round(ours["train_images_per_second"] / same_precision["images_per_second"], 2) if same_precision else None
         ),
         "peer": peer,
+        "engines": engines,
         "photos": photos,
         "astronaut": astronaut,
     }

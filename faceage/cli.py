@@ -21,9 +21,11 @@ Detection settings (faces.* in params.yaml) come from the model's checkpoint; --
 
 EXPORT_HELP = """\
 Write the age network for use without this package: ONNX (onnxruntime, any language) or TorchScript.
-The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S the model's input size
-(printed on export; resize the aligned chip to it), and returns per face the age in years, its calibrated
+The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S the size of the aligned chips
+the model was trained on (data.image_size, printed on export), and returns per face the age in years, its calibrated
 interval (age_low, age_high) and, with a gender head, the probability of female. The batch size is dynamic.
+An ONNX graph also carries the model's face settings, so faceage predict --model model.onnx runs it on photos
+through ONNX Runtime.
 PyTorch deprecates TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
 SERVE_HELP = """\
@@ -50,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="image files or folders")
     predict.add_argument(
         "--model",
-        help="trained checkpoint (default: the pipeline's), dlib (dlib's age model as its authors trained it on "
-        "real faces), or an MLflow model URI (models:/NAME@ALIAS, runs:/RUN/model)",
+        help="trained checkpoint (default: the pipeline's), an ONNX graph from faceage export (run by ONNX Runtime), "
+        "dlib (dlib's age model as its authors trained it on real faces), or an MLflow model URI (models:/NAME@ALIAS, "
+        "runs:/RUN/model)",
     )
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="a web page to try the model on photos", description=SERVE_HELP)
     serve.add_argument(
         "--model",
-        help="trained checkpoint (default: the pipeline's), dlib, or an MLflow model URI (models:/NAME@ALIAS)",
+        help="trained checkpoint (default: the pipeline's), an ONNX graph from faceage export, dlib, or an MLflow "
+        "model URI (models:/NAME@ALIAS)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -202,8 +206,8 @@ def run_export(args: argparse.Namespace) -> int:
     from faceage.serving.export import export_model
 
     output = args.output or args.model.with_suffix(".onnx" if args.format == "onnx" else ".ts")
-    input_size = export_model(args.model, output, args.format, flip=not args.no_flip)
-    print(f"wrote {output}: input (batch, 3, {input_size}, {input_size}) float32 RGB in [0, 1]")
+    chip_size = export_model(args.model, output, args.format, flip=not args.no_flip)
+    print(f"wrote {output}: input (batch, 3, {chip_size}, {chip_size}) float32 RGB in [0, 1]")
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from conftest import overlay, settings
+from PIL import Image
 
 from benchmarks.run import benchmark, parse_settings
 from faceage.data.demo import write_demo_archive
@@ -83,6 +84,21 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert photos["speed_ratio"] == pytest.approx(
         photos["photos_per_second"] / photos["peer_photos_per_second"], rel=0.02
     )
+    # Both engines on the same photos and faces: their speeds, where each photo's time goes, the decoding limit.
+    for engine in photos["engines"].values():
+        assert engine["speed_ratio"] == pytest.approx(
+            engine["photos_per_second"] / photos["peer_photos_per_second"], rel=0.02
+        )
+        steps = engine["profile"]["ms_per_photo"]
+        assert engine["profile"]["total_ms_per_photo"] == pytest.approx(sum(steps.values()), abs=0.02)
+        assert steps["detect"] > 0 and all(ms >= 0 for ms in steps.values())
+    assert set(photos["engines"]) == {"pytorch", "onnxruntime"} and photos["decode_only_photos_per_second"] > 0
+    engines = saved["engines"]
+    assert ours["single_image_latency"] == engines["pytorch"]["single_image"]
+    assert engines["batch_ratio"] == pytest.approx(
+        engines["onnxruntime"]["faces_per_second"] / engines["pytorch"]["faces_per_second"], abs=0.01
+    )
+    assert engines["faces"] == ours["test"]["count"] and engines["age_difference"]["max"] < 0.01
     # Validation and test faces made into harsh photos, each accounted for by its test source's ingest.
     names = {"photos_val", "photos_test"}
     assert set(ours["source_ingest"]) == names
@@ -96,6 +112,7 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     table = (tmp_path / "reports" / "benchmark.md").read_text()
     assert "dlib_age_resnet10, 32 px + mobilenet_v2, 24 px (ensemble), classification head" in table
     assert "test faces pasted into 1024x768 photos" in table
+    assert "ONNX Runtime on the exported graph" in table and "Reading and decoding alone" in table
     assert f"CPU class: {hardware['cpu_capability']} kernels" in table
     assert (
         ("under bfloat16 autocast" in table) == native_cpu_bf16()
@@ -123,3 +140,18 @@ def test_the_precision_benchmark_times_both_precisions_of_every_network_and_name
     label = class_label(row)
     assert label.startswith(f"{torch.backends.cpu.get_cpu_capability()} kernels, {'native' if native else 'no native'}")
     assert markdown({label: row}).count(label) == 2
+
+
+def test_the_profile_splits_a_photos_time_into_its_steps_and_decoding_sets_a_limit(tiny_model, tmp_path):
+    from conftest import ASTRONAUT
+
+    from benchmarks.profile import STEPS, decode_limit, photo_profile
+    from faceage.serving.photos import AgeEstimator
+
+    paths = [ASTRONAUT, tmp_path / "wall.png"]  # one face, and none: no network step for it
+    Image.new("RGB", (300, 200), (90, 90, 90)).save(paths[1])
+    profile = photo_profile(AgeEstimator(tiny_model), paths)
+    steps = profile["ms_per_photo"]
+    assert tuple(steps) == STEPS and all(ms > 0 for ms in steps.values())
+    assert profile["total_ms_per_photo"] == pytest.approx(sum(steps.values()), abs=0.02)
+    assert decode_limit(paths * 4, 10**6, 2) > 0

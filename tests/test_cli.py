@@ -176,7 +176,7 @@ def test_dlib_is_its_untouched_age_model_on_the_aligned_face(photos, capsys):
     assert document["dataset"] == UNTOUCHED_DLIB_DATASET and "warning" not in err
     estimator = AgeEstimator("dlib")
     (found,) = find_faces("astronaut", ASTRONAUT.read_bytes(), estimator.chip_size, estimator.faces).faces
-    bins = estimator.model.bin_ages
+    bins = estimator.engine.model.bin_ages
     distribution = ReferenceAgeModel(bins)(to_input(found.chip[None], estimator.chip_size, torch.device("cpu")))
     expected = distribution @ bins
     assert face["age_years"] == pytest.approx(float(expected[0]), abs=0.05)

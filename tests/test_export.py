@@ -1,6 +1,11 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from conftest import ASTRONAUT
+from PIL import Image
 
 from faceage.cli import main
 from faceage.model.checkpoint import load_model
@@ -56,3 +61,67 @@ def test_torchscript_matches_pytorch(tiny_model, chips, tmp_path):
     assert set(result) == {"age", "age_low", "age_high", "female_probability"}
     for name, values in result.items():
         np.testing.assert_allclose(values.numpy(), expected[name], atol=1e-3, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_model, tmp_path_factory) -> dict[bool, Path]:
+    """The tiny model exported to ONNX with mirror-image averaging (True) and without (False)."""
+    folder = tmp_path_factory.mktemp("graphs")
+    paths = {flip: folder / f"flip{flip}.onnx" for flip in (True, False)}
+    for flip, path in paths.items():
+        assert (
+            main(
+                ["export", "--format", "onnx", "--model", str(tiny_model), "--output", str(path)]
+                + ["--no-flip"] * (not flip)
+            )
+            == 0
+        )
+    return paths
+
+
+def predicted(args: list[str], capsys) -> dict:
+    assert main(["predict", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_predict_runs_the_exported_graph_as_it_runs_the_checkpoint(tiny_model, graphs, tmp_path, flip, capsys):
+    crops = []  # ready crops of several sizes (cut to the chip size as the checkpoint's), and a photo to find a face in
+    for index, side in enumerate((20, 32, 47, 128)):
+        crops.append(tmp_path / f"crop{index}.png")
+        Image.open(ASTRONAUT).resize((side, side)).save(crops[-1])
+    no_flip = ["--no-flip"] * (not flip)
+    for args in ([*map(str, crops), "--aligned"], [str(ASTRONAUT)]):
+        by_checkpoint = predicted([*args, "--model", str(tiny_model), *no_flip, "--over", "18"], capsys)
+        by_graph = predicted([*args, "--model", str(graphs[flip]), *no_flip, "--over", "18"], capsys)
+        assert by_graph["interval_level"] == by_checkpoint["interval_level"] == 0.9
+        for ours, theirs in zip(by_graph["results"], by_checkpoint["results"], strict=True):
+            assert [face["box"] for face in ours["faces"]] == [face["box"] for face in theirs["faces"]]
+            for face, reference in zip(ours["faces"], theirs["faces"], strict=True):
+                for key in ("age_years", "age_low", "age_high", "female_probability"):
+                    assert face[key] == pytest.approx(reference[key], abs=0.011), key
+                assert face["over"] == reference["over"]
+
+
+def test_a_graph_exported_the_other_way_for_flip_is_one_line(graphs, capsys):
+    for flip, advice in ((True, "drop --no-flip"), (False, "predict with --no-flip")):
+        assert main(["predict", str(ASTRONAUT), "--model", str(graphs[flip])] + ["--no-flip"] * flip) == 1
+        err = capsys.readouterr().err
+        assert advice in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_not_faceages_graph_is_one_line(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    plain = tmp_path / "plain.onnx"  # a valid graph, not written by faceage export
+    tensor = helper.make_tensor_value_info("chips", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["chips"], ["age"])], "g", [tensor], [tensor])
+    graph.output[0].name = "age"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), plain)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage" * 50)
+    for path, message in ((plain, "has no faceage description"), (broken, "is not an ONNX graph")):
+        assert main(["predict", str(ASTRONAUT), "--model", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

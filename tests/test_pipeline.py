@@ -343,7 +343,7 @@ def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo):
     client = mlflow_client(repo)
     (logged,) = client.get_run(parent.info.run_id).outputs.model_outputs  # the run's MLflow model
     served = mlflow.pyfunc.load_model(client.get_logged_model(logged.model_id).artifact_location)
-    model = served.unwrap_python_model().estimator.model
+    model = served.unwrap_python_model().estimator.engine.model
     assert type(model).__name__ == "AgeModel" and model.input_sizes == (32, 40)  # both networks, one model
 
 

@@ -46,9 +46,19 @@ class Face:
         return 0 if self.box is None else (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
+@dataclass(frozen=True)
+class Detection:
+    """A face the detector found: the corners of its box in the full-size photo (``(4, 2)`` x, y; turned with the
+    photo for a turned find), its score, and the turn (degrees) of the photo it was found in."""
+
+    outline: np.ndarray
+    score: float
+    angle: float
+
+
 class FaceFinder:
     """Detector and landmark model (``landmarks``, else :func:`landmarks_path`), loaded once; :meth:`find`
-    returns every face of a photo."""
+    returns every face of a photo (:meth:`detect`, then :meth:`align`)."""
 
     def __init__(self, params: FacesParams, landmarks: Path | None = None):
         import dlib
@@ -59,44 +69,49 @@ class FaceFinder:
 
     def find(self, photo: np.ndarray | Image.Image, chip_size: int) -> list[Face]:
         """Faces of an RGB photo (``(H, W, 3)`` uint8, or a Pillow image), left to right, each with a
-        ``chip_size`` square chip.
+        ``chip_size`` square chip."""
+        detections = self.detect(photo)
+        return self.align(photo, detections, chip_size) if detections else []
+
+    def detect(self, photo: np.ndarray | Image.Image) -> list[Detection]:
+        """The faces the detector finds in the photo.
 
         Detections scoring at most ``faces.min_score`` or smaller than ``faces.min_size`` pixels are dropped.
         The detector searches a copy downscaled to ``faces.max_side``; when it finds no face upright, turned
-        copies of that small copy are searched, by each of ``faces.rotations`` degrees in turn. Landmarks are
-        placed on the full-size photo (on a turned cut-out around the face for a turned find) and the chip is
-        cut from the full-size photo, so the cost of a turn does not grow with the photo's size.
+        copies of that small copy are searched, by each of ``faces.rotations`` degrees in turn.
         """
         small, scale = detection_copy(photo, self.params.max_side)
-        photo = rgb_array(photo) if isinstance(photo, Image.Image) else np.ascontiguousarray(photo)
         for angle in (0.0, *self.params.rotations):
-            faces = self._find_turned(photo, small, scale, angle, chip_size)
-            if faces:
-                return sorted(faces, key=lambda face: (face.box[0], face.box[1]))
+            turn = Turn(small.shape, angle)
+            boxes, scores, _ = self.detector.run(turn.apply(small), self.params.upsample, self.params.min_score)
+            found = []
+            for box, score in zip(boxes, scores, strict=True):
+                corners = [float(v) for v in (box.left(), box.top(), box.right(), box.bottom())]
+                if min(corners[2] - corners[0], corners[3] - corners[1]) / scale < self.params.min_size:
+                    continue
+                square = np.array([corners[:2], corners[2:], corners[::3], corners[2:0:-1]])
+                found.append(Detection(turn.back(square) / scale, round(float(score), 4), angle))
+            if found:
+                return found
         return []
 
-    def _find_turned(
-        self, photo: np.ndarray, small: np.ndarray, scale: float, angle: float, chip_size: int
-    ) -> list[Face]:
+    def align(self, photo: np.ndarray | Image.Image, detections: list[Detection], chip_size: int) -> list[Face]:
+        """The detected faces, left to right, each with a ``chip_size`` square chip cut upright from the full-size
+        photo on its 5 landmarks (placed on the photo, or on a turned cut-out around the face for a turned find,
+        so the cost of a turn does not grow with the photo's size)."""
         import dlib
 
-        turn = Turn(small.shape, angle)
-        boxes, scores, _ = self.detector.run(turn.apply(small), self.params.upsample, self.params.min_score)
+        photo = rgb_array(photo) if isinstance(photo, Image.Image) else np.ascontiguousarray(photo)
         faces = []
-        for box, score in zip(boxes, scores, strict=True):
-            corners = [float(v) for v in (box.left(), box.top(), box.right(), box.bottom())]
-            if min(corners[2] - corners[0], corners[3] - corners[1]) / scale < self.params.min_size:
-                continue
-            square = np.array([corners[:2], corners[2:], corners[::3], corners[2:0:-1]])
-            outline = turn.back(square) / scale  # the detection's corners in the full-size photo
-            points = self._landmarks(photo, outline, angle)
-            left, top = np.floor(outline.min(0)).astype(int)
-            right, bottom = np.ceil(outline.max(0)).astype(int)
+        for detection in detections:
+            points = self._landmarks(photo, detection.outline, detection.angle)
+            left, top = np.floor(detection.outline.min(0)).astype(int)
+            right, bottom = np.ceil(detection.outline.max(0)).astype(int)
             rect = dlib.rectangle(int(left), int(top), int(right), int(bottom))
             parts = dlib.points([dlib.point(round(x), round(y)) for x, y in points])
             chip = dlib.get_face_chip(photo, dlib.full_object_detection(rect, parts), chip_size, self.params.padding)
-            faces.append(Face((int(left), int(top), int(right), int(bottom)), round(float(score), 4), chip))
-        return faces
+            faces.append(Face((int(left), int(top), int(right), int(bottom)), detection.score, chip))
+        return sorted(faces, key=lambda face: (face.box[0], face.box[1]))
 
     def _landmarks(self, photo: np.ndarray, outline: np.ndarray, angle: float) -> np.ndarray:
         """The 5 landmarks, ``(5, 2)`` x, y in ``photo``, of the face whose box, turned by ``angle``, has the

@@ -36,7 +36,9 @@ def to_input(
 
     ``augment``, if given, changes the resized batch while its values are still in ``[0, 1]``.
     """
-    x = resized(torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255), size)
+    pixels = np.ascontiguousarray(pixels)  # from_numpy warns on a read-only array (a decoded image's)
+    x = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()).to(device).permute(0, 3, 1, 2)
+    x = resized(x.float().div_(255), size)
     if augment is not None:
         x = augment(x)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)

@@ -1,7 +1,10 @@
-"""Export the age network as ONNX or TorchScript, for use without this package."""
+"""Export the age network as ONNX or TorchScript, for use without this package (an ONNX graph also carries what
+``faceage predict`` needs to run it through ONNX Runtime: see :mod:`faceage.serving.engines`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -11,18 +14,20 @@ from torch import nn
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
-from faceage.model.checkpoint import load_model
+from faceage.model.checkpoint import Checkpoint, load_model
 
 EXAMPLE_BATCH = 2
 OPSET = 18
 EXPORTED = ("age", "age_low", "age_high", "female_probability")  # the graph's outputs, where the model has them
+GRAPH_INFO = "faceage"  # the ONNX metadata key of the model's description (JSON, see graph_info)
 
 
 class ExportableModel(nn.Module):
-    """RGB chips in ``[0, 1]`` at the model's input size to ages in years, their calibrated intervals (when
-    the model has them) and the probability of female (with a gender head).
+    """RGB chips in ``[0, 1]`` at the model's chip size (``data.image_size`` at training) to ages in years, their
+    calibrated intervals (when the model has them) and the probability of female (with a gender head).
 
-    The ImageNet normalisation, the read-out of the age head and the calibration are part of the graph; with
+    The ImageNet normalisation, the resizing to each network's input size, the read-out of the age head and the
+    calibration are part of the graph; with
     ``flip``, so is the averaging of each face's prediction with its mirror image's, as ``faceage predict``
     does by default.
     """
@@ -39,23 +44,40 @@ class ExportableModel(nn.Module):
         return {name: outputs[name] for name in EXPORTED if name in outputs}
 
 
-def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableModel, int]:
-    """The checkpoint's model wrapped for export, in float32 on the CPU, and its input size."""
-    model, _ = load_model(model_path, torch.device("cpu"))
+def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableModel, Checkpoint]:
+    """The checkpoint's model wrapped for export, in float32 on the CPU, and the checkpoint."""
+    model, checkpoint = load_model(model_path, torch.device("cpu"))
     model.requires_grad_(False)
     wrapped = ExportableModel(model.to(memory_format=torch.contiguous_format), flip)
-    return wrapped.eval(), model.input_size
+    return wrapped.eval(), checkpoint
+
+
+def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool) -> dict:
+    """What running the graph on photos needs besides its weights: the chip size faces are cut at, whether
+    mirror-image averaging is in the graph, the intervals' level, the face settings, and what the model learnt
+    from."""
+    return {
+        "chip_size": model.image_size,
+        "flip": flip,
+        "level": model.calibration.level if model.calibration else None,
+        "faces": dataclasses.asdict(checkpoint.faces) if checkpoint.faces else None,
+        "dataset": checkpoint.dataset,
+        "run_id": checkpoint.run_id,
+    }
 
 
 def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool = True) -> int:
-    """Write the network of ``model_path`` to ``output`` as ``onnx`` or ``torchscript``; return its input size."""
-    wrapped, size = exportable(model_path, flip)
+    """Write the network of ``model_path`` to ``output`` as ``onnx`` or ``torchscript``; return its chip size."""
+    wrapped, checkpoint = exportable(model_path, flip)
+    size = wrapped.model.image_size
     example = torch.rand(EXAMPLE_BATCH, 3, size, size)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         torch.jit.trace(wrapped, example, strict=False).save(str(output))
     elif fmt == "onnx":
+        import onnx
+
         names = list(wrapped(example))
         batch = torch.export.Dim("batch", min=1)
         logging.getLogger("torch.onnx").setLevel(logging.WARNING)
@@ -70,7 +92,10 @@ def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: boo
             external_data=False,
             verbose=False,
         )
-        program.save(str(output))
+        graph = program.model_proto
+        info = graph_info(wrapped.model, checkpoint, flip)
+        onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(info)})
+        onnx.save_model(graph, str(output))
     else:
         raise FaceageError(f"unknown export format {fmt!r}; choose onnx or torchscript")
     return size

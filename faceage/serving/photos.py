@@ -23,11 +23,11 @@ from faceage.data.layouts import is_image_name
 from faceage.errors import FaceageError
 from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, untouched_dlib
 from faceage.model.checkpoint import load_model
-from faceage.model.inference import predict
 from faceage.model.intervals import interval_text, over_decisions
-from faceage.params import PROJECT_PARAMS, load_params
+from faceage.params import PROJECT_PARAMS, load_params, saved_faces
 from faceage.runtime import select_device
 from faceage.sections import MAX_AGE, FacesParams
+from faceage.serving.engines import OnnxEngine, TorchEngine, check_flip
 
 SPECIAL_FILES = {
     stat.S_IFIFO: "a FIFO",
@@ -82,8 +82,9 @@ def years_and_months(age: float) -> str:
 
 
 class AgeEstimator:
-    """A trained model (a checkpoint's path, or ``dlib`` for dlib's untouched age model) and the face settings
-    to use with it (by default those saved in its checkpoint)."""
+    """A trained model (a checkpoint's path, an ONNX graph written by ``faceage export``, run by ONNX Runtime, or
+    ``dlib`` for dlib's untouched age model) and the face settings to use with it (by default those saved with
+    it)."""
 
     def __init__(
         self,
@@ -92,13 +93,21 @@ class AgeEstimator:
         flip: bool = True,
         device: torch.device | None = None,
     ):
-        self.device = device or select_device()
+        device = device or select_device()
+        self.engine: TorchEngine | OnnxEngine
         if str(model_path) == UNTOUCHED_DLIB:
-            self.model, self.dataset = untouched_dlib().to(self.device), UNTOUCHED_DLIB_DATASET
+            self.engine, self.dataset = TorchEngine(untouched_dlib().to(device), device), UNTOUCHED_DLIB_DATASET
             self.faces = faces or load_params(PROJECT_PARAMS).faces  # no checkpoint: the project's settings
             self.run_id = None
+        elif Path(model_path).suffix == ".onnx":
+            self.engine = OnnxEngine(model_path)
+            check_flip(self.engine.info["flip"], flip)
+            saved = self.engine.info["faces"]
+            self.faces = faces or (saved_faces(saved, f"{model_path}: faces") if saved else None)
+            self.dataset, self.run_id = self.engine.info["dataset"], self.engine.info["run_id"]
         else:
-            self.model, checkpoint = load_model(model_path, self.device)
+            model, checkpoint = load_model(model_path, device)
+            self.engine = TorchEngine(model, device)
             self.dataset = checkpoint.dataset  # None for a checkpoint that predates the record
             self.faces = faces or checkpoint.faces
             self.run_id = checkpoint.run_id  # the MLflow run that trained it
@@ -114,13 +123,13 @@ class AgeEstimator:
     @property
     def chip_size(self) -> int:
         """Side of the face chips the model was trained on (``data.image_size`` at training)."""
-        return self.model.image_size
+        return self.engine.chip_size
 
     @property
     def level(self) -> float | None:
         """The level of the model's intervals; ``None`` for a model without (dlib's untouched model, or one
         trained before intervals)."""
-        return self.model.calibration.level if self.model.calibration else None
+        return self.engine.level
 
     def check_over(self, over: float | None) -> None:
         """One line when ``over`` is not an age, or is asked of a model without intervals."""
@@ -138,9 +147,7 @@ class AgeEstimator:
         chips = [face.chip for photo in photos for face in photo.faces]
         outputs: dict[str, np.ndarray] = {}
         if chips:
-            outputs = predict(
-                self.model, np.stack(chips), np.arange(len(chips)), batch_size, self.device, flip=self.flip
-            )
+            outputs = self.engine.outputs(np.stack(chips), self.flip, batch_size)
         results, row = [], 0
         for photo in photos:
             if photo.error is not None:

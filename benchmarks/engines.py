@@ -1,0 +1,103 @@
+"""The network under each engine, in one run: PyTorch on the checkpoint and ONNX Runtime on its exported graph,
+each timed on a batch of faces (faces/s) and on one image (decode, resize, forward passes; ms), and the age
+differences between them on the same faces.
+
+    python -m benchmarks.engines --model models/model.pt [--source ../shared/datasets/UTKFace.tar.gz] [--faces 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from faceage.data.images import decode_image
+from faceage.data.layouts import is_image_name
+from faceage.data.sources import open_source
+from faceage.serving.export import export_model
+from faceage.serving.photos import AgeEstimator
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH_SIZE = 64
+WARM_UP = 3
+
+
+def single_image_latency(estimator: AgeEstimator, image: bytes, repeats: int) -> dict:
+    """Milliseconds to predict one JPEG (decode, resize, forward passes), the model loaded once, after a warm-up."""
+
+    def once() -> float:
+        started = time.perf_counter()
+        face = decode_image(image, estimator.chip_size, estimator.faces.max_pixels)[None]
+        estimator.engine.outputs(face, estimator.flip, 1)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) * 1000
+
+    for _ in range(WARM_UP):
+        once()
+    times = np.array([once() for _ in range(repeats)])
+    return {"median_ms": round(float(np.median(times)), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)}
+
+
+def batch_speed(estimator: AgeEstimator, faces: np.ndarray) -> tuple[float, np.ndarray]:
+    """Faces per second over ``faces`` (uint8 chips) in batches of :data:`BATCH_SIZE`, after a warm-up batch, and
+    the ages."""
+    estimator.engine.outputs(faces[:BATCH_SIZE], estimator.flip, BATCH_SIZE)
+    started = time.perf_counter()
+    ages = estimator.engine.outputs(faces, estimator.flip, BATCH_SIZE)["age"]
+    return round(len(faces) / (time.perf_counter() - started), 1), ages
+
+
+def engine_speeds(checkpoint: Path, graph: Path, images: list[bytes], repeats: int) -> dict:
+    """Batch faces/s and one image's latency of ``checkpoint`` under PyTorch and of its exported ``graph`` under
+    ONNX Runtime, on ``images`` (face crops; the first is the one image), their ratios, and how far apart their
+    ages are (mean and largest absolute difference)."""
+    estimators = {"pytorch": AgeEstimator(checkpoint), "onnxruntime": AgeEstimator(graph)}
+    first = estimators["pytorch"]
+    faces = np.stack([decode_image(data, first.chip_size, first.faces.max_pixels) for data in images])
+    results, ages = {}, {}
+    for name, estimator in tqdm(estimators.items(), desc="engines", unit="engine"):
+        speed, ages[name] = batch_speed(estimator, faces)
+        results[name] = {"faces_per_second": speed, "single_image": single_image_latency(estimator, images[0], repeats)}
+    difference = np.abs(ages["onnxruntime"] - ages["pytorch"])
+    ours, theirs = results["onnxruntime"], results["pytorch"]
+    return {
+        **results,
+        "faces": len(faces),
+        "batch_size": BATCH_SIZE,
+        "batch_ratio": round(ours["faces_per_second"] / theirs["faces_per_second"], 2),
+        "single_image_ratio": round(ours["single_image"]["median_ms"] / theirs["single_image"]["median_ms"], 2),
+        "age_difference": {"mean": round(float(difference.mean()), 5), "max": round(float(difference.max()), 5)},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="trained checkpoint")
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    parser.add_argument("--faces", type=int, default=512, help="faces of the source timed in batches")
+    parser.add_argument("--repeats", type=int, default=50, help="timed single-image predictions")
+    args = parser.parse_args(argv)
+    if not args.source.exists():
+        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
+        return 1
+    source = open_source(args.source)
+    names = sorted(name for name in source.names() if is_image_name(name))[: args.faces]
+    images = [data for _, data in source.read(set(names))]
+    with tempfile.TemporaryDirectory(prefix="faceage-engines-") as folder:
+        graph = Path(folder) / "model.onnx"
+        export_model(args.model, graph, "onnx")
+        print(json.dumps(engine_speeds(args.model, graph, images, args.repeats), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

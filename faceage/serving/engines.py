@@ -1,0 +1,87 @@
+"""What runs a model's networks on face chips: PyTorch on a checkpoint's model, or ONNX Runtime on a graph
+written by ``faceage export --format onnx`` (the same outputs, often faster on a CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceage.errors import FaceageError
+from faceage.model.age_model import AgeModel
+from faceage.model.checkpoint import describe
+from faceage.model.inference import predict
+from faceage.serving.export import GRAPH_INFO
+
+
+class TorchEngine:
+    """An :class:`AgeModel` run by PyTorch on ``device``."""
+
+    name = "pytorch"
+
+    def __init__(self, model: AgeModel, device: torch.device):
+        self.model = model
+        self.device = device
+
+    @property
+    def chip_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def level(self) -> float | None:
+        return self.model.calibration.level if self.model.calibration else None
+
+    def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
+        """The model's outputs for ``(N, chip_size, chip_size, 3)`` uint8 chips; ``flip``: mirror-image averaging."""
+        return predict(self.model, chips, np.arange(len(chips)), batch_size, self.device, flip=flip)
+
+
+class OnnxEngine:
+    """An exported graph run by ONNX Runtime on the CPU with ``threads`` threads (0: one per physical core). The
+    graph's description (:func:`~faceage.serving.export.graph_info`) says how its chips are cut and whether
+    mirror-image averaging is built in."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own types for unreadable or invalid graphs
+            raise FaceageError(f"{path} is not an ONNX graph ONNX Runtime can run ({describe(error)})") from None
+        description = self.session.get_modelmeta().custom_metadata_map.get(GRAPH_INFO)
+        if description is None:
+            raise FaceageError(f"{path} has no faceage description: write it with faceage export --format onnx")
+        self.info = json.loads(description)
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    @property
+    def chip_size(self) -> int:
+        return self.info["chip_size"]
+
+    @property
+    def level(self) -> float | None:
+        return self.info["level"]
+
+    def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
+        """As :meth:`TorchEngine.outputs`; ``flip`` must be what the graph was exported with."""
+        check_flip(self.info["flip"], flip)
+        results: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        for start in range(0, len(chips), batch_size):
+            x = np.ascontiguousarray(chips[start : start + batch_size].transpose(0, 3, 1, 2), dtype=np.float32) / 255
+            for name, values in zip(self.output_names, self.session.run(None, {"chips": x}), strict=True):
+                results[name].append(values)
+        return {name: np.concatenate(values).astype(np.float64) for name, values in results.items()}
+
+
+def check_flip(in_graph: bool, flip: bool) -> None:
+    """One line when mirror-image averaging is asked of a graph exported without it, or the reverse."""
+    if in_graph and not flip:
+        raise FaceageError("the ONNX graph has mirror-image averaging built in: drop --no-flip, or export with it")
+    if flip and not in_graph:
+        raise FaceageError("the ONNX graph was exported with --no-flip: predict with --no-flip, or export without it")
