@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,10 @@ found by dlib's HOG detector and aligned on dlib's 5-point landmarks into chips 
 images, and the model predicts each chip. Folders are walked recursively; photos are processed in
 bounded blocks, so a folder of any size fits in memory. A photo without a face is reported as such;
 a file that cannot be read gets a one-line error and the rest go on (exit status 1 if any could not).
+
+Videos (.mp4, .mov, .mkv, .avi, .webm, .m4v) are read frame by frame: faces are found in --frames-per-second
+frames per second of video, followed from frame to frame by the overlap of their boxes, and each person
+followed gets one age and interval (the mean over the frames they were seen in) with the seconds they span.
 
 Detection settings (faces.* in params.yaml) come from the model's checkpoint; --upsample and
 --min-score override them."""
@@ -67,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-score", type=float, help="detection score a face must exceed")
     predict.add_argument("--workers", type=int, default=0, help="face-finding processes, 0 = one per core")
     predict.add_argument("--block", type=int, default=64, help="photos in memory at once (per block)")
+    predict.add_argument(
+        "--frames-per-second",
+        type=float,
+        default=5.0,
+        metavar="N",
+        help="videos: frames searched for faces per second of video (default 5; 0 = every frame)",
+    )
 
     serve = commands.add_parser("serve", help="a web page to try the model on photos", description=SERVE_HELP)
     serve.add_argument(
@@ -113,13 +125,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from faceage.data.ingest import worker_count
+    from faceage.data.layouts import is_image_name
     from faceage.errors import FaceageError
-    from faceage.serving.annotate import annotate_photo
     from faceage.serving.loading import load_any
-    from faceage.serving.photos import photo_files
+    from faceage.serving.photos import input_files
+    from faceage.serving.video import is_video_name, predict_video
 
     if args.block < 1:
         raise FaceageError(f"--block must be at least 1, got {args.block}")
+    if not 0 <= args.frames_per_second <= 1000:
+        raise FaceageError(f"--frames-per-second must be 0..1000, got {args.frames_per_second}")
     if args.annotate and args.annotate.exists() and not args.annotate.is_dir():
         raise FaceageError(f"--annotate: {args.annotate} is not a folder")
     if args.annotate:
@@ -134,29 +149,48 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"note: {args.model} has no calibrated intervals: ages come without one", file=sys.stderr)
     overrides = {"upsample": args.upsample, "min_score": args.min_score}
     estimator.faces = replace(estimator.faces, **{k: v for k, v in overrides.items() if v is not None})
-    files = photo_files(args.paths)
+    files = input_files(args.paths, lambda name: is_image_name(name) or is_video_name(name))
+    photos = [path for path in files if not is_video_name(path.name)]
+    videos = [path for path in files if is_video_name(path.name)]
+    workers = worker_count(args.workers)
     results, failed = [], 0
-    with tqdm(total=len(files), desc="photos", unit="photo", disable=None) as progress:
-        found = estimator.predict_files(files, args.aligned, worker_count(args.workers), args.block, args.over)
+    with tqdm(total=len(files), desc="files", unit="file", disable=None) as progress:
+        found = estimator.predict_files(photos, args.aligned, workers, args.block, args.over)
+        for video in videos:
+            found = itertools.chain(
+                found, [predict_video(estimator, video, args.frames_per_second, workers, args.over)]
+            )
         for result in found:
             progress.update()
             failed += "error" in result
-            if args.annotate and "faces" in result:
-                out = args.annotate / annotated_name(result["file"], args.paths)
-                try:
-                    annotate_photo(Path(result["file"]), result["faces"], out)
-                except OSError as error:
-                    raise FaceageError(f"--annotate: cannot write {out}: {error.strerror or error}") from None
+            if args.annotate and ("faces" in result or "tracks" in result):
+                write_annotated(result, args.annotate / annotated_name(result["file"], args.paths))
             if args.json:
                 results.append(result)
             else:
                 print_result(result, args.over)
     if args.json:
         faces = sum(len(r.get("faces", ())) for r in results)
-        summary = {"model": str(args.model), "dataset": estimator.dataset, "photos": len(results), "faces": faces}
+        summary = {"model": str(args.model), "dataset": estimator.dataset, "photos": len(photos), "faces": faces}
+        summary.update(videos=len(videos), tracks=sum(len(r.get("tracks", ())) for r in results))
         summary.update(interval_level=estimator.level, over=args.over)
         print(json.dumps({**summary, "results": results}))
     return 1 if failed else 0
+
+
+def write_annotated(result: dict, out: Path) -> None:
+    """The annotated copy of a photo's or video's result (a video's as MP4); one line when it cannot be written."""
+    from faceage.errors import FaceageError
+    from faceage.serving.annotate import annotate_photo
+    from faceage.serving.video import annotate_video
+
+    try:
+        if "tracks" in result:
+            annotate_video(Path(result["file"]), result, out.with_suffix(".mp4"))
+        else:
+            annotate_photo(Path(result["file"]), result["faces"], out)
+    except OSError as error:
+        raise FaceageError(f"--annotate: cannot write {out}: {error.strerror or error}") from None
 
 
 def annotated_name(file: str, named: Sequence[Path]) -> Path:
@@ -170,10 +204,11 @@ def annotated_name(file: str, named: Sequence[Path]) -> Path:
 
 
 def print_result(result: dict, over: float | None) -> None:
-    """One line per face on stdout; a photo without a face says so; errors go to stderr."""
+    """One line per face (per person followed, in a video) on stdout; a file without a face says so; errors go to
+    stderr."""
     if "error" in result:
         print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
-    elif not result["faces"]:
+    elif not result.get("faces", result.get("tracks")):
         print(f"{result['file']}: no face found")
     for face in result.get("faces", ()):
         where = (
@@ -181,10 +216,19 @@ def print_result(result: dict, over: float | None) -> None:
             if face["box"] is None
             else f" face {face['face'] + 1} at {tuple(face['box'])} (score {face['score']:.2f})"
         )
-        interval = f" ({face['interval']})" if "interval" in face else ""
-        decision = f", over {over:g}: {face['over']}" if "over" in face else ""
-        gender = f", female {face['female_probability']:.2f}" if "female_probability" in face else ""
-        print(f"{result['file']}{where}: {face['age']}{interval}{decision}{gender}")
+        print(f"{result['file']}{where}: {age_text(face, over)}")
+    for track in result.get("tracks", ()):
+        span = f"{track['start_seconds']:.1f}-{track['end_seconds']:.1f} s"
+        seen = f"seen in {track['frames_seen']} frame{'s' * (track['frames_seen'] != 1)}"
+        print(f"{result['file']} person {track['track']} ({span}, {seen}): {age_text(track, over)}")
+
+
+def age_text(face: dict, over: float | None) -> str:
+    """``31 years 4 months (90 %: 26-37), over 18: yes, female 0.12``: what is known of a face's age."""
+    interval = f" ({face['interval']})" if "interval" in face else ""
+    decision = f", over {over:g}: {face['over']}" if "over" in face else ""
+    gender = f", female {face['female_probability']:.2f}" if "female_probability" in face else ""
+    return f"{face['age']}{interval}{decision}{gender}"
 
 
 def run_serve(args: argparse.Namespace) -> int:

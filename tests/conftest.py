@@ -170,6 +170,7 @@ def utkface_files() -> dict[str, bytes]:
 
 
 ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"  # skimage.data.astronaut(), public domain (NASA)
+ASTRONAUT_CLIP = REPO / "tests" / "data" / "astronaut.mp4"  # the photo panned and zoomed (test_video.py's pan_and_zoom)
 ASTRONAUT_FACE = (179, 83, 266, 170)  # her face's box as dlib's HOG detector finds it (left, top, right, bottom)
 
 

@@ -152,6 +152,24 @@ def test_the_profile_splits_a_photos_time_into_its_steps_and_decoding_sets_a_lim
     Image.new("RGB", (300, 200), (90, 90, 90)).save(paths[1])
     profile = photo_profile(AgeEstimator(tiny_model), paths)
     steps = profile["ms_per_photo"]
-    assert tuple(steps) == STEPS and all(ms > 0 for ms in steps.values())
+    assert tuple(steps) == STEPS and all(ms >= 0 for ms in steps.values())
+    assert steps["decode"] > 0 and steps["detect"] > 0 and steps["network"] > 0
     assert profile["total_ms_per_photo"] == pytest.approx(sum(steps.values()), abs=0.02)
     assert decode_limit(paths * 4, 10**6, 2) > 0
+
+
+def test_the_detection_levers_find_the_face_at_full_size_and_lose_it_on_a_copy_too_small():
+    from conftest import ASTRONAUT
+
+    from benchmarks.detection import detection_levers
+    from faceage.params import PROJECT_PARAMS, load_params
+
+    rows = detection_levers([ASTRONAUT.read_bytes()], load_params(PROJECT_PARAMS).faces, [1280, 128])
+    assert [(row["max_side"], bool(row["rotations"])) for row in rows] == [
+        (1280, True),
+        (1280, False),
+        (128, True),
+        (128, False),
+    ]
+    assert [row["detection_rate"] for row in rows] == [1.0, 1.0, 0.0, 0.0]  # her 87 px face is 22 px at side 128
+    assert all(row["ms_per_photo"] > 0 for row in rows)

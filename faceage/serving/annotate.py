@@ -1,4 +1,4 @@
-"""Copies of photos with each face's box, predicted age and interval drawn on them."""
+"""Copies of photos (and frames of videos) with each face's box, predicted age and interval drawn on them."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ TEXT_COLOUR = (0, 0, 0)
 
 
 def annotate_photo(path: Path, faces: list[dict], out: Path) -> None:
-    """Draw each face's box and age (as in :meth:`AgeEstimator.results`) on a copy of the photo at ``out``.
-
-    A face without a box (a ready crop) gets its age in the top-left corner.
-    """
+    """Draw each face's box and age (as in :meth:`AgeEstimator.results`) on a copy of the photo at ``out``."""
     with Image.open(path) as opened:
         image = ImageOps.exif_transpose(opened).convert("RGB")
+    draw_faces(image, faces)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, **({"quality": 90} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
+
+
+def draw_faces(image: Image.Image, faces: list[dict]) -> None:
+    """Draw each face's box (``box``) and age (``age_years`` and, if given, ``age_low`` and ``age_high``) on
+    ``image``. A face without a box (a ready crop) gets its age in the top-left corner."""
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 300))
     font = ImageFont.load_default(size=max(14, round(max(image.size) / 28)))
@@ -35,5 +40,3 @@ def annotate_photo(path: Path, faces: list[dict], out: Path) -> None:
         text_box = draw.textbbox((origin[0] + line, origin[1] + line), label, font=font)
         draw.rectangle((origin[0], origin[1], text_box[2] + line, text_box[3] + line), fill=BOX_COLOUR)
         draw.text((origin[0] + line, origin[1] + line), label, fill=TEXT_COLOUR, font=font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, **({"quality": 90} if out.suffix.lower() in (".jpg", ".jpeg") else {}))

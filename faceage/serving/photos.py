@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,6 @@ import torch
 from faceage.data.chunks import blocks
 from faceage.data.faces import Face, face_finder
 from faceage.data.images import ImageDecodeError, decode_image, decode_photo
-from faceage.data.layouts import is_image_name
 from faceage.errors import FaceageError
 from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, untouched_dlib
 from faceage.model.checkpoint import load_model
@@ -179,9 +178,15 @@ class AgeEstimator:
 
 
 def face_result(index: int, face: Face, outputs: dict[str, float], level: float | None, over: float | None) -> dict:
-    """The JSON-ready result for one face: with a ``level``, its interval; with ``over``, the decision."""
+    """The JSON-ready result for one face: its box and score, and its :func:`age_fields`."""
     result: dict = {"face": index, "box": list(face.box) if face.box else None, "score": face.score}
-    result["age_years"] = round(outputs["age"], 2)
+    return result | age_fields(outputs, level, over)
+
+
+def age_fields(outputs: dict[str, float], level: float | None, over: float | None) -> dict:
+    """A face's age in years and in words; with a ``level``, its interval (and with ``over``, the decision);
+    with a gender head, the probability of female."""
+    result: dict = {"age_years": round(outputs["age"], 2)}
     result["age"] = years_and_months(outputs["age"])
     if level is not None:
         low, high = outputs["age_low"], outputs["age_high"]
@@ -194,12 +199,13 @@ def face_result(index: int, face: Face, outputs: dict[str, float], level: float 
     return result
 
 
-def photo_files(paths: Sequence[Path]) -> list[Path]:
-    """Files named directly, and the image files below named folders (recursively, sorted)."""
+def input_files(paths: Sequence[Path], media: Callable[[str], bool]) -> list[Path]:
+    """Files named directly, and the files below named folders whose names ``media`` accepts (recursively,
+    sorted)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            found += sorted(p for p in path.rglob("*") if p.is_file() and media(p.name))
         else:
             found.append(path)
     return found

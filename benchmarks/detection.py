@@ -1,0 +1,74 @@
+"""Face-finding levers, in one run: for each detection side (``faces.max_side``), with and without the turned
+search (``faces.rotations``), the share of photos whose face is found and the ms per photo (one process), on
+UTKFace crops pasted into photos as the photo benchmark makes them (:func:`benchmarks.photos.make_photo`).
+
+    python -m benchmarks.detection [--source ../shared/datasets/UTKFace.tar.gz] [--photos 200] [--sides 1280 640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.photos import make_photo
+from faceage.data.faces import FaceFinder
+from faceage.data.images import decode_photo
+from faceage.data.layouts import is_image_name
+from faceage.data.sources import open_source
+from faceage.params import PROJECT_PARAMS, load_params
+from faceage.sections import FacesParams
+
+REPO = Path(__file__).resolve().parents[1]
+SIDES = (1280, 960, 800, 640, 576, 512)
+CHIP_SIZE = 128
+
+
+def detection_levers(photos: list[bytes], faces: FacesParams, sides: Sequence[int]) -> list[dict]:
+    """One row per detection side and turned search (on or off): photos with a face found, and ms per photo."""
+    decoded = [decode_photo(photo, faces.max_pixels) for photo in photos]
+    rows = []
+    for side in sides:
+        for rotations in (faces.rotations, ()):
+            finder = FaceFinder(dataclasses.replace(faces, max_side=side, rotations=rotations))
+            started = time.perf_counter()
+            found = sum(bool(finder.find(photo, CHIP_SIZE)) for photo in tqdm(decoded, desc=f"side {side}"))
+            seconds = time.perf_counter() - started
+            rows.append(
+                {
+                    "max_side": side,
+                    "rotations": list(rotations),
+                    "detection_rate": round(found / len(photos), 4),
+                    "ms_per_photo": round(seconds / len(photos) * 1000, 1),
+                }
+            )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    parser.add_argument("--photos", type=int, default=200, help="crops made into photos (the archive's first)")
+    parser.add_argument("--sides", type=int, nargs="+", default=SIDES, help="detection sides to try")
+    args = parser.parse_args(argv)
+    if not args.source.exists():
+        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
+        return 1
+    source = open_source(args.source)
+    names = sorted(name for name in source.names() if is_image_name(name))[: args.photos]
+    rng = np.random.default_rng(0)
+    photos = [make_photo(data, rng) for _, data in sorted(source.read(set(names)))]
+    faces = load_params(PROJECT_PARAMS).faces
+    print(json.dumps(detection_levers(photos, faces, args.sides), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
