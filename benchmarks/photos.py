@@ -1,14 +1,23 @@
 """Test faces as ordinary photos: each crop pasted, turned by up to ``MAX_ANGLE`` degrees and scaled, at a random
 place of a larger random background. The pipeline re-finds and re-aligns the faces (decode, detect, align,
 predict, end to end); its ages there are compared with its ages on the crops themselves, and its photos/s
-with the peer's, which runs its own dlib detection, on the same photos in the same run."""
+with the peer's, which runs its own dlib detection, on the same photos in the same run.
+
+Its speeds alone (each engine end to end, the per-step profile, the decode-only limit, the peer), on photos made
+from the archive's first crops:
+
+    python -m benchmarks.photos --model models/model.pt [--source ../shared/datasets/UTKFace.tar.gz] [--photos 200]
+"""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import sys
 import tarfile
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -16,11 +25,15 @@ import pandas as pd
 from PIL import Image, ImageFilter
 
 from benchmarks.peer import peer_predictions
-from benchmarks.profile import decode_limit, photo_profile
+from benchmarks.profile import time_engines
 from benchmarks.workspace import set_params
 from faceage.data.ingest import worker_count
+from faceage.data.layouts import is_image_name
+from faceage.data.sources import open_source
 from faceage.evaluation.metrics import bootstrap_interval, with_interval
-from faceage.serving.photos import AgeEstimator
+from faceage.serving.export import export_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 PHOTO_SIZE = (1024, 768)
 MAX_ANGLE = 20.0
@@ -127,6 +140,20 @@ def paired_maes(true: np.ndarray, on_photos: np.ndarray, on_crops: np.ndarray, s
     }
 
 
+def written(photos: list[bytes], folder: Path) -> list[Path]:
+    """The photos written into ``folder`` as numbered JPEG files, in order."""
+    paths = [folder / f"{index:05d}.jpg" for index in range(len(photos))]
+    for path, photo in zip(paths, photos, strict=True):
+        path.write_bytes(photo)
+    return paths
+
+
+def against_peer(engines: dict[str, dict], peer_seconds: float) -> None:
+    """Replace each engine's ``seconds`` by its ``speed_ratio``: how many times faster than the peer it was."""
+    for engine in engines.values():
+        engine["speed_ratio"] = round(peer_seconds / engine.pop("seconds"), 2)
+
+
 def photo_benchmark(
     models: dict[str, Path],
     test: pd.DataFrame,
@@ -142,27 +169,16 @@ def photo_benchmark(
     test, crops = test.iloc[:limit], crops[:limit]
     rng = np.random.default_rng(seed)
     photos = [make_photo(crop, rng) for crop in crops]
-    estimators = {name: AgeEstimator(model) for name, model in models.items()}
     workers = worker_count(0)
-    engines, results = {}, {}
     with tempfile.TemporaryDirectory(prefix="faceage-photos-") as folder:
-        paths = [Path(folder) / f"{index:05d}.jpg" for index in range(len(photos))]
-        for path, photo in zip(paths, photos, strict=True):
-            path.write_bytes(photo)
-        for name, estimator in estimators.items():
-            started = time.perf_counter()
-            results[name] = list(estimator.predict_files(paths, aligned=False, workers=workers, block_size=64))
-            seconds = time.perf_counter() - started
-            engines[name] = {"photos_per_second": round(len(photos) / seconds, 2), "seconds": seconds}
-            engines[name]["profile"] = photo_profile(estimator, paths[:profile_photos])
-        decode_only = decode_limit(paths, next(iter(estimators.values())).faces.max_pixels, workers)
+        paths = written(photos, Path(folder))
+        engines, results, decode_only = time_engines(models, paths, workers, profile_photos)
     on_photos = largest_face_ages(next(iter(results.values())))
     found = ~np.isnan(on_photos)
     true, on_crops = test["true_age"].to_numpy(float), test["predicted_age"].to_numpy(float)
     accuracy = paired_maes(true[found], on_photos[found], on_crops[found], seed) if found.any() else {}
     peer = peer_predictions(photos)
-    for engine in engines.values():
-        engine["speed_ratio"] = round(peer["seconds"] / engine.pop("seconds"), 2)
+    against_peer(engines, peer["seconds"])
     first = next(iter(engines.values()))
     return {
         "photos": len(photos),
@@ -207,3 +223,36 @@ def add_photo_sources(
         sources[name] = {"source": str(path), "align": True}
     set_params(repo, {"test_sources": sources})
     return sources
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The photo benchmark's speeds alone, on the archive's first crops.")
+    parser.add_argument("--model", type=Path, required=True, help="trained checkpoint")
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    parser.add_argument("--photos", type=int, default=200, help="crops made into photos (the archive's first)")
+    args = parser.parse_args(argv)
+    if not args.source.exists():
+        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
+        return 1
+    source = open_source(args.source)
+    names = sorted(name for name in source.names() if is_image_name(name))[: args.photos]
+    rng = np.random.default_rng(0)
+    photos = [make_photo(data, rng) for _, data in sorted(source.read(set(names)))]
+    with tempfile.TemporaryDirectory(prefix="faceage-profile-") as folder:
+        graph = Path(folder) / "model.onnx"
+        export_model(args.model, graph, "onnx")
+        paths = written(photos, Path(folder))
+        models = {"pytorch": args.model, "onnxruntime": graph}
+        engines, results, decode_only = time_engines(models, paths, worker_count(0), len(paths))
+    peer = peer_predictions(photos)
+    against_peer(engines, peer["seconds"])
+    for name, engine in engines.items():
+        engine["faces_found"] = sum(bool(result.get("faces")) for result in results[name])
+    report = {"photos": len(photos), "engines": engines, "decode_only_photos_per_second": decode_only}
+    report["peer_photos_per_second"] = round(len(photos) / peer["seconds"], 2)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

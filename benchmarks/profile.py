@@ -1,5 +1,6 @@
 """Where a photo's time goes: read, decode, detect, landmarks and chip, network, in ms per photo (one process, one
-photo at a time), and the limit decoding alone sets: photos/s of reading and decoding with one process per core."""
+photo at a time), beside each engine's photos/s end to end and the limit decoding alone sets (photos/s of
+reading and decoding with one process per core)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,20 @@ def decode_limit(paths: list[Path], max_pixels: int, workers: int) -> float:
         started = time.perf_counter()
         pool.map(functools.partial(read_and_decode, max_pixels=max_pixels), paths, chunksize=8)
         return round(len(paths) / (time.perf_counter() - started), 1)
+
+
+def time_engines(
+    models: dict[str, Path], paths: list[Path], workers: int, profile_photos: int
+) -> tuple[dict[str, dict], dict[str, list[dict]], float]:
+    """For each model (name -> checkpoint or exported graph): ``faceage predict``'s photos/s on ``paths`` end to
+    end (with the seconds it took) and :func:`photo_profile` of the first ``profile_photos``; each one's results;
+    and the :func:`decode_limit`."""
+    engines, results = {}, {}
+    for name, model in models.items():
+        estimator = AgeEstimator(model)
+        started = time.perf_counter()
+        results[name] = list(estimator.predict_files(paths, aligned=False, workers=workers, block_size=64))
+        seconds = time.perf_counter() - started
+        engines[name] = {"photos_per_second": round(len(paths) / seconds, 2), "seconds": seconds}
+        engines[name]["profile"] = photo_profile(estimator, paths[:profile_photos])
+    return engines, results, decode_limit(paths, estimator.faces.max_pixels, workers)

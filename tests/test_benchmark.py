@@ -133,10 +133,10 @@ def test_the_precision_benchmark_times_both_precisions_of_every_network_and_name
     row = measure(load_params(overlay(tmp_path / "params.yaml", tiny)), steps=1)
     assert set(row["networks"]) == {"main", "small"} and row["auto_chooses"] == ("bfloat16" if native else "float32")
     for network in row["networks"].values():
-        ratio = network["bfloat16_images_per_second"] / network["float32_images_per_second"]
-        assert network["float32_images_per_second"] > 0 and network["bfloat16_over_float32"] == pytest.approx(
-            ratio, abs=0.01
-        )
+        bfloat16, float32 = network["bfloat16_images_per_second"], network["float32_images_per_second"]
+        # the ratio is of the unrounded speeds (each shown to 0.1, the ratio to 0.01)
+        low, high = (bfloat16 - 0.05) / (float32 + 0.05) - 0.005, (bfloat16 + 0.05) / (float32 - 0.05) + 0.005
+        assert float32 > 0.05 and low <= network["bfloat16_over_float32"] <= high
     label = class_label(row)
     assert label.startswith(f"{torch.backends.cpu.get_cpu_capability()} kernels, {'native' if native else 'no native'}")
     assert markdown({label: row}).count(label) == 2
