@@ -13,20 +13,16 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from benchmarks.photos import make_photo
+from benchmarks.dataset import add_source_argument
+from benchmarks.photos import first_photos
 from faceage.data.faces import FaceFinder
 from faceage.data.images import decode_photo
-from faceage.data.layouts import is_image_name
-from faceage.data.sources import open_source
 from faceage.params import PROJECT_PARAMS, load_params
 from faceage.sections import FacesParams
 
-REPO = Path(__file__).resolve().parents[1]
 SIDES = (1280, 960, 800, 640, 576, 512)
 CHIP_SIZE = 128
 
@@ -54,17 +50,11 @@ def detection_levers(photos: list[bytes], faces: FacesParams, sides: Sequence[in
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    add_source_argument(parser)
     parser.add_argument("--photos", type=int, default=200, help="crops made into photos (the archive's first)")
     parser.add_argument("--sides", type=int, nargs="+", default=SIDES, help="detection sides to try")
     args = parser.parse_args(argv)
-    if not args.source.exists():
-        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
-        return 1
-    source = open_source(args.source)
-    names = sorted(name for name in source.names() if is_image_name(name))[: args.photos]
-    rng = np.random.default_rng(0)
-    photos = [make_photo(data, rng) for _, data in sorted(source.read(set(names)))]
+    photos = first_photos(args.source, args.photos)
     faces = load_params(PROJECT_PARAMS).faces
     print(json.dumps(detection_levers(photos, faces, args.sides), indent=1))
     return 0

@@ -19,13 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.dataset import add_source_argument, first_images
 from faceage.data.images import decode_image
-from faceage.data.layouts import is_image_name
-from faceage.data.sources import open_source
 from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator
 
-REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 64
 WARM_UP = 3
 
@@ -82,16 +80,11 @@ def engine_speeds(checkpoint: Path, graph: Path, images: list[bytes], repeats: i
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="trained checkpoint")
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    add_source_argument(parser)
     parser.add_argument("--faces", type=int, default=512, help="faces of the source timed in batches")
     parser.add_argument("--repeats", type=int, default=50, help="timed single-image predictions")
     args = parser.parse_args(argv)
-    if not args.source.exists():
-        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
-        return 1
-    source = open_source(args.source)
-    names = sorted(name for name in source.names() if is_image_name(name))[: args.faces]
-    images = [data for _, data in source.read(set(names))]
+    images = first_images(args.source, args.faces)
     with tempfile.TemporaryDirectory(prefix="faceage-engines-") as folder:
         graph = Path(folder) / "model.onnx"
         export_model(args.model, graph, "onnx")

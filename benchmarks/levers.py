@@ -30,8 +30,9 @@ import pandas as pd
 import yaml
 
 from benchmarks import results_page
+from benchmarks.dataset import add_source_argument
 from benchmarks.photos import add_photo_sources
-from benchmarks.run import DEFAULT_SOURCE, REPO, parse_settings
+from benchmarks.run import REPO, parse_settings
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.data.manifest import load_images, load_manifest
 from faceage.data.sources import open_source
@@ -161,7 +162,7 @@ def markdown(results: dict[str, dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="UTKFace archive or folder")
+    add_source_argument(parser)
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/faceage-levers"), help="kept between runs")
     parser.add_argument("--out", type=Path, default=results_page.REPORTS, help="folder for levers.json and .md")
     parser.add_argument("--lever", action="append", default=[], metavar="NAME:SETTINGS", help="a lever to train")

@@ -24,16 +24,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
+from benchmarks.dataset import add_source_argument, first_images
 from benchmarks.peer import peer_predictions
 from benchmarks.profile import time_engines
 from benchmarks.workspace import set_params
 from faceage.data.ingest import worker_count
-from faceage.data.layouts import is_image_name
-from faceage.data.sources import open_source
 from faceage.evaluation.metrics import bootstrap_interval, with_interval
 from faceage.serving.export import export_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 PHOTO_SIZE = (1024, 768)
 MAX_ANGLE = 20.0
@@ -225,19 +222,19 @@ def add_photo_sources(
     return sources
 
 
+def first_photos(source: Path, count: int, seed: int = 0) -> list[bytes]:
+    """:func:`make_photo` photos of the first ``count`` crops of the data set at ``source``."""
+    rng = np.random.default_rng(seed)
+    return [make_photo(crop, rng) for crop in first_images(source, count)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The photo benchmark's speeds alone, on the archive's first crops.")
     parser.add_argument("--model", type=Path, required=True, help="trained checkpoint")
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    add_source_argument(parser)
     parser.add_argument("--photos", type=int, default=200, help="crops made into photos (the archive's first)")
     args = parser.parse_args(argv)
-    if not args.source.exists():
-        print(f"error: no data set at {args.source}: pass --source", file=sys.stderr)
-        return 1
-    source = open_source(args.source)
-    names = sorted(name for name in source.names() if is_image_name(name))[: args.photos]
-    rng = np.random.default_rng(0)
-    photos = [make_photo(data, rng) for _, data in sorted(source.read(set(names)))]
+    photos = first_photos(args.source, args.photos)
     with tempfile.TemporaryDirectory(prefix="faceage-profile-") as folder:
         graph = Path(folder) / "model.onnx"
         export_model(args.model, graph, "onnx")

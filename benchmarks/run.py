@@ -28,6 +28,7 @@ import yaml
 
 from benchmarks import results_page
 from benchmarks.baseline import training_throughput
+from benchmarks.dataset import add_source_argument
 from benchmarks.engines import engine_speeds
 from benchmarks.peer import peer_predictions
 from benchmarks.photos import add_photo_sources, photo_benchmark
@@ -46,7 +47,6 @@ from faceage.stage import pipeline_paths
 
 REPO = Path(__file__).resolve().parents[1]
 ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"
-DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "UTKFace.tar.gz"
 ENGINE_FACES = 512  # test faces each engine predicts in batches
 
 
@@ -222,7 +222,7 @@ def benchmark(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="UTKFace archive or folder")
+    add_source_argument(parser)
     parser.add_argument("--out", type=Path, default=results_page.REPORTS, help="folder for the reports")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="change a param")
     parser.add_argument("--baseline-batches", type=int, default=100, help="timed steps of the baseline loop")
