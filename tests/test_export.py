@@ -110,18 +110,40 @@ def test_a_graph_exported_the_other_way_for_flip_is_one_line(graphs, capsys):
         assert advice in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_file_that_is_not_faceages_graph_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("description", "message"),
+    [
+        (None, "has no faceage description"),
+        ("{not json", "description is damaged"),
+        ("[1, 2]", "description is damaged"),
+        ('{"chip_size": 32}', "description is damaged"),  # keys missing
+        ('{"chip_size": "32", "flip": true, "level": null, "faces": null, "dataset": null, "run_id": null}', "damaged"),
+        (
+            '{"chip_size": 32, "flip": 1, "level": null, "faces": null, "dataset": null, "run_id": null, "x": 1}',
+            "damaged",
+        ),
+    ],
+)
+def test_a_graph_without_a_sound_faceage_description_is_one_line(tmp_path, description, message, capsys):
     import onnx
     from onnx import TensorProto, helper
 
-    plain = tmp_path / "plain.onnx"  # a valid graph, not written by faceage export
+    path = tmp_path / "plain.onnx"  # a valid graph, not written by faceage export
     tensor = helper.make_tensor_value_info("chips", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["chips"], ["age"])], "g", [tensor], [tensor])
     graph.output[0].name = "age"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), plain)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    if description is not None:
+        helper.set_model_props(model, {"faceage": description})
+    onnx.save_model(model, path)
+    assert main(["predict", str(ASTRONAUT), "--model", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_file_onnx_runtime_cannot_load_is_one_line(tmp_path, capsys):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07garbage" * 50)
-    for path, message in ((plain, "has no faceage description"), (broken, "is not an ONNX graph")):
-        assert main(["predict", str(ASTRONAUT), "--model", str(path)]) == 1
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["predict", str(ASTRONAUT), "--model", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "is not an ONNX graph" in err and len(err.strip().splitlines()) == 1, err

@@ -13,13 +13,11 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import describe
 from faceage.model.inference import predict
-from faceage.serving.export import GRAPH_INFO
+from faceage.serving.export import GRAPH_INFO, GraphInfo
 
 
 class TorchEngine:
     """An :class:`AgeModel` run by PyTorch on ``device``."""
-
-    name = "pytorch"
 
     def __init__(self, model: AgeModel, device: torch.device):
         self.model = model
@@ -39,38 +37,31 @@ class TorchEngine:
 
 
 class OnnxEngine:
-    """An exported graph run by ONNX Runtime on the CPU with ``threads`` threads (0: one per physical core). The
-    graph's description (:func:`~faceage.serving.export.graph_info`) says how its chips are cut and whether
-    mirror-image averaging is built in."""
+    """An exported graph run by ONNX Runtime on the CPU (one thread per physical core). The graph's description
+    (:class:`~faceage.serving.export.GraphInfo`) says how its chips are cut and whether mirror-image averaging is
+    built in."""
 
-    name = "onnxruntime"
-
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own types for unreadable or invalid graphs
             raise FaceageError(f"{path} is not an ONNX graph ONNX Runtime can run ({describe(error)})") from None
-        description = self.session.get_modelmeta().custom_metadata_map.get(GRAPH_INFO)
-        if description is None:
-            raise FaceageError(f"{path} has no faceage description: write it with faceage export --format onnx")
-        self.info = json.loads(description)
+        self.info = graph_description(self.session.get_modelmeta().custom_metadata_map.get(GRAPH_INFO), path)
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     @property
     def chip_size(self) -> int:
-        return self.info["chip_size"]
+        return self.info.chip_size
 
     @property
     def level(self) -> float | None:
-        return self.info["level"]
+        return self.info.level
 
     def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
         """As :meth:`TorchEngine.outputs`; ``flip`` must be what the graph was exported with."""
-        check_flip(self.info["flip"], flip)
+        check_flip(self.info.flip, flip)
         results: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, len(chips), batch_size):
             x = np.ascontiguousarray(chips[start : start + batch_size].transpose(0, 3, 1, 2), dtype=np.float32) / 255
@@ -85,3 +76,18 @@ def check_flip(in_graph: bool, flip: bool) -> None:
         raise FaceageError("the ONNX graph has mirror-image averaging built in: drop --no-flip, or export with it")
     if flip and not in_graph:
         raise FaceageError("the ONNX graph was exported with --no-flip: predict with --no-flip, or export without it")
+
+
+def graph_description(text: str | None, path: str | Path) -> GraphInfo:
+    """The graph's :class:`GraphInfo`, read from its metadata text; one line when it is missing or not what
+    ``faceage export`` writes."""
+    if text is None:
+        raise FaceageError(f"{path} has no faceage description: write it with faceage export --format onnx")
+    try:
+        info = GraphInfo(**json.loads(text))
+        valid = isinstance(info.chip_size, int) and isinstance(info.flip, bool)
+    except (json.JSONDecodeError, TypeError):  # not JSON, not an object, or keys missing or unknown
+        valid = False
+    if not valid:
+        raise FaceageError(f"{path}: its faceage description is damaged: export it again with faceage export")
+    return info

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from faceage.model.checkpoint import Checkpoint, load_model
 EXAMPLE_BATCH = 2
 OPSET = 18
 EXPORTED = ("age", "age_low", "age_high", "female_probability")  # the graph's outputs, where the model has them
-GRAPH_INFO = "faceage"  # the ONNX metadata key of the model's description (JSON, see graph_info)
+GRAPH_INFO = "faceage"  # the ONNX metadata key of the model's description (JSON, a GraphInfo)
 
 
 class ExportableModel(nn.Module):
@@ -52,18 +53,25 @@ def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableMod
     return wrapped.eval(), checkpoint
 
 
-def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool) -> dict:
+@dataclass(frozen=True)
+class GraphInfo:
     """What running the graph on photos needs besides its weights: the chip size faces are cut at, whether
     mirror-image averaging is in the graph, the intervals' level, the face settings, and what the model learnt
-    from."""
-    return {
-        "chip_size": model.image_size,
-        "flip": flip,
-        "level": model.calibration.level if model.calibration else None,
-        "faces": dataclasses.asdict(checkpoint.faces) if checkpoint.faces else None,
-        "dataset": checkpoint.dataset,
-        "run_id": checkpoint.run_id,
-    }
+    from (and in which MLflow run)."""
+
+    chip_size: int
+    flip: bool
+    level: float | None
+    faces: dict | None
+    dataset: dict | None
+    run_id: str | None
+
+
+def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool) -> GraphInfo:
+    """The :class:`GraphInfo` of the checkpoint's model exported with or without ``flip``."""
+    level = model.calibration.level if model.calibration else None
+    faces = dataclasses.asdict(checkpoint.faces) if checkpoint.faces else None
+    return GraphInfo(model.image_size, flip, level, faces, checkpoint.dataset, checkpoint.run_id)
 
 
 def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool = True) -> int:
@@ -94,7 +102,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: boo
         )
         graph = program.model_proto
         info = graph_info(wrapped.model, checkpoint, flip)
-        onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(info)})
+        onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(dataclasses.asdict(info))})
         onnx.save_model(graph, str(output))
     else:
         raise FaceageError(f"unknown export format {fmt!r}; choose onnx or torchscript")

@@ -100,10 +100,10 @@ class AgeEstimator:
             self.run_id = None
         elif Path(model_path).suffix == ".onnx":
             self.engine = OnnxEngine(model_path)
-            check_flip(self.engine.info["flip"], flip)
-            saved = self.engine.info["faces"]
-            self.faces = faces or (saved_faces(saved, f"{model_path}: faces") if saved else None)
-            self.dataset, self.run_id = self.engine.info["dataset"], self.engine.info["run_id"]
+            info = self.engine.info
+            check_flip(info.flip, flip)
+            self.faces = faces or (saved_faces(info.faces, f"{model_path}: faces") if info.faces else None)
+            self.dataset, self.run_id = info.dataset, info.run_id
         else:
             model, checkpoint = load_model(model_path, device)
             self.engine = TorchEngine(model, device)
