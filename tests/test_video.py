@@ -68,7 +68,7 @@ def test_one_person_panned_and_zoomed_is_one_track_with_one_stable_age(tiny_mode
     assert track["age_low"] < track["age_years"] < track["age_high"] and track["over"] in ("yes", "no", "uncertain")
     # each frame's age is the photo's: the frame decoded and predicted as a still gives it
     estimator = AgeEstimator(tiny_model)
-    frames = {frame.index: frame for frame in video_frames(clip, 0, estimator.faces.max_pixels, every=True)}
+    frames = {frame.index: frame for frame in video_frames(clip, 0, estimator.faces.max_pixels)}
     for seen in sightings[:: len(sightings) // 3]:
         still = Image.fromarray(frames[seen["frame"]].pixels)
         buffer = tmp_path / "still.png"

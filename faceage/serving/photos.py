@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceage.data.chunks import blocks
+from faceage.data.chunks import mapped_ahead
 from faceage.data.faces import Face, face_finder
 from faceage.data.images import ImageDecodeError, decode_image, decode_photo
 from faceage.errors import FaceageError
@@ -143,22 +143,31 @@ class AgeEstimator:
         whether the face is at least ``over`` years old, and with a gender head, ``female_probability``) or
         ``error``."""
         self.check_over(over)
-        chips = [face.chip for photo in photos for face in photo.faces]
-        outputs: dict[str, np.ndarray] = {}
-        if chips:
-            outputs = self.engine.outputs(np.stack(chips), self.flip, batch_size)
-        results, row = [], 0
-        for photo in photos:
+        results = []
+        for photo, outputs in zip(
+            photos, self.face_outputs([photo.faces for photo in photos], batch_size), strict=True
+        ):
             if photo.error is not None:
                 results.append({"file": photo.name, "error": photo.error})
                 continue
-            faces = []
-            for index, face in enumerate(photo.faces):
-                values = {key: float(values[row]) for key, values in outputs.items()}
-                faces.append(face_result(index, face, values, self.level, over))
-                row += 1
+            faces = [
+                face_result(index, face, values, self.level, over)
+                for index, (face, values) in enumerate(zip(photo.faces, outputs, strict=True))
+            ]
             results.append({"file": photo.name, "faces": faces})
         return results
+
+    def face_outputs(self, groups: Sequence[Sequence[Face]], batch_size: int = 64) -> list[list[dict[str, float]]]:
+        """The model's outputs for each face of each group (a photo's faces, a frame's), all predicted at once."""
+        chips = [face.chip for faces in groups for face in faces]
+        outputs = self.engine.outputs(np.stack(chips), self.flip, batch_size) if chips else {}
+        grouped, row = [], 0
+        for faces in groups:
+            grouped.append(
+                [{key: float(column[row + i]) for key, column in outputs.items()} for i in range(len(faces))]
+            )
+            row += len(faces)
+        return grouped
 
     def predict_files(
         self, paths: Iterable[str], aligned: bool, workers: int, block_size: int, over: float | None = None
@@ -167,14 +176,8 @@ class AgeEstimator:
         self.check_over(over)
         jobs = ((str(path), self.chip_size, self.faces, aligned) for path in paths)
         with multiprocessing.Pool(workers) as pool:
-            pending = None
-            for block in blocks(jobs, block_size):
-                started = pool.map_async(read_and_find_faces, block)
-                if pending is not None:
-                    yield from self.results(pending.get(), over=over)
-                pending = started
-            if pending is not None:
-                yield from self.results(pending.get(), over=over)
+            for _, found in mapped_ahead(pool, read_and_find_faces, jobs, block_size):
+                yield from self.results(found, over=over)
 
 
 def face_result(index: int, face: Face, outputs: dict[str, float], level: float | None, over: float | None) -> dict:

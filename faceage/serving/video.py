@@ -8,6 +8,7 @@ again (the frames of one face err together, so it is about as wide as one frame'
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from faceage.data.chunks import blocks
+from faceage.data.chunks import mapped_ahead
 from faceage.data.faces import Face, face_finder
 from faceage.sections import FacesParams
 from faceage.serving.annotate import draw_faces
@@ -47,9 +48,9 @@ class Frame:
     pixels: np.ndarray
 
 
-def video_frames(path: Path, per_second: float, max_pixels: int, every: bool = False) -> Iterator[Frame]:
-    """The frames of the file's first video stream, about ``per_second`` of them per second of video (``every``:
-    all of them). Frames over ``max_pixels`` are refused from the stream's header, before any is decoded.
+def video_frames(path: Path, per_second: float, max_pixels: int) -> Iterator[Frame]:
+    """The frames of the file's first video stream, about ``per_second`` of them per second of video (0: all of
+    them). Frames over ``max_pixels`` are refused from the stream's header, before any is decoded.
 
     Raises:
         VideoError: the file cannot be opened or decoded as a video, has no video stream, or its frames are too
@@ -70,7 +71,7 @@ def video_frames(path: Path, per_second: float, max_pixels: int, every: bool = F
             due = 0.0
             for index, frame in enumerate(container.decode(stream)):
                 seconds = float(frame.time) if frame.time is not None else index / rate
-                if every or seconds >= due - 0.5 / rate:
+                if seconds >= due - 0.5 / rate:
                     due = seconds + 1 / per_second if per_second else seconds
                     yield Frame(index, seconds, frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as error:
@@ -155,9 +156,8 @@ class Tracker:
             track.add(frame, box, outputs[f])
 
 
-def find_in_frame(job: tuple[np.ndarray, int, FacesParams]) -> list[Face]:
-    pixels, chip_size, faces = job
-    return face_finder(faces).find(pixels, chip_size)
+def find_in_frame(frame: Frame, chip_size: int, faces: FacesParams) -> list[Face]:
+    return face_finder(faces).find(frame.pixels, chip_size)
 
 
 def predict_video(estimator: AgeEstimator, path: Path, per_second: float, workers: int, over: float | None) -> dict:
@@ -166,36 +166,18 @@ def predict_video(estimator: AgeEstimator, path: Path, per_second: float, worker
     found by ``workers`` processes, a block of frames at a time, while the next block is decoded."""
     tracker, analysed = Tracker(), 0
     frames = video_frames(path, per_second, estimator.faces.max_pixels)
+    find = functools.partial(find_in_frame, chip_size=estimator.chip_size, faces=estimator.faces)
     try:
         with multiprocessing.Pool(workers) as pool, tqdm(desc=path.name, unit="frame", disable=None) as progress:
-            pending = None
-            for block in blocks(frames, FRAMES_PER_BLOCK):
-                jobs = [(frame.pixels, estimator.chip_size, estimator.faces) for frame in block]
-                started = (block, pool.map_async(find_in_frame, jobs))
-                if pending is not None:
-                    analysed += track_block(tracker, estimator, pending[0], pending[1].get(), progress)
-                pending = started
-            if pending is not None:
-                analysed += track_block(tracker, estimator, pending[0], pending[1].get(), progress)
+            for block, found in mapped_ahead(pool, find, frames, FRAMES_PER_BLOCK):
+                for frame, faces, outputs in zip(block, found, estimator.face_outputs(found), strict=True):
+                    tracker.add(frame, [face.box for face in faces], outputs)
+                analysed += len(block)
+                progress.update(len(block))
     except VideoError as error:
         return {"file": str(path), "error": str(error)}
     tracks = [track.result(estimator.level, over) for track in tracker.tracks]
     return {"file": str(path), "video": {"frames_analysed": analysed, "per_second": per_second}, "tracks": tracks}
-
-
-def track_block(
-    tracker: Tracker, estimator: AgeEstimator, block: list[Frame], found: list[list[Face]], progress: tqdm
-) -> int:
-    """Predict every face found in a block of frames at once, add each frame's faces to the tracks; the frames."""
-    chips = [face.chip for faces in found for face in faces]
-    outputs = estimator.engine.outputs(np.stack(chips), estimator.flip, 64) if chips else {}
-    row = 0
-    for frame, faces in zip(block, found, strict=True):
-        values = [{key: float(column[row + i]) for key, column in outputs.items()} for i in range(len(faces))]
-        tracker.add(frame, [face.box for face in faces], values)
-        row += len(faces)
-    progress.update(len(block))
-    return len(block)
 
 
 def annotate_video(path: Path, result: dict, out: Path) -> None:
