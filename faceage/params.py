@@ -30,11 +30,13 @@ from faceage.sections import (
     MlflowParams,
     ModelParams,
     SplitParams,
+    StudentParams,
     TrainParams,
 )
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the settings of faceage's own pipeline
 MAIN_MEMBER = "main"  # the ensemble's name for the network the model section describes
+STUDENT = "student"  # the name of the network the whole model teaches (resume files, MLflow runs)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Params:
     model: ModelParams
     train: TrainParams
     augment: AugmentParams
+    student: StudentParams
     intervals: IntervalParams
     mlflow: MlflowParams
     evaluate: EvaluateParams
@@ -86,8 +89,10 @@ class Params:
             allowed = f"a name of letters, digits and _, none of {', '.join(TestSource.RESERVED)}"
             check(re.fullmatch(r"\w+", name) and name not in TestSource.RESERVED, "test_sources", name, allowed)
         for name in self.members:
-            allowed = f"a name of letters, digits and _ but {MAIN_MEMBER}"
-            check(re.fullmatch(r"\w+", name) is not None and name != MAIN_MEMBER, "members", name, allowed)
+            allowed = f"a name of letters, digits and _ but {MAIN_MEMBER} and {STUDENT}"
+            check(
+                re.fullmatch(r"\w+", name) is not None and name not in (MAIN_MEMBER, STUDENT), "members", name, allowed
+            )
             try:
                 self.member(name)
             except FaceageError as error:
@@ -107,6 +112,11 @@ class Params:
             changed[section] = from_dict(type(getattr(self, section)), {**current, **changes}, where)
         return dataclasses.replace(self, members={}, **changed)
 
+    def student_params(self) -> Params:
+        """These params as the student trains with: the model section's network, taught by the whole model."""
+        train = dataclasses.replace(self.train, distill_weight=self.student.distill_weight)
+        return dataclasses.replace(self, members={}, train=train)
+
     def check_training(self) -> None:
         """Rules across the model and train sections."""
         blocks = BACKBONE_BLOCKS[self.model.backbone]
@@ -118,6 +128,11 @@ class Params:
             raise FaceageError(f"train.freeze: {freeze!r} is not allowed; expected {allowed}")
         if self.train.distill_weight > 0 and self.model.head != "classification":
             raise FaceageError("train.distill_weight needs model.head: classification (it compares distributions)")
+        if self.student.distill_weight > 0 and self.model.head != "classification":  # members: checked as theirs
+            raise FaceageError(
+                "student.distill_weight needs model.head: classification in every network (the student learns "
+                "the model's age distribution); set student.distill_weight: 0"
+            )
         start = self.train.start_size
         if start > self.model.input_size:
             raise FaceageError(f"train.start_size: {start} is above model.input_size ({self.model.input_size})")

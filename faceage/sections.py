@@ -273,6 +273,18 @@ class TrainParams(Checked):
 
 
 @dataclass(frozen=True)
+class StudentParams(Checked):
+    """One network of the model section's kind, trained after the model on the labels and on the model's age
+    distributions, and kept in the model's place when it is nearly as accurate on validation."""
+
+    SECTION: ClassVar[str] = "student"
+    RANGES: ClassVar[dict[str, Range]] = {"distill_weight": AT_LEAST_0, "tolerance": between(0, MAX_AGE)}
+
+    distill_weight: float  # loss weight of the KL divergence from the model's age distribution; 0 = no student
+    tolerance: float  # years of validation MAE the student may be behind the model and still replace it
+
+
+@dataclass(frozen=True)
 class AugmentParams(Checked):
     """Random changes to training images, applied per image on uint8 batches from the array."""
 

@@ -1,22 +1,25 @@
 """Stage train: fit the model on the train split, keep the best epoch, calibrate its intervals on the calibration
 split, and log the run and the model (as a servable MLflow model, see faceage.serving.pyfunc) to MLflow. With
 ``members`` in params.yaml, each member is trained next, logged to a run nested in the stage's, and the networks
-are kept as one model.
+are kept as one model. With ``student.distill_weight`` > 0, a student network taught by that model is trained
+next; the one of the two kept in models/model.pt (the student when close enough on validation) is the run's
+MLflow model, the other is logged beside it (``student`` or ``teacher``).
 With ``train.nproc`` > 1 the stage starts itself that many times under torchrun; started by torchrun (or a
 scheduler's torchrun across nodes), it is one of the training processes, and only the first of them logs and
 writes outputs."""
 
 import functools
 import sys
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 
 from faceage.data.manifest import dataset_fingerprint, load_dataset, load_images, load_manifest
-from faceage.model.checkpoint import Checkpoint, checkpoint_of, save_checkpoint
+from faceage.model.checkpoint import Checkpoint, Teacher, checkpoint_of, save_checkpoint
 from faceage.model.networks import fetch_pretrained_weights
-from faceage.params import MAIN_MEMBER, Params, load_params
+from faceage.params import MAIN_MEMBER, STUDENT, Params, load_params
 from faceage.plots import learning_curves
 from faceage.serving.pyfunc import log_age_model
 from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
@@ -24,12 +27,15 @@ from faceage.tracking.runs import RunTracker
 from faceage.tracking.training_runs import resumable_run, start_member_run, start_pipeline_run
 from faceage.training.calibrate import calibrate
 from faceage.training.distributed import Workers, joined, launch, launched_by_torchrun
-from faceage.training.loop import train_network
+from faceage.training.loop import TrainResult, train_network
 from faceage.training.losses import UNKNOWN_GENDER
 from faceage.training.members import assemble, member_params
 from faceage.training.reports import headline_metrics, history_table
 from faceage.training.resume import ResumeFile
 from faceage.training.setup import TrainingSetup, split_ids
+from faceage.training.student import TEACHER, student_model, student_setup, student_summary
+
+SOURCE = "stages/train.py"  # the training code MLflow runs name
 
 
 def main() -> None:
@@ -64,13 +70,18 @@ def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
     resumes = {
         name: ResumeFile(state_file(paths["resume"], name), setup.fingerprint()) for name, setup in setups.items()
     }
+    teaches = params.student.distill_weight > 0
     if not workers.is_main:
-        for name, setup in setups.items():
-            train_network(setup, resume=resumes[name], workers=workers)
+        results = {name: train_network(setup, resume=resumes[name], workers=workers) for name, setup in setups.items()}
+        if teaches:
+            setup = student_setup(
+                setups[MAIN_MEMBER], params, assemble(results, setups, params.model.reference_blend)[0]
+            )
+            train_network(setup, resume=student_resume(paths, setup), workers=workers)
         return
     dataset = load_dataset(ingested)
     fingerprint = dataset_fingerprint(ingested, paths["split"])
-    start = functools.partial(start_pipeline_run, params, fingerprint, "stages/train.py")
+    start = functools.partial(start_pipeline_run, params, fingerprint, SOURCE)
     with (
         resumable_run(resumes[MAIN_MEMBER], start) as tracker,
         tracker.system_metrics(params.mlflow.system_metrics_seconds),
@@ -84,30 +95,65 @@ def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
                 results[name] = train_network(
                     setup, resume=resumes[name], on_epoch_end=tracker.log_epoch, workers=workers
                 )
-                continue
-            member = functools.partial(start_member_run, tracker, params.member(name), name)
-            with resumable_run(resumes[name], member) as run:
-                results[name] = train_network(setup, resume=resumes[name], on_epoch_end=run.log_epoch, workers=workers)
-                run.log_metrics(
-                    {**headline_metrics(results[name].summary), "parameters": results[name].summary["parameters"]}
-                )
+            else:
+                results[name] = train_nested(tracker, params.member(name), name, setup, resumes[name], workers)
         model, summary = assemble(results, setups, params.model.reference_blend)
         main = setups[MAIN_MEMBER]
+        trained = {TEACHER: (model, [setup.model_params for setup in setups.values()], results[MAIN_MEMBER])}
+        if teaches:
+            setup = student_setup(main, params, model)
+            resumes[STUDENT] = student_resume(paths, setup)
+            result = train_nested(tracker, params.student_params(), STUDENT, setup, resumes[STUDENT], workers)
+            summary["student"] = student_summary(result, summary["best_val_mae"], params.student.tolerance)
+            summary["seconds"] = round(summary["seconds"] + result.summary["seconds"], 1)
+            trained[STUDENT] = (student_model(result, setup), [setup.model_params], result)
+        served = STUDENT if teaches and summary["student"]["kept"] else TEACHER
         calibration_faces = (main.val_ids, split_ids(split, "calibration"), params.intervals)
         inference = (params.evaluate.batch_size, model.bin_ages.device, params.evaluate.flip_tta)
-        summary["intervals"] = calibrate(model, images, main.ages, *calibration_faces, *inference)
-        best = results[MAIN_MEMBER].summary["best_epoch"]
-        info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id, "epoch": best}
-        checkpoint = checkpoint_of(model, [setup.model_params for setup in setups.values()], **info)
-        write_outputs(checkpoint, summary, results[MAIN_MEMBER].history, tracker, paths)
-        log_age_model(tracker, paths["model"], params.faces, images[setups[MAIN_MEMBER].val_ids[0]], dataset)
+        info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id}
+        checkpoints = {}
+        for role, (kept, built_with, result) in trained.items():
+            intervals = calibrate(kept, images, main.ages, *calibration_faces, *inference)
+            taught = {"teacher": Teacher(tuple(trained[TEACHER][1]), model.blend)} if role == STUDENT else {}
+            checkpoints[role] = checkpoint_of(kept, built_with, epoch=result.summary["best_epoch"], **info, **taught)
+            if role == served:
+                summary["intervals"] = intervals
+        if served == STUDENT:
+            student = summary["student"]
+            summary |= {
+                key: student[key] for key in ("best_val_mae", "parameters", "reference_blend") if key in student
+            }
+        write_outputs(checkpoints[served], summary, results[MAIN_MEMBER].history, tracker, paths)
+        chip = images[main.val_ids[0]]
+        log_age_model(tracker, paths["model"], params.faces, chip, dataset)
+        for role in set(checkpoints) - {served}:  # the other model stays available in the run
+            with tempfile.TemporaryDirectory() as folder:
+                other = Path(folder) / "model.pt"
+                save_checkpoint(checkpoints[role], other)
+                log_age_model(tracker, other, params.faces, chip, dataset, name=role)
     for resume in resumes.values():  # only now: a crash before this point costs no training
         resume.remove()
 
 
+def train_nested(
+    tracker: RunTracker, params: Params, name: str, setup: TrainingSetup, resume: ResumeFile, workers: Workers
+) -> TrainResult:
+    """Train network ``name`` (a member, or the student) in an MLflow run nested in the model's."""
+    start = functools.partial(start_member_run, tracker, params, name, SOURCE)
+    with resumable_run(resume, start) as run:
+        result = train_network(setup, resume=resume, on_epoch_end=run.log_epoch, workers=workers)
+        run.log_metrics({**headline_metrics(result.summary), "parameters": result.summary["parameters"]})
+    return result
+
+
+def student_resume(paths: dict[str, Path], setup: TrainingSetup) -> ResumeFile:
+    """Where the student saves its training state, for the teacher it is given."""
+    return ResumeFile(state_file(paths["resume"], STUDENT), setup.fingerprint())
+
+
 def state_file(folder: Path, name: str) -> Path:
     """Where network ``name`` saves its training state after each epoch."""
-    return folder / ("train_state.pt" if name == MAIN_MEMBER else f"member_{name}.pt")
+    return folder / {MAIN_MEMBER: "train_state.pt", STUDENT: "student.pt"}.get(name, f"member_{name}.pt")
 
 
 def write_outputs(

@@ -347,6 +347,46 @@ def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo):
     assert type(model).__name__ == "AgeModel" and model.input_sizes == (32, 40)  # both networks, one model
 
 
+def test_a_student_replaces_the_ensemble_that_taught_it_which_stays_in_the_run(repo):
+    """In two processes: the student, taught by the ensemble and within the tolerance, is models/model.pt and the
+    run's MLflow model; the ensemble is logged beside it as ``teacher``."""
+    members = {"wide": {"model": {"input_size": 40}, "train": {"seed": 7}}}
+    set_params(repo, {"members": members, "student": {"distill_weight": 1.0, "tolerance": 150}, "train": {"nproc": 2}})
+    run(["dvc", "repro", "train"], repo)
+    report = read_json(repo / "reports" / "train.json")
+    student = report["student"]
+    assert student["kept"] and report["best_val_mae"] == student["best_val_mae"] != student["model_val_mae"]
+    checkpoint = torch.load(repo / "models" / "model.pt", weights_only=True)
+    assert len(checkpoint["networks"]) == 1 and checkpoint["blend"] == 0 and checkpoint["calibration"] is not None
+    runs = {r.info.run_id: r for r in mlflow_runs(repo)}
+    parent = runs.pop(report["mlflow_run_id"])
+    assert sorted(r.data.tags["ensemble_member"] for r in runs.values()) == ["student", "wide"]
+    assert all(r.data.tags["mlflow.source.name"] == "stages/train.py" for r in runs.values())
+    taught = next(r for r in runs.values() if r.data.tags["ensemble_member"] == "student")
+    assert (
+        taught.data.metrics["best_val_mae"] == student["best_val_mae"]
+        and taught.data.params["train.distill_weight"] == "1.0"
+    )
+    client = mlflow_client(repo)
+    logged = {
+        model.name: model
+        for model in map(
+            client.get_logged_model, (o.model_id for o in client.get_run(parent.info.run_id).outputs.model_outputs)
+        )
+    }
+    assert set(logged) == {"model", "teacher"}
+    served = {name: mlflow.pyfunc.load_model(model.artifact_location) for name, model in logged.items()}
+    sizes = {name: model.unwrap_python_model().estimator.engine.model.input_sizes for name, model in served.items()}
+    assert sizes == {"model": (32,), "teacher": (32, 40)}
+    photo = pd.DataFrame({"image": [(REPO / "tests" / "data" / "astronaut.jpg").read_bytes()], "aligned": [False]})
+    answers = {name: model.predict(photo) for name, model in served.items()}
+    assert list(answers["model"].columns) == list(answers["teacher"].columns)  # the student serves as the ensemble
+    for answer in answers.values():
+        assert answer["error"].isna().all() and (answer["age_low"] <= answer["age_years"]).all()
+        assert (answer["age_years"] <= answer["age_high"]).all()
+    assert not list((repo / "models" / "resume").glob("*.pt"))
+
+
 def test_an_experiment_in_two_processes_logs_one_run(repo):
     run(["dvc", "exp", "run", "-S", "train.nproc=2"], repo)
     report = read_json(repo / "reports" / "train.json")

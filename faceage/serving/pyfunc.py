@@ -145,9 +145,14 @@ def example_input(chip: np.ndarray) -> pd.DataFrame:
 
 
 def log_age_model(
-    tracker: RunTracker, checkpoint: str | Path, faces: FacesParams, chip: np.ndarray, dataset: dict[str, str]
+    tracker: RunTracker,
+    checkpoint: str | Path,
+    faces: FacesParams,
+    chip: np.ndarray,
+    dataset: dict[str, str],
+    name: str = MODEL_IN_RUN,
 ) -> None:
-    """Log the checkpoint as the pyfunc model :data:`MODEL_IN_RUN` of ``tracker``'s run (a failure only warns).
+    """Log the checkpoint as the pyfunc model ``name`` of ``tracker``'s run (a failure only warns).
 
     ``chip``, an aligned face, becomes the input example; ``dataset`` (what the model learnt from: ``name``,
     ``kind``) goes into the model's metadata.
@@ -157,7 +162,7 @@ def log_age_model(
         mlflow.set_tracking_uri(tracker.uri)
         with mlflow.start_run(run_id=tracker.run_id):
             mlflow.pyfunc.log_model(
-                name=MODEL_IN_RUN,
+                name=name,
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),
                 artifacts={"checkpoint": str(checkpoint), "landmarks": str(landmarks_path())},
                 code_paths=[str(Path(faceage.__file__).parent)],

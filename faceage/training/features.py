@@ -1,5 +1,5 @@
 """Network outputs for manifest ids: from images, or from backbone features computed once while the trunk is
-frozen."""
+frozen; and a teacher's age distributions of the training faces, computed once."""
 
 from __future__ import annotations
 
@@ -15,13 +15,37 @@ from faceage.model.age_model import AgeModel
 from faceage.model.batches import index_batches, to_input
 from faceage.model.inference import predict
 from faceage.model.networks import AgeNet
-from faceage.model.reference import ReferenceAgeModel
 from faceage.training.augment import BatchAugmenter
 
 
+@torch.no_grad()
+def taught_distributions(
+    teacher: AgeModel,
+    images: np.ndarray,
+    ids: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    amp: contextlib.AbstractContextManager,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """``teacher``'s age distribution of the faces ``ids`` (un-augmented, one view, as training validates) in a
+    table by manifest id; other rows are 0."""
+    teacher.eval()
+    table = torch.zeros(len(images), len(teacher.bin_ages), device=device)
+    batches = list(index_batches(np.sort(ids), batch_size))
+    for batch in tqdm(
+        batches, desc="teacher's age distributions", unit="batch", disable=None if show_progress else True
+    ):
+        with amp:
+            table[torch.from_numpy(batch).to(device)] = teacher.age_distribution(
+                to_input(images[batch], teacher.input_size, device)
+            ).float()
+    return table
+
+
 class Inputs:
-    """Turns manifest ids into model outputs, from images or from backbone features computed once; with a
-    ``teacher``, the outputs hold its age distribution on the same input as ``reference``."""
+    """Turns manifest ids into model outputs, from images or from backbone features computed once; with
+    ``taught`` (:func:`taught_distributions`), the outputs hold the teacher's age distribution as ``teacher``."""
 
     def __init__(
         self,
@@ -31,10 +55,10 @@ class Inputs:
         batch_size: int,
         device: torch.device,
         show_progress: bool = True,
-        teacher: ReferenceAgeModel | None = None,
+        taught: torch.Tensor | None = None,
     ):
         self.model = model
-        self.teacher = teacher
+        self.taught = taught
         self.images = images
         self.input_size = input_size
         self.train_size = input_size  # of training batches from images; validation is always at input_size
@@ -42,7 +66,6 @@ class Inputs:
         self.device = device
         self.show_progress = show_progress  # a bar on terminals; never in the processes besides the main one
         self.features: torch.Tensor | None = None
-        self.taught: torch.Tensor | None = None  # the teacher's outputs for the cached features
         self.rows: dict[int, int] = {}
 
     @torch.no_grad()
@@ -50,17 +73,14 @@ class Inputs:
         """Run the frozen backbone once over ``ids`` and keep the pooled features."""
         self.model.trunk.eval()
         ids = np.sort(ids)
-        parts, taught = [], []
+        parts = []
         batches = list(index_batches(ids, self.batch_size))
         disable = None if self.show_progress else True  # None: a bar on terminals only
         for batch in tqdm(batches, desc="backbone features", unit="batch", disable=disable):
             x = to_input(self.images[batch], self.input_size, self.device)
             with amp:
                 parts.append(self.model.trunk(x).float())
-                if self.teacher is not None:
-                    taught.append(self.teacher(x))
         self.features = torch.cat(parts)
-        self.taught = torch.cat(taught) if taught else None
         self.rows = {int(i): row for row, i in enumerate(ids)}
 
     def outputs(
@@ -75,14 +95,11 @@ class Inputs:
         if self.features is not None:
             rows = torch.tensor([self.rows[int(i)] for i in ids], device=self.device)
             outputs = network(self.features[rows], pooled=True)
-            if self.taught is not None:
-                outputs["reference"] = self.taught[rows]
-            return outputs
-        augment = functools.partial(augmenter, share=share) if augmenter is not None else None
-        x = to_input(self.images[ids], self.train_size, self.device, augment)
-        outputs = network(x)
-        if self.teacher is not None:
-            outputs["reference"] = self.teacher(x)
+        else:
+            augment = functools.partial(augmenter, share=share) if augmenter is not None else None
+            outputs = network(to_input(self.images[ids], self.train_size, self.device, augment))
+        if self.taught is not None:
+            outputs["teacher"] = self.taught[torch.from_numpy(np.asarray(ids)).to(self.device)]
         return outputs
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from faceage.errors import FaceageError
+from faceage.model.age_model import untouched_dlib
 from faceage.model.batches import index_batches
 from faceage.model.networks import (
     AgeNet,
@@ -29,12 +30,11 @@ from faceage.model.networks import (
     set_train_mode,
     trunk_is_frozen,
 )
-from faceage.model.reference import ReferenceAgeModel
 from faceage.runtime import cpu_features, make_deterministic, select_device
 from faceage.sections import ModelParams, TrainParams
 from faceage.training.augment import BatchAugmenter
 from faceage.training.distributed import SINGLE, Workers
-from faceage.training.features import Inputs
+from faceage.training.features import Inputs, taught_distributions
 from faceage.training.losses import total_loss
 from faceage.training.resume import ResumeFile, TrainingState
 from faceage.training.setup import Phase, TrainingSetup, autocast, plan_phases, precision
@@ -100,10 +100,13 @@ class Trainer:
             setup.model_params,
             params,
         )
-        teacher = ReferenceAgeModel(self.model.bin_ages).to(device) if params.distill_weight > 0 else None
         self.inputs = Inputs(
-            self.model, setup.images, setup.model_params.input_size, params.batch_size, device, workers.is_main, teacher
+            self.model, setup.images, setup.model_params.input_size, params.batch_size, device, workers.is_main
         )
+        if params.distill_weight > 0:
+            teacher = setup.teacher if setup.teacher is not None else untouched_dlib(setup.age_range)
+            taught = (teacher.to(device), setup.images, setup.train_ids, params.batch_size, device, self.amp)
+            self.inputs.taught = taught_distributions(*taught, workers.is_main)
         self.seconds = dict.fromkeys(("head", "finetune"), 0.0)
         self.images_seen = dict.fromkeys(("head", "finetune"), 0)
 

@@ -44,12 +44,12 @@ def total_loss(
     params: TrainParams,
 ) -> torch.Tensor:
     """Age loss plus the weighted auxiliary losses; genders equal to ``UNKNOWN_GENDER`` are left out. With a
-    ``reference`` output (dlib's untouched age distribution), ``distill_weight`` times the KL divergence of the
+    ``teacher`` output (a teacher model's age distribution), ``distill_weight`` times the KL divergence of the
     age distribution from it."""
     loss = age_loss(model, outputs["age_output"], ages, params)
-    if "reference" in outputs:
+    if "teacher" in outputs:
         log_p = outputs["age_output"].float().log_softmax(dim=1)
-        loss = loss + params.distill_weight * F.kl_div(log_p, outputs["reference"], reduction="batchmean")
+        loss = loss + params.distill_weight * F.kl_div(log_p, outputs["teacher"], reduction="batchmean")
     if "gender" in outputs:
         known = (genders != UNKNOWN_GENDER).float()  # a weight, not a selection: the head takes part in every step
         gender_loss = F.binary_cross_entropy_with_logits(

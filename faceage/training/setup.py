@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from faceage.errors import FaceageError
+from faceage.model.age_model import AgeModel
 from faceage.runtime import cpu_precision_reason, use_cpu_bf16
 from faceage.sections import AugmentParams, ModelParams, TrainParams
 from faceage.training.augment import is_active
@@ -63,7 +64,8 @@ def split_ids(split: pd.DataFrame, name: str) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class TrainingSetup:
     """What decides a training run: the data (image rows are manifest ids, genders 0/1 or
-    ``UNKNOWN_GENDER``, the split's ``train`` and ``val`` rows) and the settings."""
+    ``UNKNOWN_GENDER``, the split's ``train`` and ``val`` rows), the settings, and the model that teaches the
+    network when ``params.distill_weight`` > 0 (``None``: dlib's untouched age model)."""
 
     images: np.ndarray
     ages: np.ndarray
@@ -73,6 +75,7 @@ class TrainingSetup:
     params: TrainParams
     augment_params: AugmentParams
     age_range: tuple[int, int]
+    teacher: AgeModel | None = None
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -87,8 +90,11 @@ class TrainingSetup:
         content in blocks, so a memory-mapped image array is never read whole into memory."""
         digest = hashlib.blake2b()
         settings = [asdict(self.model_params), asdict(self.params), asdict(self.augment_params), list(self.age_range)]
+        settings.append(None if self.teacher is None else self.teacher.blend)
         digest.update(json.dumps(settings, sort_keys=True).encode())
-        arrays = (self.train_ids, self.val_ids, np.asarray(self.ages), np.asarray(self.genders), self.images)
+        arrays = [self.train_ids, self.val_ids, np.asarray(self.ages), np.asarray(self.genders), self.images]
+        if self.teacher is not None:
+            arrays += [value.detach().cpu().float().reshape(-1).numpy() for value in self.teacher.state_dict().values()]
         for array in arrays:
             digest.update(json.dumps([array.shape, str(array.dtype)]).encode())
             for start in range(0, len(array), FINGERPRINT_BLOCK):
