@@ -342,7 +342,8 @@ def test_an_ensemble_is_one_model_with_its_members_runs_nested_in_its_run(repo):
     assert compare["runs_considered"] == 1 and compare["leaderboard"][0]["backbone"] == "mobilenet_v2+mobilenet_v2"
     client = mlflow_client(repo)
     (logged,) = client.get_run(parent.info.run_id).outputs.model_outputs  # the run's MLflow model
-    served = mlflow.pyfunc.load_model(client.get_logged_model(logged.model_id).artifact_location)
+    location = client.get_logged_model(logged.model_id).artifact_location
+    served = mlflow.pyfunc.load_model(location, model_config={"engine": "pytorch"})  # the checkpoint, to look into
     model = served.unwrap_python_model().estimator.engine.model
     assert type(model).__name__ == "AgeModel" and model.input_sizes == (32, 40)  # both networks, one model
 
@@ -376,7 +377,12 @@ def test_a_student_replaces_the_ensemble_that_taught_it_which_stays_in_the_run(r
     }
     assert set(logged) == {"model", "teacher"}
     served = {name: mlflow.pyfunc.load_model(model.artifact_location) for name, model in logged.items()}
-    sizes = {name: model.unwrap_python_model().estimator.engine.model.input_sizes for name, model in served.items()}
+    sizes = {
+        name: mlflow.pyfunc.load_model(model.artifact_location, model_config={"engine": "pytorch"})
+        .unwrap_python_model()
+        .estimator.engine.model.input_sizes
+        for name, model in logged.items()
+    }
     assert sizes == {"model": (32,), "teacher": (32, 40)}
     photo = pd.DataFrame({"image": [(REPO / "tests" / "data" / "astronaut.jpg").read_bytes()], "aligned": [False]})
     answers = {name: model.predict(photo) for name, model in served.items()}

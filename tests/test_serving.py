@@ -22,6 +22,7 @@ import pytest
 from conftest import ASTRONAUT, ASTRONAUT_FACE, huge_png, settings
 
 from faceage.cli import main
+from faceage.errors import FaceageError
 from faceage.sections import FacesParams
 from faceage.serving.loading import load_any
 from faceage.serving.photos import AgeEstimator, find_faces
@@ -39,6 +40,7 @@ frame = pd.DataFrame({"image": images, "aligned": [False, False, True]})
 print(model.predict(frame, params={"over": 18}).to_json(orient="records"))
 """
 CARD = "# Model card\n\nWhat the tiny model is for."
+ENGINE_CONFIGS = {"default": None, "pytorch": {"engine": "pytorch"}}  # model_config at load time
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,28 @@ def test_predict_and_the_page_load_the_registered_model_by_its_uri(champion, tin
     assert_same_answer(face, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
     assert main(["predict", str(ASTRONAUT), "--model", "models:/faceage@nobody"]) == 1
     assert "error: cannot load the MLflow model models:/faceage@nobody: " in capsys.readouterr().err
+
+
+def test_the_logged_model_runs_its_onnx_graph_unless_told_to_run_the_checkpoint(champion, monkeypatch):
+    mlflow.set_tracking_uri(champion["uri"])
+    uri, rng = "models:/faceage@champion", np.random.default_rng(5)
+    loaded = {name: mlflow.pyfunc.load_model(uri, model_config=config) for name, config in ENGINE_CONFIGS.items()}
+    engines = {name: type(model.unwrap_python_model().estimator.engine).__name__ for name, model in loaded.items()}
+    assert engines == {"default": "OnnxEngine", "pytorch": "TorchEngine"}
+    crops = [example_input(rng.integers(0, 256, (side, side, 3), np.uint8))["image"][0] for side in (20, 32, 47, 128)]
+    frame = pd.DataFrame({"image": [ASTRONAUT.read_bytes(), *crops], "aligned": [False] + [True] * len(crops)})
+    graph, checkpoint = (loaded[name].predict(frame, params={"over": 18}) for name in ENGINE_CONFIGS)
+    assert graph[["input", "left", "top", "right", "bottom"]].equals(
+        checkpoint[["input", "left", "top", "right", "bottom"]]
+    )
+    for column in ("age_years", "age_low", "age_high", "female_probability"):
+        np.testing.assert_allclose(graph[column].astype(float), checkpoint[column].astype(float), atol=0.01)
+    assert list(graph["over"]) == list(checkpoint["over"]) and len(graph) == 5
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion["uri"])
+    assert type(load_any(uri, flip=False).estimator.engine).__name__ == "TorchEngine"  # the graph mirrors built in
+    expected = r"model_config engine: 'tensorrt' is not offered by this model; expected \['onnxruntime', 'pytorch'\]"
+    with pytest.raises(FaceageError, match=expected):
+        mlflow.pyfunc.load_model(uri, model_config={"engine": "tensorrt"})
 
 
 def test_the_logged_model_says_what_it_learnt_from(champion):

@@ -53,7 +53,8 @@ def load_any(name: str, flip: bool = True) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     try:
-        loaded = mlflow.pyfunc.load_model(name)
+        # without mirror images, the checkpoint runs: the graph has them built in
+        loaded = mlflow.pyfunc.load_model(name, model_config=None if flip else {"engine": "pytorch"})
     except (MlflowException, OSError) as error:
         raise FaceageError(f"cannot load the MLflow model {name}: {str(error).splitlines()[0]}") from None
     served = loaded.unwrap_python_model()

@@ -1,11 +1,14 @@
 """The trained model as an MLflow ``pyfunc`` model: image bytes in, one row per face out.
 
-The logged model carries the checkpoint, dlib's landmark file and this package's code, with pinned pip
-requirements, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work outside this repository.
+The logged model carries the checkpoint, its ONNX graph, dlib's landmark file and this package's code, with
+pinned pip requirements, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work outside this
+repository. Its ``model_config`` ``engine`` says what runs the network: ``onnxruntime`` (the graph; the
+default) or ``pytorch`` (the checkpoint), chosen at load time with ``model_config={"engine": "pytorch"}`` or,
+for ``mlflow models serve``, ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "pytorch"}'``.
 Its input is a DataFrame with a binary column ``image`` (base64 in JSON requests, in every request format) and
 an optional boolean ``aligned`` (the image is a ready face crop); its optional parameter ``over`` (an age) adds
 the decision whether each face is that old or older (``yes``, ``no``, ``uncertain``, from its interval); its
-``model_config`` holds the face settings (``faces.*``). A value of the wrong type, an image over
+``model_config`` also holds the face settings (``faces.*``). A value of the wrong type, an image over
 ``faces.max_megapixels`` and rows not started within the server's request timeout get an error row each.
 """
 
@@ -16,6 +19,7 @@ import binascii
 import io
 import logging
 import math
+import tempfile
 import time
 from dataclasses import asdict
 from importlib.metadata import version
@@ -36,12 +40,15 @@ from faceage.data.faces import landmarks_path
 from faceage.errors import FaceageError
 from faceage.params import saved_faces
 from faceage.sections import FacesParams
+from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator, PhotoFaces, find_faces
 from faceage.tracking.registry import MODEL_IN_RUN
 from faceage.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
-REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow")
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow", "onnxruntime")
+ENGINES = {"onnxruntime": "graph", "pytorch": "checkpoint"}  # model_config engine -> the artifact it runs
+LOGGED_ENGINE = "onnxruntime"  # what a logged model runs unless told otherwise
 OUTPUT_COLUMNS = ["input", "face", "left", "top", "right", "bottom", "score", "age_years", "age"]
 OPTIONAL_COLUMNS = ["age_low", "age_high", "interval", "over", "female_probability", "error"]
 SIGNATURE = ModelSignature(
@@ -63,9 +70,14 @@ class PhotoAgeModel(mlflow.pyfunc.PythonModel):
     one, and a row with ``error`` for bytes that are not a readable image."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.faces = saved_faces(dict(context.model_config or {}), "model_config")
+        config = dict(context.model_config or {})
+        engine = config.pop("engine", "pytorch")  # models logged before the graph have only the checkpoint
+        if engine not in ENGINES or ENGINES[engine] not in context.artifacts:
+            offered = [name for name, artifact in ENGINES.items() if artifact in context.artifacts]
+            raise FaceageError(f"model_config engine: {engine!r} is not offered by this model; expected {offered}")
+        self.faces = saved_faces(config, "model_config")
         self.landmarks = Path(context.artifacts["landmarks"])
-        self.estimator = AgeEstimator(context.artifacts["checkpoint"], self.faces)
+        self.estimator = AgeEstimator(context.artifacts[ENGINES[engine]], self.faces)
         if self.estimator.synthetic:
             log.warning("this model learnt ages from synthetic drawn faces: its ages of real photos mean nothing")
 
@@ -152,7 +164,8 @@ def log_age_model(
     dataset: dict[str, str],
     name: str = MODEL_IN_RUN,
 ) -> None:
-    """Log the checkpoint as the pyfunc model ``name`` of ``tracker``'s run (a failure only warns).
+    """Log the checkpoint and its ONNX graph as the pyfunc model ``name`` of ``tracker``'s run (a failure only
+    warns).
 
     ``chip``, an aligned face, becomes the input example; ``dataset`` (what the model learnt from: ``name``,
     ``kind``) goes into the model's metadata.
@@ -160,16 +173,18 @@ def log_age_model(
 
     def log() -> None:
         mlflow.set_tracking_uri(tracker.uri)
-        with mlflow.start_run(run_id=tracker.run_id):
+        with tempfile.TemporaryDirectory(prefix="faceage-graph-") as folder, mlflow.start_run(run_id=tracker.run_id):
+            graph = Path(folder) / "model.onnx"
+            export_model(checkpoint, graph, "onnx")
             mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),
-                artifacts={"checkpoint": str(checkpoint), "landmarks": str(landmarks_path())},
+                artifacts={"checkpoint": str(checkpoint), "graph": str(graph), "landmarks": str(landmarks_path())},
                 code_paths=[str(Path(faceage.__file__).parent)],
                 signature=SIGNATURE,
                 input_example=example_input(chip),
-                pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
-                model_config=asdict(faces),
+                pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+                model_config={**asdict(faces), "engine": LOGGED_ENGINE},
                 metadata={"dataset": dataset},
             )
 
