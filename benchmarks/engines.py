@@ -1,8 +1,10 @@
 """The network under each engine, in one run: PyTorch on the checkpoint and ONNX Runtime on its exported graph,
 each timed on a batch of faces (faces/s) and on one image (decode, resize, forward passes; ms), and the age
-differences between them on the same faces.
+differences between them on the same faces. ``--graph`` times a graph of the model written before (an int8 one
+from ``faceage export --int8``) instead of exporting it.
 
-    python -m benchmarks.engines --model models/model.pt [--source ../shared/datasets/UTKFace.tar.gz] [--faces 512]
+    python -m benchmarks.engines --model models/model.pt [--graph models/model.int8.onnx]
+                                 [--source ../shared/datasets/UTKFace.tar.gz] [--faces 512]
 """
 
 from __future__ import annotations
@@ -83,11 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_source_argument(parser)
     parser.add_argument("--faces", type=int, default=512, help="faces of the source timed in batches")
     parser.add_argument("--repeats", type=int, default=50, help="timed single-image predictions")
+    parser.add_argument("--graph", type=Path, help="ONNX graph of the model to time (default: exported from it)")
     args = parser.parse_args(argv)
     images = first_images(args.source, args.faces)
     with tempfile.TemporaryDirectory(prefix="faceage-engines-") as folder:
-        graph = Path(folder) / "model.onnx"
-        export_model(args.model, graph, "onnx")
+        graph = args.graph or Path(folder) / "model.onnx"
+        if args.graph is None:
+            export_model(args.model, graph, "onnx")
         print(json.dumps(engine_speeds(args.model, graph, images, args.repeats), indent=2))
     return 0
 

@@ -30,7 +30,9 @@ The graph takes float32 RGB face chips in [0, 1], shape (batch, 3, S, S) with S 
 the model was trained on (data.image_size, printed on export), and returns per face the age in years, its calibrated
 interval (age_low, age_high) and, with a gender head, the probability of female. The batch size is dynamic.
 An ONNX graph also carries the model's face settings, so faceage predict --model model.onnx runs it on photos
-through ONNX Runtime.
+through ONNX Runtime. --int8 also writes a graph whose convolutions are quantised to int8 (NAME.int8.onnx),
+calibrated on the pipeline's first validation faces and written only if the MAE of the other validation faces
+moves by less than --int8-tolerance years.
 PyTorch deprecates TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
 SERVE_HELP = """\
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", type=Path, help="trained checkpoint (default: the pipeline's)")
     export.add_argument("--output", type=Path, help="output file (default: next to the model, .onnx or .ts)")
     export.add_argument("--no-flip", action="store_true", help="leave mirror-image averaging out of the graph")
+    export.add_argument("--int8", action="store_true", help="also write an int8 graph (ONNX), if it keeps the MAE")
+    export.add_argument("--calibration-faces", type=int, default=256, help="validation faces that calibrate int8")
+    export.add_argument("--int8-tolerance", type=float, default=0.02, help="largest validation MAE change (years)")
     return parser
 
 
@@ -247,11 +252,32 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from faceage.errors import FaceageError
+    from faceage.sections import MAX_AGE
     from faceage.serving.export import export_model
 
+    if args.int8 and args.format != "onnx":
+        raise FaceageError("--int8 quantises ONNX graphs: use --format onnx")
+    if args.int8 and (args.calibration_faces < 1 or not 0 < args.int8_tolerance <= MAX_AGE):
+        raise FaceageError("--calibration-faces must be at least 1 and --int8-tolerance a number of years above 0")
     output = args.output or args.model.with_suffix(".onnx" if args.format == "onnx" else ".ts")
     chip_size = export_model(args.model, output, args.format, flip=not args.no_flip)
     print(f"wrote {output}: input (batch, 3, {chip_size}, {chip_size}) float32 RGB in [0, 1]")
+    if args.int8:
+        from faceage.serving.quantize import quantise, refused, summary_line, validation_chips
+        from faceage.stage import pipeline_paths
+
+        chips, ages = validation_chips(chip_size, pipeline_paths())
+        count = args.calibration_faces
+        if len(chips) <= count:
+            raise FaceageError(
+                f"--int8 needs more than --calibration-faces ({count}) validation faces, has {len(chips)}"
+            )
+        quantised = output.with_suffix(".int8.onnx")
+        check = quantise(output, quantised, chips[:count], chips[count:], ages[count:], args.int8_tolerance)
+        if not check.kept:
+            raise refused(check, quantised)
+        print(f"wrote {quantised}: {summary_line(check)}")
     return 0
 
 

@@ -29,7 +29,6 @@ TINY = {
     "model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 32},
     "train": {"epochs": 1, "batch_size": 16},
     "members": {},
-    "student": {"distill_weight": 0},
 }
 
 

@@ -32,6 +32,7 @@ BASE = {
     "train": {"head_epochs": 1, "epochs": 2, "batch_size": 16, "seed": 3, "threads": 1, "cpu_bf16": False},
 }
 TINY_TRAINING = (settings(TrainParams, head_epochs=1, epochs=0, batch_size=16, threads=1), settings(AugmentParams))
+ON = {"distill_weight": 1.0}  # a student trained
 WIDE = {"wide": {"model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 40}}}
 
 
@@ -148,11 +149,11 @@ def test_the_student_is_kept_within_the_tolerance_of_the_models_validation_mae(s
         ({"student": {}}, None, "classification", "members: 'student' is not allowed"),
         (
             {"flat": {"model": {"head": "regression"}}},
-            None,
+            ON,
             "classification",
             "members.flat: student.distill_weight needs model.head: classification",
         ),
-        ({}, None, "regression", "^student.distill_weight needs model.head: classification"),
+        ({}, ON, "regression", "^student.distill_weight needs model.head: classification"),
         ({}, {"distill_weight": -1}, "classification", "student.distill_weight"),
         ({}, {"tolerance": 200}, "classification", "student.tolerance"),
     ],

@@ -85,7 +85,7 @@ def graph_description(text: str | None, path: str | Path) -> GraphInfo:
         raise FaceageError(f"{path} has no faceage description: write it with faceage export --format onnx")
     try:
         info = GraphInfo(**json.loads(text))
-        valid = isinstance(info.chip_size, int) and isinstance(info.flip, bool)
+        valid = isinstance(info.chip_size, int) and isinstance(info.flip, bool) and isinstance(info.int8, bool)
     except (json.JSONDecodeError, TypeError):  # not JSON, not an object, or keys missing or unknown
         valid = False
     if not valid:

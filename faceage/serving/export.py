@@ -65,6 +65,7 @@ class GraphInfo:
     faces: dict | None
     dataset: dict | None
     run_id: str | None
+    int8: bool = False  # its convolutions quantised (faceage export --int8)
 
 
 def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool) -> GraphInfo:
