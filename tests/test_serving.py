@@ -24,6 +24,7 @@ from conftest import ASTRONAUT, ASTRONAUT_FACE, huge_png, settings
 from faceage.cli import main
 from faceage.errors import FaceageError
 from faceage.sections import FacesParams
+from faceage.serving import pyfunc
 from faceage.serving.loading import load_any
 from faceage.serving.photos import AgeEstimator, find_faces
 from faceage.serving.pyfunc import example_input, log_age_model
@@ -128,6 +129,23 @@ def test_the_logged_model_runs_its_onnx_graph_unless_told_to_run_the_checkpoint(
     expected = r"model_config engine: 'tensorrt' is not offered by this model; expected \['onnxruntime', 'pytorch'\]"
     with pytest.raises(FaceageError, match=expected):
         mlflow.pyfunc.load_model(uri, model_config={"engine": "tensorrt"})
+
+
+def test_a_model_whose_graph_cannot_be_exported_is_logged_on_pytorch(tiny_model, tmp_path, monkeypatch, caplog):
+    def unexportable(*args, **kwargs):
+        raise RuntimeError("an operator ONNX lacks")
+
+    monkeypatch.setattr(pyfunc, "export_model", unexportable)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker("serving", run_name="no graph", uri=uri)
+    log_age_model(tracker, tiny_model, settings(FacesParams), np.zeros((32, 32, 3), np.uint8), DATASET)
+    assert tracker.active  # tracking goes on
+    tracker.finish()
+    assert "model is logged without its ONNX graph (it runs on PyTorch): an operator ONNX lacks" in caplog.text
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{tracker.run_id}/{MODEL_IN_RUN}")
+    assert type(loaded.unwrap_python_model().estimator.engine).__name__ == "TorchEngine"
+    assert loaded.predict(pd.DataFrame({"image": [ASTRONAUT.read_bytes()]}))["error"].isna().all()
 
 
 def test_the_logged_model_says_what_it_learnt_from(champion):

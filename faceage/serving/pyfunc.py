@@ -38,6 +38,7 @@ from PIL import Image
 import faceage
 from faceage.data.faces import landmarks_path
 from faceage.errors import FaceageError
+from faceage.model.checkpoint import describe
 from faceage.params import saved_faces
 from faceage.sections import FacesParams
 from faceage.serving.export import export_model
@@ -165,27 +166,31 @@ def log_age_model(
     name: str = MODEL_IN_RUN,
 ) -> None:
     """Log the checkpoint and its ONNX graph as the pyfunc model ``name`` of ``tracker``'s run (a failure only
-    warns).
+    warns; a graph that cannot be exported leaves the model on PyTorch, with a warning).
 
     ``chip``, an aligned face, becomes the input example; ``dataset`` (what the model learnt from: ``name``,
     ``kind``) goes into the model's metadata.
     """
 
-    def log() -> None:
+    def log_model() -> None:
         mlflow.set_tracking_uri(tracker.uri)
         with tempfile.TemporaryDirectory(prefix="faceage-graph-") as folder, mlflow.start_run(run_id=tracker.run_id):
-            graph = Path(folder) / "model.onnx"
-            export_model(checkpoint, graph, "onnx")
+            artifacts, engine = {"checkpoint": str(checkpoint), "landmarks": str(landmarks_path())}, "pytorch"
+            try:
+                export_model(checkpoint, Path(folder) / "model.onnx", "onnx")
+                artifacts["graph"], engine = str(Path(folder) / "model.onnx"), LOGGED_ENGINE
+            except Exception as error:  # torch.onnx raises many types: the model is still logged, on PyTorch
+                log.warning("%s is logged without its ONNX graph (it runs on PyTorch): %s", name, describe(error))
             mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),
-                artifacts={"checkpoint": str(checkpoint), "graph": str(graph), "landmarks": str(landmarks_path())},
+                artifacts=artifacts,
                 code_paths=[str(Path(faceage.__file__).parent)],
                 signature=SIGNATURE,
                 input_example=example_input(chip),
                 pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
-                model_config={**asdict(faces), "engine": LOGGED_ENGINE},
+                model_config={**asdict(faces), "engine": engine},
                 metadata={"dataset": dataset},
             )
 
-    tracker.call(log)
+    tracker.call(log_model)
