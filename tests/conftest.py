@@ -49,6 +49,35 @@ def settings(cls, **changes):
     return dataclasses.replace(base, **changes)
 
 
+def project_params_with(sections: dict[str, dict], **whole):
+    """The project's ``params.yaml`` with each of ``sections`` updated by its changes and each of ``whole``
+    replaced, checked as params.yaml is."""
+    import yaml
+
+    from faceage.checked import from_dict
+    from faceage.params import Params
+
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, changes in sections.items():
+        values[name] = {**values[name], **changes}
+    return from_dict(Params, {**values, **whole})
+
+
+def train_members(params, data: tuple, age_range: tuple[int, int]) -> tuple[dict, dict]:
+    """Each network of ``params`` (the main one and its members) trained on the CPU on ``data`` (as
+    :func:`synthetic_faces` gives it): their results and their setups, by name."""
+    import torch
+
+    from faceage.training.members import member_params
+    from faceage.training.setup import TrainingSetup
+
+    setups = {
+        name: TrainingSetup(*data, member.model, member.train, member.augment, age_range)
+        for name, member in member_params(params).items()
+    }
+    return {name: train_network(setup, torch.device("cpu")) for name, setup in setups.items()}, setups
+
+
 REPLACED_WHOLE = ("test_sources", "members")  # sections of named entries: written ones replace the project's
 
 

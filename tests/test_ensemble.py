@@ -6,19 +6,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import REPO, assert_onnx_export_predicts_as_the_model, synthetic_faces
+from conftest import assert_onnx_export_predicts_as_the_model, project_params_with, synthetic_faces, train_members
 
-from faceage.checked import from_dict
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel, untouched_dlib
 from faceage.model.checkpoint import checkpoint_of, load_model, save_checkpoint
 from faceage.model.inference import predict
 from faceage.params import MAIN_MEMBER, Params
 from faceage.training.blend import blend_errors
-from faceage.training.loop import train_network
 from faceage.training.members import assemble, member_params
-from faceage.training.setup import TrainingSetup
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
@@ -34,10 +30,7 @@ BASE = {
 
 def params(members=MEMBERS, **sections) -> Params:
     """The project's settings with :data:`BASE` and ``sections`` changed, and ``members``."""
-    values = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, changes in {**BASE, **sections}.items():
-        values[name] = {**values[name], **changes}
-    return from_dict(Params, {**values, "members": members})
+    return project_params_with({**BASE, **sections}, members=members)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +41,7 @@ def data():
 @pytest.fixture(scope="module")
 def trained(data):
     """The members of :func:`params` trained, their setups, and the model made of them with its summary."""
-    setups = {
-        name: TrainingSetup(*data, member.model, member.train, member.augment, AGES)
-        for name, member in member_params(params()).items()
-    }
-    results = {name: train_network(setup, CPU) for name, setup in setups.items()}
+    results, setups = train_members(params(), data, AGES)
     return results, setups, assemble(results, setups, params().model.reference_blend)
 
 

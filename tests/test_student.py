@@ -6,10 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import REPO, settings, synthetic_faces
+from conftest import project_params_with, settings, synthetic_faces, train_members
 
-from faceage.checked import from_dict
 from faceage.errors import FaceageError
 from faceage.evaluation.model_card import describe_model, licences
 from faceage.model.age_model import AgeModel, untouched_dlib
@@ -20,7 +18,7 @@ from faceage.params import MAIN_MEMBER, Params
 from faceage.sections import AugmentParams, ModelParams, TrainParams
 from faceage.training.features import taught_distributions
 from faceage.training.loop import TrainResult, train_network
-from faceage.training.members import assemble, member_params
+from faceage.training.members import assemble
 from faceage.training.setup import TrainingSetup
 from faceage.training.student import student_model, student_setup, student_summary
 
@@ -37,12 +35,8 @@ WIDE = {"wide": {"model": {"backbone": "mobilenet_v2", "pretrained": False, "inp
 
 
 def params(members=WIDE, student=None, **sections) -> Params:
-    """The project's settings with :data:`BASE` and ``sections`` changed, ``members`` and ``student``."""
-    values = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, changes in {**BASE, **sections}.items():
-        values[name] = {**values[name], **changes}
-    values["student"] = {**values["student"], **(student or {})}
-    return from_dict(Params, {**values, "members": members})
+    """The project's settings with :data:`BASE`, ``sections`` and ``student`` changed, and ``members``."""
+    return project_params_with({**BASE, **sections, "student": student or {}}, members=members)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +47,7 @@ def data():
 @pytest.fixture(scope="module")
 def networks(data):
     """Two networks trained apart (main and ``wide``) and their setups."""
-    setups = {
-        name: TrainingSetup(*data, member.model, member.train, member.augment, AGES)
-        for name, member in member_params(params()).items()
-    }
-    return {name: train_network(setup, CPU) for name, setup in setups.items()}, setups
+    return train_members(params(), data, AGES)
 
 
 def teacher(networks, blend: float) -> tuple[AgeModel, TrainingSetup]:
