@@ -118,11 +118,10 @@ def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
             checkpoints[role] = checkpoint_of(kept, built_with, epoch=result.summary["best_epoch"], **info, **taught)
             if role == served:
                 summary["intervals"] = intervals
-        if served == STUDENT:
+        if served == STUDENT:  # the kept model's figures; the epochs and speeds stay the main network's
             student = summary["student"]
-            summary |= {
-                key: student[key] for key in ("best_val_mae", "parameters", "reference_blend") if key in student
-            }
+            summary |= {"best_val_mae": student["best_val_mae"], "parameters": student["parameters"]}
+            summary["reference_blend"] = 0.0
         write_outputs(checkpoints[served], summary, results[MAIN_MEMBER].history, tracker, paths)
         chip = images[main.val_ids[0]]
         log_age_model(tracker, paths["model"], params.faces, chip, dataset)

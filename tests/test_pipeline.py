@@ -357,6 +357,7 @@ def test_a_student_replaces_the_ensemble_that_taught_it_which_stays_in_the_run(r
     report = read_json(repo / "reports" / "train.json")
     student = report["student"]
     assert student["kept"] and report["best_val_mae"] == student["best_val_mae"] != student["model_val_mae"]
+    assert report["reference_blend"] == 0 and report["parameters"] == student["parameters"]
     checkpoint = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert len(checkpoint["networks"]) == 1 and checkpoint["blend"] == 0 and checkpoint["calibration"] is not None
     runs = {r.info.run_id: r for r in mlflow_runs(repo)}
