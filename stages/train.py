@@ -14,13 +14,16 @@ import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from faceage.data.manifest import dataset_fingerprint, load_dataset, load_images, load_manifest
+from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import Checkpoint, Teacher, checkpoint_of, save_checkpoint
 from faceage.model.networks import fetch_pretrained_weights
 from faceage.params import MAIN_MEMBER, STUDENT, Params, load_params
 from faceage.plots import learning_curves
+from faceage.sections import ModelParams
 from faceage.serving.pyfunc import log_age_model
 from faceage.stage import pipeline_paths, run_stage, write_csv, write_json
 from faceage.tracking.runs import RunTracker
@@ -50,23 +53,7 @@ def main() -> None:
 def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
     ingested = paths["ingested"]
     manifest, split, images = load_manifest(ingested), pd.read_csv(paths["split"]), load_images(ingested)
-    genders = manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy()
-    networks = member_params(params)
-    for network in networks.values():
-        fetch_pretrained_weights(network.model)
-    setups = {
-        name: TrainingSetup(
-            images,
-            manifest["age"].to_numpy(),
-            genders,
-            split,
-            member.model,
-            member.train,
-            member.augment,
-            (params.data.min_age, params.data.max_age),
-        )
-        for name, member in networks.items()
-    }
+    setups = network_setups(params, manifest, split, images)
     resumes = {
         name: ResumeFile(state_file(paths["resume"], name), setup.fingerprint()) for name, setup in setups.items()
     }
@@ -98,40 +85,73 @@ def train(params: Params, paths: dict[str, Path], workers: Workers) -> None:
             else:
                 results[name] = train_nested(tracker, params.member(name), name, setup, resumes[name], workers)
         model, summary = assemble(results, setups, params.model.reference_blend)
-        main = setups[MAIN_MEMBER]
         trained = {TEACHER: (model, [setup.model_params for setup in setups.values()], results[MAIN_MEMBER])}
         if teaches:
-            setup = student_setup(main, params, model)
+            setup = student_setup(setups[MAIN_MEMBER], params, model)
             resumes[STUDENT] = student_resume(paths, setup)
             result = train_nested(tracker, params.student_params(), STUDENT, setup, resumes[STUDENT], workers)
             summary["student"] = student_summary(result, summary["best_val_mae"], params.student.tolerance)
             summary["seconds"] = round(summary["seconds"] + result.summary["seconds"], 1)
             trained[STUDENT] = (student_model(result, setup), [setup.model_params], result)
-        served = STUDENT if teaches and summary["student"]["kept"] else TEACHER
-        calibration_faces = (main.val_ids, split_ids(split, "calibration"), params.intervals)
-        inference = (params.evaluate.batch_size, model.bin_ages.device, params.evaluate.flip_tta)
-        info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id}
-        checkpoints = {}
-        for role, (kept, built_with, result) in trained.items():
-            intervals = calibrate(kept, images, main.ages, *calibration_faces, *inference)
-            taught = {"teacher": Teacher(tuple(trained[TEACHER][1]), model.blend)} if role == STUDENT else {}
-            checkpoints[role] = checkpoint_of(kept, built_with, epoch=result.summary["best_epoch"], **info, **taught)
-            if role == served:
-                summary["intervals"] = intervals
-        if served == STUDENT:  # the kept model's figures; the epochs and speeds stay the main network's
-            student = summary["student"]
-            summary |= {"best_val_mae": student["best_val_mae"], "parameters": student["parameters"]}
-            summary["reference_blend"] = 0.0
-        write_outputs(checkpoints[served], summary, results[MAIN_MEMBER].history, tracker, paths)
-        chip = images[main.val_ids[0]]
-        log_age_model(tracker, paths["model"], params.faces, chip, dataset)
-        for role in set(checkpoints) - {served}:  # the other model stays available in the run
-            with tempfile.TemporaryDirectory() as folder:
-                other = Path(folder) / "model.pt"
-                save_checkpoint(checkpoints[role], other)
-                log_age_model(tracker, other, params.faces, chip, dataset, name=role)
+        keep_and_log(trained, summary, params, setups[MAIN_MEMBER], split, dataset, tracker, paths)
     for resume in resumes.values():  # only now: a crash before this point costs no training
         resume.remove()
+
+
+def network_setups(
+    params: Params, manifest: pd.DataFrame, split: pd.DataFrame, images: np.ndarray
+) -> dict[str, TrainingSetup]:
+    """The training of each network of the model (the main one first, then the members), weights fetched."""
+    genders = manifest["gender"].fillna(UNKNOWN_GENDER).to_numpy()
+    networks = member_params(params)
+    for network in networks.values():
+        fetch_pretrained_weights(network.model)
+    age_range = (params.data.min_age, params.data.max_age)
+    return {
+        name: TrainingSetup(
+            images, manifest["age"].to_numpy(), genders, split, member.model, member.train, member.augment, age_range
+        )
+        for name, member in networks.items()
+    }
+
+
+def keep_and_log(
+    trained: dict[str, tuple[AgeModel, list[ModelParams], TrainResult]],
+    summary: dict,
+    params: Params,
+    main: TrainingSetup,
+    split: pd.DataFrame,
+    dataset: dict,
+    tracker: RunTracker,
+    paths: dict[str, Path],
+) -> None:
+    """Calibrate the teacher and (when trained) the student, save the one served (the student when close enough
+    on validation) with the stage's reports, and log both to the run: the served one as its MLflow model "model",
+    the other under its role's name."""
+    served = STUDENT if STUDENT in trained and summary["student"]["kept"] else TEACHER
+    calibration_faces = (main.val_ids, split_ids(split, "calibration"), params.intervals)
+    teacher = trained[TEACHER][0]
+    inference = (params.evaluate.batch_size, teacher.bin_ages.device, params.evaluate.flip_tta)
+    info = {"faces": params.faces, "dataset": dataset, "run_id": tracker.run_id}
+    checkpoints = {}
+    for role, (kept, built_with, result) in trained.items():
+        intervals = calibrate(kept, main.images, main.ages, *calibration_faces, *inference)
+        taught = {"teacher": Teacher(tuple(trained[TEACHER][1]), teacher.blend)} if role == STUDENT else {}
+        checkpoints[role] = checkpoint_of(kept, built_with, epoch=result.summary["best_epoch"], **info, **taught)
+        if role == served:
+            summary["intervals"] = intervals
+    if served == STUDENT:  # the kept model's figures; the epochs and speeds stay the main network's
+        student = summary["student"]
+        summary |= {"best_val_mae": student["best_val_mae"], "parameters": student["parameters"]}
+        summary["reference_blend"] = 0.0
+    write_outputs(checkpoints[served], summary, trained[TEACHER][2].history, tracker, paths)
+    chip = main.images[main.val_ids[0]]
+    log_age_model(tracker, paths["model"], params.faces, chip, dataset)
+    for role in set(checkpoints) - {served}:  # the other model stays available in the run
+        with tempfile.TemporaryDirectory() as folder:
+            other = Path(folder) / "model.pt"
+            save_checkpoint(checkpoints[role], other)
+            log_age_model(tracker, other, params.faces, chip, dataset, name=role)
 
 
 def train_nested(

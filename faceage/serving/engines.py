@@ -4,7 +4,9 @@ written by ``faceage export --format onnx`` (the same outputs, often faster on a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +16,9 @@ from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import describe
 from faceage.model.inference import predict
 from faceage.serving.export import GRAPH_INFO, GraphInfo
+
+if TYPE_CHECKING:  # imported when a graph is run
+    import onnxruntime
 
 
 class TorchEngine:
@@ -42,14 +47,8 @@ class OnnxEngine:
     built in."""
 
     def __init__(self, path: str | Path):
-        import onnxruntime as ort
-
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own types for unreadable or invalid graphs
-            raise FaceageError(f"{path} is not an ONNX graph ONNX Runtime can run ({describe(error)})") from None
+        self.session = onnx_session(path)
         self.info = graph_description(self.session.get_modelmeta().custom_metadata_map.get(GRAPH_INFO), path)
-        self.output_names = [output.name for output in self.session.get_outputs()]
 
     @property
     def chip_size(self) -> int:
@@ -62,12 +61,31 @@ class OnnxEngine:
     def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
         """As :meth:`TorchEngine.outputs`; ``flip`` must be what the graph was exported with."""
         check_flip(self.info.flip, flip)
-        results: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
-        for start in range(0, len(chips), batch_size):
-            x = np.ascontiguousarray(chips[start : start + batch_size].transpose(0, 3, 1, 2), dtype=np.float32) / 255
-            for name, values in zip(self.output_names, self.session.run(None, {"chips": x}), strict=True):
-                results[name].append(values)
-        return {name: np.concatenate(values).astype(np.float64) for name, values in results.items()}
+        batches = (
+            np.ascontiguousarray(chips[start : start + batch_size].transpose(0, 3, 1, 2), dtype=np.float32) / 255
+            for start in range(0, len(chips), batch_size)
+        )
+        return graph_outputs(self.session, batches)
+
+
+def onnx_session(path: str | Path) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session of the graph at ``path`` on the CPU; one line when it cannot be run."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for unreadable or invalid graphs
+        raise FaceageError(f"{path} is not an ONNX graph ONNX Runtime can run ({describe(error)})") from None
+
+
+def graph_outputs(session: onnxruntime.InferenceSession, batches: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each output of the graph ``session`` runs, over ``batches`` of float32 NCHW chips in [0, 1], concatenated."""
+    names = [output.name for output in session.get_outputs()]
+    results: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for x in batches:
+        for name, values in zip(names, session.run(None, {"chips": x}), strict=True):
+            results[name].append(values)
+    return {name: np.concatenate(values).astype(np.float64) for name, values in results.items()}
 
 
 def check_flip(in_graph: bool, flip: bool) -> None:

@@ -19,6 +19,7 @@ import torch
 from faceage.data.manifest import load_images, load_manifest
 from faceage.errors import FaceageError
 from faceage.model.batches import resized
+from faceage.serving.engines import graph_outputs, onnx_session
 from faceage.serving.export import GRAPH_INFO
 from faceage.training.setup import split_ids
 
@@ -63,11 +64,8 @@ def validation_chips(chip_size: int, paths: dict[str, Path]) -> tuple[np.ndarray
 
 def graph_ages(graph: Path, chips: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """The ages the ONNX graph at ``graph`` gives float32 NCHW ``chips``, through ONNX Runtime."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    parts = [session.run(["age"], {"chips": chips[i : i + batch_size]})[0] for i in range(0, len(chips), batch_size)]
-    return np.concatenate(parts)
+    batches = (chips[i : i + batch_size] for i in range(0, len(chips), batch_size))
+    return graph_outputs(onnx_session(graph), batches)["age"]
 
 
 def quantise(
