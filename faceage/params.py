@@ -22,7 +22,7 @@ from faceage.errors import FaceageError
 from faceage.report_sections import CompareParams, EvaluateParams, IntervalParams
 from faceage.sections import (
     BACKBONE_BLOCKS,
-    DLIB_MIN_INPUT,
+    MIN_INPUT,
     AugmentParams,
     DataParams,
     DemoParams,
@@ -136,8 +136,10 @@ class Params:
         start = self.train.start_size
         if start > self.model.input_size:
             raise FaceageError(f"train.start_size: {start} is above model.input_size ({self.model.input_size})")
-        if 0 < start < DLIB_MIN_INPUT and self.model.backbone == "dlib_age_resnet10":
-            raise FaceageError(f"train.start_size: dlib_age_resnet10 needs at least {DLIB_MIN_INPUT} px")
+        if 0 < start < MIN_INPUT.get(self.model.backbone, 1):
+            raise FaceageError(
+                f"train.start_size: {self.model.backbone} needs at least {MIN_INPUT[self.model.backbone]} px"
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

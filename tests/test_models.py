@@ -5,16 +5,22 @@ from torchvision.models import MobileNet_V2_Weights
 
 from faceage.errors import FaceageError
 from faceage.model.networks import BACKBONES, build_network, freeze_trunk, set_train_mode, weights_file
-from faceage.sections import BACKBONE_BLOCKS, ModelParams
+from faceage.sections import BACKBONE_BLOCKS, MIN_INPUT, ModelParams
 
 AGES = (1, 100)
+
+
+def smallest_input(backbone: str) -> int:
+    """A small input size the backbone takes."""
+    return max(32, MIN_INPUT.get(backbone, 1))
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_each_backbone_takes_a_training_step(backbone):
     torch.manual_seed(0)
-    model = build_network(settings(ModelParams, backbone=backbone, pretrained=False, input_size=32), AGES)
-    x = torch.randn(4, 3, 32, 32)
+    size = smallest_input(backbone)
+    model = build_network(settings(ModelParams, backbone=backbone, pretrained=False, input_size=size), AGES)
+    x = torch.randn(4, 3, size, size)
     outputs = model(x)
     assert outputs["age_output"].shape == (4, 100)
     first_conv = next(p for p in model.trunk.parameters()).detach().clone()
@@ -83,11 +89,13 @@ def test_unknown_block_lists_the_blocks():
 def test_the_blocks_params_check_freeze_against_are_each_backbones_own():
     assert set(BACKBONE_BLOCKS) == set(BACKBONES)
     for name, blocks in BACKBONE_BLOCKS.items():
-        trunk = build_network(settings(ModelParams, backbone=name, pretrained=False), AGES).trunk
+        params = settings(ModelParams, backbone=name, pretrained=False, input_size=smallest_input(name))
+        trunk = build_network(params, AGES).trunk
         children = [(path, block) for path, block in trunk.named_children() if list(block.parameters())]
-        if [path for path, _ in children] == ["features"]:  # a sequential trunk: frozen by its numbered blocks
-            children = [(f"features.{index}", block) for index, block in enumerate(children[0][1])]
-        assert blocks == tuple(path for path, _ in children), name
+        paths = []
+        for path, block in children:  # a sequential part of a trunk is frozen by its numbered blocks
+            paths += [f"{path}.{index}" for index in range(len(block))] if f"{path}.0" in blocks else [path]
+        assert blocks == tuple(paths), name
 
 
 def test_weights_that_cannot_be_downloaded_are_one_line_naming_file_and_folder(tmp_path, monkeypatch):

