@@ -128,10 +128,15 @@ def check(condition: bool) -> None:
         raise ValueError("inconsistent record")
 
 
-def dat_layers(data: bytes) -> tuple[list, list, torch.Tensor]:
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def dat_layers(data: bytes) -> tuple[Pairs, Pairs, torch.Tensor]:
     """The convolutions' ``(weight, bias)``, the affine layers' ``(scale, offset)`` and the descriptor layer's
     weight (``out x in``), read from a network file's bytes."""
-    convs, affines, descriptor = [], [], None
+    convs: Pairs = []
+    affines: Pairs = []
+    descriptor = None
     records = re.compile(b"|".join(re.escape(b"\x01" + bytes([len(v)]) + v) for v in CONV + AFFINE + FC))
     try:
         for record in records.finditer(data):
