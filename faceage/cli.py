@@ -21,8 +21,8 @@ Videos (.mp4, .mov, .mkv, .avi, .webm, .m4v) are read frame by frame: faces are 
 frames per second of video, followed from frame to frame by the overlap of their boxes, and each person
 followed gets one age and interval (the mean over the frames they were seen in) with the seconds they span.
 
-Detection settings (faces.* in params.yaml) come from the model's checkpoint; --upsample and
---min-score override them."""
+Detection settings (faces.* in params.yaml) come from the model's checkpoint; --detector, --max-side,
+--min-size, --upsample and --min-score override them."""
 
 EXPORT_HELP = """\
 Write the age network for use without this package: ONNX (onnxruntime, any language) or TorchScript.
@@ -70,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--over", type=float, metavar="AGE", help="say per face whether it is AGE or older: yes/no/uncertain"
     )
     predict.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
-    predict.add_argument("--upsample", type=int, help="detector upsampling (finds smaller faces, slower)")
-    predict.add_argument("--min-score", type=float, help="detection score a face must exceed")
+    predict.add_argument("--detector", help="face detector: hog | mtcnn")
+    predict.add_argument("--max-side", type=int, help="longer side of the copy faces are searched on (hog: 1280)")
+    predict.add_argument("--min-size", type=int, help="smallest face side kept, pixels of the photo")
+    predict.add_argument("--upsample", type=int, help="HOG detector upsampling (finds smaller faces, slower)")
+    predict.add_argument("--min-score", type=float, help="HOG detection score a face must exceed")
     predict.add_argument("--workers", type=int, default=0, help="face-finding processes, 0 = one per core")
     predict.add_argument("--block", type=int, default=64, help="photos in memory at once (per block)")
     predict.add_argument(
@@ -152,7 +155,13 @@ def run_predict(args: argparse.Namespace) -> int:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     if estimator.level is None:
         print(f"note: {args.model} has no calibrated intervals: ages come without one", file=sys.stderr)
-    overrides = {"upsample": args.upsample, "min_score": args.min_score}
+    overrides = {
+        "detector": args.detector,
+        "max_side": args.max_side,
+        "min_size": args.min_size,
+        "upsample": args.upsample,
+        "min_score": args.min_score,
+    }
     estimator.faces = replace(estimator.faces, **{k: v for k, v in overrides.items() if v is not None})
     files = input_files(args.paths, lambda name: is_image_name(name) or is_video_name(name))
     photos = [path for path in files if not is_video_name(path.name)]

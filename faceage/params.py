@@ -155,9 +155,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise FaceageError(f"{path}: {error}") from None
 
 
+SAVED_BEFORE = {"detector": "hog"}  # face settings that models saved before the setting existed used
+
+
 def saved_faces(values: dict[str, Any], where: str) -> FacesParams:
     """Face settings saved with a model (its checkpoint, its MLflow ``model_config``); a setting added since it
-    was saved takes the value in faceage's own ``params.yaml``."""
+    was saved takes the value it had before (:data:`SAVED_BEFORE`), else the one in faceage's own ``params.yaml``."""
+    values = SAVED_BEFORE | values
     missing = {item.name for item in dataclasses.fields(FacesParams)} - set(values)
     if missing and PROJECT_PARAMS.is_file():
         project = dataclasses.asdict(load_params(PROJECT_PARAMS).faces)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.pool
 import os
 import random
 
@@ -28,6 +30,12 @@ def make_deterministic(seed: int, threads: int = 0) -> None:
     torch.backends.cudnn.benchmark = False
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+    """``workers`` processes with one torch thread each (the processes are the parallelism; face detection by
+    MTCNN runs on torch)."""
+    return multiprocessing.Pool(workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
 def native_cpu_bf16() -> bool:

@@ -114,14 +114,17 @@ class FacesParams(Checked):
         "max_megapixels": (lambda v: 0 < v <= 1000, "0 < value <= 1000"),
         "min_size": between(1, 16384),
         "rotations": (lambda v: all(-90 <= a <= 90 and a != 0 for a in v), "angles in -90..90, none 0"),
+        "mtcnn_thresholds": (lambda v: len(v) == 3 and all(0 < t < 1 for t in v), "three values in 0 < t < 1"),
     }
 
+    detector: Literal["hog", "mtcnn"]  # dlib's HOG detector | MTCNN (facenet-pytorch's weights)
     upsample: int  # times the detector doubles the photo first: 1 finds faces down to ~40 px, but ~4x slower
     padding: float  # margin around the landmarks' face, share of its size; UTKFace's crops use 0.2
     max_side: int  # photos whose longer side exceeds this are downscaled for detection only
     max_megapixels: float  # larger images are refused from their header, never decoded (bounds memory and time)
     min_size: int  # smallest face side kept, in pixels of the photo
     min_score: float  # HOG detection score a face must exceed (tilted faces score lower)
+    mtcnn_thresholds: tuple[float, ...]  # MTCNN: face probability its three stages require
     rotations: tuple[float, ...]  # photo turns (degrees) searched when the upright one has no face
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import re
 import struct
 import subprocess
 import tarfile
@@ -201,6 +202,17 @@ def utkface_files() -> dict[str, bytes]:
 ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"  # skimage.data.astronaut(), public domain (NASA)
 ASTRONAUT_CLIP = REPO / "tests" / "data" / "astronaut.mp4"  # the photo panned and zoomed (test_video.py's pan_and_zoom)
 ASTRONAUT_FACE = (179, 83, 266, 170)  # her face's box as dlib's HOG detector finds it (left, top, right, bottom)
+ASTRONAUT_BOX = (181, 79, 269, 167)  # ... as the default detector finds it (MTCNN, on the 384-px copy)
+
+
+def box_in(text: str) -> tuple[int, ...]:
+    """The first box ``(left, top, right, bottom)`` written in ``text``, as faceage predict writes it."""
+    return tuple(int(v) for v in re.search(r"\((-?\d+), (-?\d+), (-?\d+), (-?\d+)\)", text).groups())
+
+
+def is_her_box(box) -> bool:
+    """Whether ``box`` is :data:`ASTRONAUT_BOX`, give or take 2 px (float rounding differs between CPUs)."""
+    return len(box) == 4 and all(abs(a - b) <= 2 for a, b in zip(box, ASTRONAUT_BOX, strict=True))
 
 
 def paste(chip: np.ndarray, angle: float, size: tuple[int, int] = (1024, 768), at: tuple[int, int] = (500, 300)):

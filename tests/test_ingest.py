@@ -256,7 +256,7 @@ def test_align_finds_the_face_of_each_raw_photo(tmp_path, raw_photos, rule, kept
     report = ingest(
         settings(DataParams, source=str(source), image_size=64, align=True, multiple_faces=rule, workers=2),
         out,
-        settings(FacesParams),
+        settings(FacesParams, min_size=32),  # the smaller of the two faces is about 65 px
     )
     assert_every_file_accounted(report, out)
     expected = {"kept": kept, "no_face": 1, "unreadable_image": 1, "multiple_faces": 2 - kept}
@@ -264,7 +264,9 @@ def test_align_finds_the_face_of_each_raw_photo(tmp_path, raw_photos, rule, kept
     assert report["aligned"] and report["multiple_faces_kept_largest"] == kept - 1
     rejected = pd.read_csv(out / REJECTED_FILE).set_index("path")
     assert (
-        rejected.loc["52/wall.jpg", "reason"] == "no_face" and "min_score 0.2" in rejected.loc["52/wall.jpg", "detail"]
+        rejected.loc["52/wall.jpg", "reason"] == "no_face"
+        and rejected.loc["52/wall.jpg", "detail"]
+        == "no face of faces.min_size 32 px or more passing faces.mtcnn_thresholds [0.6, 0.7, 0.7] (mtcnn)"
     )
     manifest, images = load_manifest(out), load_images(out)
     assert images.shape == (kept, 64, 64, 3)

@@ -1,7 +1,8 @@
 """Find faces in a photo and cut each out as an aligned chip framed like UTKFace's crops.
 
-dlib's HOG frontal face detector finds the faces (on a copy downscaled to ``faces.max_side`` for speed;
-boxes are mapped back), its 5-point landmark model places eyes and nose on the full-size photo, and
+A detector finds the faces (``faces.detector``: dlib's HOG frontal face detector, or MTCNN with the weights in
+the facenet-pytorch wheel; on a copy downscaled to ``faces.max_side`` for speed, boxes mapped back), dlib's
+5-point landmark model places eyes and nose on the full-size photo, and
 ``dlib.get_face_chip`` rotates the face upright and crops it with ``faces.padding``. UTKFace's aligned
 and cropped images are such chips (200 px, padding 0.2), so photos aligned this way match the framing
 the models are trained on.
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from faceage.data.detectors import DETECTORS
 from faceage.data.images import rgb_array
 from faceage.sections import FacesParams
 from faceage.weights import packaged_file
@@ -57,14 +59,14 @@ class Detection:
 
 
 class FaceFinder:
-    """Detector and landmark model (``landmarks``, else :func:`landmarks_path`), loaded once; :meth:`find`
-    returns every face of a photo (:meth:`detect`, then :meth:`align`)."""
+    """Detector (``faces.detector``) and landmark model (``landmarks``, else :func:`landmarks_path`), loaded
+    once; :meth:`find` returns every face of a photo (:meth:`detect`, then :meth:`align`)."""
 
     def __init__(self, params: FacesParams, landmarks: Path | None = None):
         import dlib
 
         self.params = params
-        self.detector = dlib.get_frontal_face_detector()
+        self.detector = DETECTORS[params.detector](params)
         self.landmarks = dlib.shape_predictor(str(landmarks or landmarks_path()))
 
     def find(self, photo: np.ndarray | Image.Image, chip_size: int) -> list[Face]:
@@ -76,21 +78,20 @@ class FaceFinder:
     def detect(self, photo: np.ndarray | Image.Image) -> list[Detection]:
         """The faces the detector finds in the photo.
 
-        Detections scoring at most ``faces.min_score`` or smaller than ``faces.min_size`` pixels are dropped.
-        The detector searches a copy downscaled to ``faces.max_side``; when it finds no face upright, turned
-        copies of that small copy are searched, by each of ``faces.rotations`` degrees in turn.
+        Detections smaller than ``faces.min_size`` pixels are dropped (and MTCNN searches no smaller). The
+        detector searches a copy downscaled to ``faces.max_side``; when it finds no face upright, turned copies
+        of that small copy are searched, by each of ``faces.rotations`` degrees in turn.
         """
         small, scale = detection_copy(photo, self.params.max_side)
+        min_side = self.params.min_size * scale
         for angle in (0.0, *self.params.rotations):
             turn = Turn(small.shape, angle)
-            boxes, scores, _ = self.detector.run(turn.apply(small), self.params.upsample, self.params.min_score)
             found = []
-            for box, score in zip(boxes, scores, strict=True):
-                corners = [float(v) for v in (box.left(), box.top(), box.right(), box.bottom())]
-                if min(corners[2] - corners[0], corners[3] - corners[1]) / scale < self.params.min_size:
+            for corners, score in self.detector(turn.apply(small), min_side):
+                if min(corners[2] - corners[0], corners[3] - corners[1]) < min_side:
                     continue
                 square = np.array([corners[:2], corners[2:], corners[::3], corners[2:0:-1]])
-                found.append(Detection(turn.back(square) / scale, round(float(score), 4), angle))
+                found.append(Detection(turn.back(square) / scale, round(score, 4), angle))
             if found:
                 return found
         return []

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -20,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from faceage.data.chunks import blocks
+from faceage.data.detectors import no_face_reason
 from faceage.data.faces import face_finder, largest
 from faceage.data.images import (
     NOT_AN_IMAGE,
@@ -47,6 +47,7 @@ from faceage.data.manifest import (
 )
 from faceage.data.sources import LISTING_OUTCOMES, Entry, Source, open_source
 from faceage.errors import FaceageError
+from faceage.runtime import worker_pool
 from faceage.sections import DataParams, FacesParams
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _decode(job: tuple[str, bytes, DataParams, FacesParams]) -> Decoded:
     except ImageDecodeError as error:
         return Decoded(name, content_hash, None, error.reason, error.detail)
     if not found:
-        return Decoded(name, content_hash, None, NO_FACE, f"no face scoring above faces.min_score {faces.min_score}")
+        return Decoded(name, content_hash, None, NO_FACE, no_face_reason(faces))
     if len(found) > 1 and data.multiple_faces == "reject":
         return Decoded(name, content_hash, None, MULTIPLE_FACES, f"{len(found)} faces (data.multiple_faces: reject)")
     return Decoded(name, content_hash, largest(found).chip, faces=len(found))
@@ -231,7 +232,7 @@ def _decode_all(
     with (
         ArrayWriter(out_dir / IMAGES_FILE, (params.image_size, params.image_size, 3)) as images,
         (out_dir / MANIFEST_FILE).open("w", newline="") as manifest_file,
-        multiprocessing.Pool(worker_count(params.workers)) as pool,
+        worker_pool(worker_count(params.workers)) as pool,
         tqdm(total=len(labels), desc="ingest", unit="img", disable=None) as progress,
     ):
         manifest = csv.writer(manifest_file, lineterminator="\n")

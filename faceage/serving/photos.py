@@ -6,7 +6,6 @@ block of photos at once. Only two blocks are in memory at a time, however many p
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +23,7 @@ from faceage.model.age_model import UNTOUCHED_DLIB, UNTOUCHED_DLIB_DATASET, unto
 from faceage.model.checkpoint import load_model
 from faceage.model.intervals import interval_text, over_decisions
 from faceage.params import PROJECT_PARAMS, load_params, saved_faces
-from faceage.runtime import select_device
+from faceage.runtime import select_device, worker_pool
 from faceage.sections import MAX_AGE, FacesParams
 from faceage.serving.engines import OnnxEngine, TorchEngine, check_flip
 
@@ -175,7 +174,7 @@ class AgeEstimator:
         """:meth:`results` for each file in ``paths``, in order; faces are found by ``workers`` processes."""
         self.check_over(over)
         jobs = ((str(path), self.chip_size, self.faces, aligned) for path in paths)
-        with multiprocessing.Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             for _, found in mapped_ahead(pool, read_and_find_faces, jobs, block_size):
                 yield from self.results(found, over=over)
 

@@ -47,7 +47,18 @@ from faceage.tracking.registry import MODEL_IN_RUN
 from faceage.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
-REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "dlib-bin", "mlflow", "onnxruntime")
+REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pyyaml",
+    "dlib-bin",
+    "facenet-pytorch",
+    "mlflow",
+    "onnxruntime",
+)
 ENGINES = {"onnxruntime": "graph", "pytorch": "checkpoint"}  # model_config engine -> the artifact it runs
 LOGGED_ENGINE = "onnxruntime"  # what a logged model runs unless told otherwise
 OUTPUT_COLUMNS = ["input", "face", "left", "top", "right", "bottom", "score", "age_years", "age"]

@@ -9,7 +9,6 @@ again (the frames of one face err together, so it is about as wide as one frame'
 from __future__ import annotations
 
 import functools
-import multiprocessing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from faceage.data.chunks import mapped_ahead
 from faceage.data.faces import Face, face_finder
+from faceage.runtime import worker_pool
 from faceage.sections import FacesParams
 from faceage.serving.annotate import draw_faces
 from faceage.serving.photos import AgeEstimator, age_fields
@@ -168,7 +168,7 @@ def predict_video(estimator: AgeEstimator, path: Path, per_second: float, worker
     frames = video_frames(path, per_second, estimator.faces.max_pixels)
     find = functools.partial(find_in_frame, chip_size=estimator.chip_size, faces=estimator.faces)
     try:
-        with multiprocessing.Pool(workers) as pool, tqdm(desc=path.name, unit="frame", disable=None) as progress:
+        with worker_pool(workers) as pool, tqdm(desc=path.name, unit="frame", disable=None) as progress:
             for block, found in mapped_ahead(pool, find, frames, FRAMES_PER_BLOCK):
                 for frame, faces, outputs in zip(block, found, estimator.face_outputs(found), strict=True):
                     tracker.add(frame, [face.box for face in faces], outputs)
