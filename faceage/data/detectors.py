@@ -16,6 +16,8 @@ class HogDetector:
     """dlib's HOG frontal face detector: boxes scoring above ``faces.min_score``. It finds faces of about 80 px
     and up (40 px with ``faces.upsample`` 1), whatever the smallest side asked for."""
 
+    LICENCE = "dlib's HOG face detector (part of dlib): Boost Software License 1.0"
+
     def __init__(self, params: FacesParams):
         import dlib
 
@@ -39,6 +41,7 @@ class MtcnnDetector:
     detection benchmark's first 200 photos, on photos 200-400 this brings the landmarks to 0.5 % of the eye
     distance from those placed on HOG's boxes (median; 1.7 % from MTCNN's own boxes)."""
 
+    LICENCE = "MTCNN face detector: code and weights from the facenet-pytorch 2.5.3 wheel, MIT"
     PYRAMID_STEP = 0.709  # the image pyramid's scale step the networks were trained with
     SIDE, DROP = 1.04, 0.05
 

