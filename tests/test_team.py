@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import commit, run
+from conftest import ASTRONAUT, commit, run
 from mlflow import MlflowClient
 from team_services import (
     ADMIN_PASSWORD,
@@ -163,3 +163,11 @@ def test_a_shared_tracking_server_refuses_strangers_and_records_three_runs_at_on
     for logged in runs:
         assert any(key.endswith(f"{logged.info.run_id}/artifacts/reports/train.json") for key in stored)
     assert sum(key.endswith("/MLmodel") for key in stored) == 3  # one servable model per run
+
+    # A model on the server is downloaded to predict with, and the download goes when the command ends.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    predict = ["faceage", "predict", str(ASTRONAUT), "--model", f"runs:/{runs[0].info.run_id}/model", "--json"]
+    answer = subprocess.run(predict, env={**env, "TMPDIR": str(temporary)}, capture_output=True, text=True)
+    assert answer.returncode == 0 and json.loads(answer.stdout)["results"], answer.stderr[-2000:]
+    assert not [path for path in temporary.iterdir() if path.is_dir()]  # ONNX Runtime leaves two empty files

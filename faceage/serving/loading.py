@@ -4,7 +4,10 @@ it is: its MLflow run and that run's headline metrics."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +55,13 @@ def load_any(name: str, flip: bool = True) -> LoadedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    # MLflow leaves what it downloads in a new temporary folder; this one lasts as long as the process, which
+    # may read the landmark file from it in face-finding workers at any time
+    folder = tempfile.mkdtemp(prefix="faceage-model-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
         # without mirror images, the checkpoint runs: the graph has them built in
-        loaded = mlflow.pyfunc.load_model(name, model_config=None if flip else {"engine": "pytorch"})
+        loaded = mlflow.pyfunc.load_model(name, dst_path=folder, model_config=None if flip else {"engine": "pytorch"})
     except (MlflowException, OSError) as error:
         raise FaceageError(f"cannot load the MLflow model {name}: {str(error).splitlines()[0]}") from None
     served = loaded.unwrap_python_model()
