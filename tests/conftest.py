@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import json
 import re
 import struct
 import subprocess
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -213,6 +215,18 @@ def box_in(text: str) -> tuple[int, ...]:
 def is_her_box(box) -> bool:
     """Whether ``box`` is :data:`ASTRONAUT_BOX`, give or take 2 px (float rounding differs between CPUs)."""
     return len(box) == 4 and all(abs(a - b) <= 2 for a, b in zip(box, ASTRONAUT_BOX, strict=True))
+
+
+def assert_predict_leaves_no_download(model: str, env: dict, tmp_path: Path) -> None:
+    """``faceage predict`` of the astronaut with the MLflow model ``model`` works and leaves no folder in its
+    temporary folder (ONNX Runtime leaves two empty files there)."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    command = [str(Path(sys.executable).with_name("faceage")), "predict", str(ASTRONAUT), "--model", model, "--json"]
+    env = {**env, "TMPDIR": str(temporary)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and json.loads(result.stdout)["results"][0]["faces"], result.stderr[-2000:]
+    assert not [path for path in temporary.iterdir() if path.is_dir()]
 
 
 def paste(chip: np.ndarray, angle: float, size: tuple[int, int] = (1024, 768), at: tuple[int, int] = (500, 300)):

@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ASTRONAUT, huge_png, is_her_box, settings
+from conftest import ASTRONAUT, assert_predict_leaves_no_download, huge_png, is_her_box, settings
 
 from faceage.cli import main
 from faceage.errors import FaceageError
@@ -110,14 +110,8 @@ def test_predict_and_the_page_load_the_registered_model_by_its_uri(champion, tin
 
 
 def test_predicting_with_a_logged_model_leaves_no_download_behind(champion, tmp_path):
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
     model = f"runs:/{champion['run_id']}/{MODEL_IN_RUN}"  # MLflow copies it out of the store to load it
-    command = [str(Path(sys.executable).with_name("faceage")), "predict", str(ASTRONAUT), "--model", model, "--json"]
-    env = {**isolated_env(champion["uri"]), "TMPDIR": str(temporary)}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and json.loads(result.stdout)["results"][0]["faces"], result.stderr[-2000:]
-    assert not [path for path in temporary.iterdir() if path.is_dir()]  # ONNX Runtime leaves two empty files
+    assert_predict_leaves_no_download(model, isolated_env(champion["uri"]), tmp_path)
 
 
 def test_the_logged_model_runs_its_onnx_graph_unless_told_to_run_the_checkpoint(champion, monkeypatch):

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ASTRONAUT, commit, run
+from conftest import assert_predict_leaves_no_download, commit, run
 from mlflow import MlflowClient
 from team_services import (
     ADMIN_PASSWORD,
@@ -26,6 +26,7 @@ from team_services import (
 )
 
 from benchmarks.workspace import tool_env
+from faceage.tracking.registry import MODEL_IN_RUN
 from faceage.tracking.runs import RunTracker
 
 pytestmark = pytest.mark.slow
@@ -165,9 +166,4 @@ def test_a_shared_tracking_server_refuses_strangers_and_records_three_runs_at_on
     assert sum(key.endswith("/MLmodel") for key in stored) == 3  # one servable model per run
 
     # A model on the server is downloaded to predict with, and the download goes when the command ends.
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    predict = ["faceage", "predict", str(ASTRONAUT), "--model", f"runs:/{runs[0].info.run_id}/model", "--json"]
-    answer = subprocess.run(predict, env={**env, "TMPDIR": str(temporary)}, capture_output=True, text=True)
-    assert answer.returncode == 0 and json.loads(answer.stdout)["results"], answer.stderr[-2000:]
-    assert not [path for path in temporary.iterdir() if path.is_dir()]  # ONNX Runtime leaves two empty files
+    assert_predict_leaves_no_download(f"runs:/{runs[0].info.run_id}/{MODEL_IN_RUN}", env, tmp_path)
