@@ -74,6 +74,7 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {bucket} | {row['count']} | {mae} | {'' if theirs is None else f'{theirs:.2f}'} |")
     hw = report["hardware"]
     lines += engine_lines(report["engines"])
+    lines += mirror_lines(ours.get("mirror_images", {}))
     lines += photo_lines(report["photos"])
     lines += source_lines(ours.get("sources", {}))
     lines += interval_lines(ours)
@@ -133,15 +134,36 @@ def engine_photo_line(name: str, engine: dict, profiled: int) -> str:
 def engine_lines(engines: dict) -> list[str]:
     """The network under each engine: batch and one-image speed, and how far apart their ages are."""
     ours, theirs = engines["onnxruntime"], engines["pytorch"]
-    return [
+    lines = [
         "",
         f"The network on {engines['faces']} test faces (batches of {engines['batch_size']}; one image: decode, "
-        f"resize, forward passes): PyTorch {theirs['faces_per_second']:.0f} faces/s, one image "
+        f"resize, forward passes; mirror images {'averaged' if engines.get('flip', True) else 'not averaged'}, as the "
+        f"model's intervals were calibrated): PyTorch {theirs['faces_per_second']:.0f} faces/s, one image "
         f"{theirs['single_image']['median_ms']:.1f} ms; ONNX Runtime on the exported graph "
         f"{ours['faces_per_second']:.0f} faces/s ({engines['batch_ratio']:.2f}x), one image "
         f"{ours['single_image']['median_ms']:.1f} ms ({engines['single_image_ratio']:.2f}x). Their ages differ by "
         f"{engines['age_difference']['mean']:.5f} years on average, {engines['age_difference']['max']:.5f} at most.",
     ]
+    if "pytorch_mirrored" in engines:
+        mirrored, ratios = engines["pytorch_mirrored"], engines["against_mirrored"]
+        lines[-1] += (
+            f" PyTorch with mirror images averaged: {mirrored['faces_per_second']:.0f} faces/s, one image "
+            f"{mirrored['single_image']['median_ms']:.1f} ms; ONNX Runtime as the model predicts by default against "
+            f"it: {ratios['batch_ratio']:.2f}x in batches, {ratios['single_image_ratio']:.2f}x one image."
+        )
+    return lines
+
+
+def mirror_lines(maes: dict) -> list[str]:
+    """What averaging each age with its mirror image's buys, per evaluated set."""
+    if not maes:
+        return []
+    sets = "; ".join(
+        f"{name} ({row['faces']} faces) {row['with']:.3f} with, {row['without']:.3f} without "
+        f"({row['without'] - row['with']:+.3f})"
+        for name, row in maes.items()
+    )
+    return ["", f"Mirror-image averaging (twice the network's work), MAE: {sets}."]
 
 
 def source_lines(sources: dict) -> list[str]:

@@ -30,6 +30,7 @@ from benchmarks import results_page
 from benchmarks.baseline import training_throughput
 from benchmarks.dataset import add_source_argument
 from benchmarks.engines import engine_speeds
+from benchmarks.mirror import mirror_image_maes
 from benchmarks.peer import peer_predictions
 from benchmarks.photos import add_photo_sources, photo_benchmark
 from benchmarks.pipeline import repro
@@ -186,6 +187,7 @@ def benchmark(
         files = dict(open_source(source).read(set(test["source_path"]) | set(train["source_path"])))
 
         ours["test"] = headline(ours["test"], params)
+        ours["mirror_images"] = mirror_image_maes(repo)
         model, graph = pipeline_paths(repo)["model"], Path(work) / "model.onnx"
         export_model(model, graph, "onnx")
         test_images = [files[name] for name in test["source_path"].iloc[:ENGINE_FACES]]

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--over", type=float, metavar="AGE", help="say per face whether it is AGE or older: yes/no/uncertain"
     )
-    predict.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
+    add_flip_argument(predict, "average each age with the mirror image's")
     predict.add_argument("--detector", help="face detector: hog | mtcnn")
     predict.add_argument("--max-side", type=int, help="longer side of the copy faces are searched on (hog: 1280)")
     predict.add_argument("--min-size", type=int, help="smallest face side kept, pixels of the photo")
@@ -93,17 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument("--no-flip", action="store_true", help="skip mirror-image test-time augmentation")
+    add_flip_argument(serve, "average each age with the mirror image's")
 
     export = commands.add_parser("export", help="write the network as ONNX or TorchScript", description=EXPORT_HELP)
     export.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
     export.add_argument("--model", type=Path, help="trained checkpoint (default: the pipeline's)")
     export.add_argument("--output", type=Path, help="output file (default: next to the model, .onnx or .ts)")
-    export.add_argument("--no-flip", action="store_true", help="leave mirror-image averaging out of the graph")
+    add_flip_argument(export, "build mirror-image averaging into the graph")
     export.add_argument("--int8", action="store_true", help="also write an int8 graph (ONNX), if it keeps the MAE")
     export.add_argument("--calibration-faces", type=int, default=256, help="validation faces that calibrate int8")
     export.add_argument("--int8-tolerance", type=float, default=0.02, help="largest validation MAE change (years)")
     return parser
+
+
+def add_flip_argument(command: argparse.ArgumentParser, what: str) -> None:
+    """``--flip``/``--no-flip``: whether ``what`` is done; unset, as the model's intervals were calibrated."""
+    command.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help=f"{what} (default: as the model's intervals were calibrated)",
+    )
 
 
 class Raw(argparse.RawDescriptionHelpFormatter):
@@ -150,7 +159,7 @@ def run_predict(args: argparse.Namespace) -> int:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise FaceageError(f"--annotate: cannot make the folder {args.annotate}: {error.strerror}") from None
-    estimator = load_any(str(args.model), flip=not args.no_flip).estimator
+    estimator = load_any(str(args.model), flip=args.flip).estimator
     if estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     if estimator.level is None:
@@ -253,7 +262,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise FaceageError(f"--port must be 1..65535, got {args.port}")
-    model = load_any(str(args.model), flip=not args.no_flip)
+    model = load_any(str(args.model), flip=args.flip)
     if model.estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     serve(model, args.host, args.port, MAX_FILE_BYTES)
@@ -270,7 +279,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.int8 and (args.calibration_faces < 1 or not 0 < args.int8_tolerance <= MAX_AGE):
         raise FaceageError("--calibration-faces must be at least 1 and --int8-tolerance a number of years above 0")
     output = args.output or args.model.with_suffix(".onnx" if args.format == "onnx" else ".ts")
-    chip_size = export_model(args.model, output, args.format, flip=not args.no_flip)
+    chip_size = export_model(args.model, output, args.format, flip=args.flip)
     print(f"wrote {output}: input (batch, 3, {chip_size}, {chip_size}) float32 RGB in [0, 1]")
     if args.int8:
         from faceage.serving.quantize import quantise, refused, summary_line, validation_chips

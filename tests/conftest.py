@@ -287,7 +287,8 @@ def tiny_model(tmp_path_factory) -> Path:
 def assert_onnx_export_predicts_as_the_model(model_path: Path, images: np.ndarray, tmp_path: Path) -> None:
     """``faceage export`` of the checkpoint at ``model_path`` to ONNX gives, under onnxruntime, the ages and
     intervals its model predicts for ``images`` (uint8 chips at the model's chip size, ``data.image_size``), mirror
-    images averaged in both; so does :class:`OnnxEngine`, which ``faceage predict`` runs the graph with."""
+    images averaged in both as its intervals were calibrated; so does :class:`OnnxEngine`, which ``faceage predict``
+    runs the graph with."""
     import onnxruntime as ort
     import torch
 
@@ -298,13 +299,13 @@ def assert_onnx_export_predicts_as_the_model(model_path: Path, images: np.ndarra
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--format", "onnx", "--model", str(model_path), "--output", str(onnx_path)]) == 0
     model, _ = load_model(model_path, torch.device("cpu"))
-    expected = predict(model, images, np.arange(len(images)), 8, torch.device("cpu"), flip=True)
+    expected = predict(model, images, np.arange(len(images)), 8, torch.device("cpu"), flip=model.calibrated_flip)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     chips = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
     names = ["age", "age_low", "age_high"] if model.calibration else ["age"]
     for name, values in zip(names, session.run(names, {"chips": chips}), strict=True):
         np.testing.assert_allclose(values, expected[name], atol=1e-3, err_msg=name)
-    outputs = OnnxEngine(onnx_path).outputs(images, flip=True, batch_size=2)  # as faceage predict runs the graph
+    outputs = OnnxEngine(onnx_path).outputs(images, model.calibrated_flip, 2)  # as faceage predict runs the graph
     for name in names:
         np.testing.assert_allclose(outputs[name], expected[name], atol=1e-3, err_msg=name)
 

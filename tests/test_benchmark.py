@@ -99,6 +99,19 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
         engines["onnxruntime"]["faces_per_second"] / engines["pytorch"]["faces_per_second"], abs=0.01
     )
     assert engines["faces"] == ours["test"]["count"] and engines["age_difference"]["max"] < 0.01
+    # The default predicts as its intervals were calibrated (params: no mirror images); the mirrored PyTorch path is
+    # timed beside it, and what mirror images buy is scored on the test split and each test source.
+    assert engines["flip"] is False and engines["pytorch_mirrored"]["faces_per_second"] > 0
+    assert engines["against_mirrored"]["batch_ratio"] == pytest.approx(
+        engines["onnxruntime"]["faces_per_second"] / engines["pytorch_mirrored"]["faces_per_second"], abs=0.01
+    )
+    mirror = ours["mirror_images"]
+    assert mirror["test"]["faces"] == ours["test"]["count"]
+    assert mirror["test"]["without"] == pytest.approx(ours["test"]["mae"]["value"], abs=0.001)
+    assert mirror["test"]["with"] != mirror["test"]["without"]
+    assert {name for name, row in mirror.items() if name != "test"} == {
+        name for name, counts in ours["source_ingest"].items() if counts["kept"]
+    }
     # Validation and test faces made into harsh photos, each accounted for by its test source's ingest.
     names = {"photos_val", "photos_test"}
     assert set(ours["source_ingest"]) == names

@@ -10,6 +10,7 @@ from PIL import Image
 from faceage.cli import main
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
+from faceage.serving.engines import OnnxEngine
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,16 @@ def test_onnx_matches_pytorch(tiny_model, chips, tmp_path, flip, capsys):
     output = tmp_path / "model.onnx"
     assert (
         main(
-            ["export", "--format", "onnx", "--model", str(tiny_model), "--output", str(output)]
-            + ["--no-flip"] * (not flip)
+            [
+                "export",
+                "--format",
+                "onnx",
+                "--model",
+                str(tiny_model),
+                "--output",
+                str(output),
+                "--flip" if flip else "--no-flip",
+            ]
         )
         == 0
     )
@@ -71,8 +80,16 @@ def graphs(tiny_model, tmp_path_factory) -> dict[bool, Path]:
     for flip, path in paths.items():
         assert (
             main(
-                ["export", "--format", "onnx", "--model", str(tiny_model), "--output", str(path)]
-                + ["--no-flip"] * (not flip)
+                [
+                    "export",
+                    "--format",
+                    "onnx",
+                    "--model",
+                    str(tiny_model),
+                    "--output",
+                    str(path),
+                    "--flip" if flip else "--no-flip",
+                ]
             )
             == 0
         )
@@ -90,10 +107,10 @@ def test_predict_runs_the_exported_graph_as_it_runs_the_checkpoint(tiny_model, g
     for index, side in enumerate((20, 32, 47, 128)):
         crops.append(tmp_path / f"crop{index}.png")
         Image.open(ASTRONAUT).resize((side, side)).save(crops[-1])
-    no_flip = ["--no-flip"] * (not flip)
+    flip_option = ["--flip" if flip else "--no-flip"]
     for args in ([*map(str, crops), "--aligned"], [str(ASTRONAUT)]):
-        by_checkpoint = predicted([*args, "--model", str(tiny_model), *no_flip, "--over", "18"], capsys)
-        by_graph = predicted([*args, "--model", str(graphs[flip]), *no_flip, "--over", "18"], capsys)
+        by_checkpoint = predicted([*args, "--model", str(tiny_model), *flip_option, "--over", "18"], capsys)
+        by_graph = predicted([*args, "--model", str(graphs[flip]), *flip_option, "--over", "18"], capsys)
         assert by_graph["interval_level"] == by_checkpoint["interval_level"] == 0.9
         for ours, theirs in zip(by_graph["results"], by_checkpoint["results"], strict=True):
             assert [face["box"] for face in ours["faces"]] == [face["box"] for face in theirs["faces"]]
@@ -103,9 +120,32 @@ def test_predict_runs_the_exported_graph_as_it_runs_the_checkpoint(tiny_model, g
                 assert face["over"] == reference["over"]
 
 
+@pytest.mark.parametrize("calibrated_flip", [True, False])
+def test_mirror_images_are_averaged_by_default_as_the_intervals_were_calibrated(
+    tiny_model, tmp_path, calibrated_flip, capsys
+):
+    checkpoint = torch.load(tiny_model, weights_only=False)
+    checkpoint["calibration"]["flip"] = calibrated_flip
+    model, graph, crop = tmp_path / "model.pt", tmp_path / "model.onnx", tmp_path / "crop.png"
+    torch.save(checkpoint, model)
+    assert main(["export", "--format", "onnx", "--model", str(model), "--output", str(graph)]) == 0
+    assert OnnxEngine(graph).flip is calibrated_flip and "wrote" in capsys.readouterr().out
+    Image.open(ASTRONAUT).resize((32, 32)).save(crop)
+    flag, other = ("--flip", "--no-flip") if calibrated_flip else ("--no-flip", "--flip")
+
+    def age(path: Path, *options: str) -> float:
+        document = predicted([str(crop), "--aligned", "--model", str(path), *options], capsys)
+        return document["results"][0]["faces"][0]["age_years"]
+
+    calibrated = age(model, flag)
+    for path, options in ((model, ()), (graph, ()), (graph, (flag,))):
+        assert age(path, *options) == pytest.approx(calibrated, abs=0.011)
+    assert abs(age(model, other) - calibrated) > 0.011  # the mirror image changes this network's age
+
+
 def test_a_graph_exported_the_other_way_for_flip_is_one_line(graphs, capsys):
-    for flip, advice in ((True, "drop --no-flip"), (False, "predict with --no-flip")):
-        assert main(["predict", str(ASTRONAUT), "--model", str(graphs[flip])] + ["--no-flip"] * flip) == 1
+    for flip, advice in ((True, "drop --no-flip"), (False, "drop --flip")):
+        assert main(["predict", str(ASTRONAUT), "--model", str(graphs[flip]), "--no-flip" if flip else "--flip"]) == 1
         err = capsys.readouterr().err
         assert advice in err and len(err.strip().splitlines()) == 1
 

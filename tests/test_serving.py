@@ -130,7 +130,9 @@ def test_the_logged_model_runs_its_onnx_graph_unless_told_to_run_the_checkpoint(
         np.testing.assert_allclose(graph[column].astype(float), checkpoint[column].astype(float), atol=0.01)
     assert list(graph["over"]) == list(checkpoint["over"]) and len(graph) == 5
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion["uri"])
-    assert type(load_any(uri, flip=False).estimator.engine).__name__ == "TorchEngine"  # the graph mirrors built in
+    for flip, engine in ((None, "OnnxEngine"), (True, "OnnxEngine"), (False, "TorchEngine")):  # the graph mirrors
+        estimator = load_any(uri, flip=flip).estimator
+        assert (type(estimator.engine).__name__, estimator.flip) == (engine, flip is not False)
     expected = r"model_config engine: 'tensorrt' is not offered by this model; expected \['onnxruntime', 'pytorch'\]"
     with pytest.raises(FaceageError, match=expected):
         mlflow.pyfunc.load_model(uri, model_config={"engine": "tensorrt"})

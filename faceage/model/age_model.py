@@ -137,6 +137,12 @@ class AgeModel(nn.Module):
         return outputs
 
     @property
+    def calibrated_flip(self) -> bool:
+        """Whether the ages its intervals were calibrated on were averaged with the mirror images' (``False``
+        without intervals): how it predicts unless told otherwise."""
+        return self.calibration.flip if self.calibration else False
+
+    @property
     def has_distribution(self) -> bool:
         """Whether the model gives an age distribution: every network has a classification head."""
         return all(network.classification for network in self.networks)

@@ -36,6 +36,11 @@ class TorchEngine:
     def level(self) -> float | None:
         return self.model.calibration.level if self.model.calibration else None
 
+    @property
+    def flip(self) -> bool:
+        """Whether ages are averaged with the mirror images' unless told otherwise: as the intervals were calibrated."""
+        return self.model.calibrated_flip
+
     def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
         """The model's outputs for ``(N, chip_size, chip_size, 3)`` uint8 chips; ``flip``: mirror-image averaging."""
         return predict(self.model, chips, np.arange(len(chips)), batch_size, self.device, flip=flip)
@@ -57,6 +62,11 @@ class OnnxEngine:
     @property
     def level(self) -> float | None:
         return self.info.level
+
+    @property
+    def flip(self) -> bool:
+        """Whether mirror-image averaging is built into the graph."""
+        return self.info.flip
 
     def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
         """As :meth:`TorchEngine.outputs`; ``flip`` must be what the graph was exported with."""
@@ -95,9 +105,13 @@ def graph_outputs(session: onnxruntime.InferenceSession, batches: Iterable[np.nd
 def check_flip(in_graph: bool, flip: bool) -> None:
     """One line when mirror-image averaging is asked of a graph exported without it, or the reverse."""
     if in_graph and not flip:
-        raise FaceageError("the ONNX graph has mirror-image averaging built in: drop --no-flip, or export with it")
+        raise FaceageError(
+            "the ONNX graph has mirror-image averaging built in: drop --no-flip, or export with --no-flip"
+        )
     if flip and not in_graph:
-        raise FaceageError("the ONNX graph was exported with --no-flip: predict with --no-flip, or export without it")
+        raise FaceageError(
+            "the ONNX graph was exported without mirror-image averaging: drop --flip, or export with --flip"
+        )
 
 
 def graph_description(text: str | None, path: str | Path) -> GraphInfo:

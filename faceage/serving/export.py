@@ -29,8 +29,7 @@ class ExportableModel(nn.Module):
 
     The ImageNet normalisation, the resizing to each network's input size, the read-out of the age head and the
     calibration are part of the graph; with
-    ``flip``, so is the averaging of each face's prediction with its mirror image's, as ``faceage predict``
-    does by default.
+    ``flip``, so is the averaging of each face's prediction with its mirror image's.
     """
 
     def __init__(self, model: AgeModel, flip: bool):
@@ -45,10 +44,12 @@ class ExportableModel(nn.Module):
         return {name: outputs[name] for name in EXPORTED if name in outputs}
 
 
-def exportable(model_path: str | Path, flip: bool = True) -> tuple[ExportableModel, Checkpoint]:
-    """The checkpoint's model wrapped for export, in float32 on the CPU, and the checkpoint."""
+def exportable(model_path: str | Path, flip: bool | None = None) -> tuple[ExportableModel, Checkpoint]:
+    """The checkpoint's model wrapped for export, in float32 on the CPU, and the checkpoint; ``flip`` by default as
+    the model's intervals were calibrated (:attr:`~faceage.model.age_model.AgeModel.calibrated_flip`)."""
     model, checkpoint = load_model(model_path, torch.device("cpu"))
     model.requires_grad_(False)
+    flip = model.calibrated_flip if flip is None else flip
     wrapped = ExportableModel(model.to(memory_format=torch.contiguous_format), flip)
     return wrapped.eval(), checkpoint
 
@@ -75,8 +76,9 @@ def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool) -> GraphInfo
     return GraphInfo(model.image_size, flip, level, faces, checkpoint.dataset, checkpoint.run_id)
 
 
-def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool = True) -> int:
-    """Write the network of ``model_path`` to ``output`` as ``onnx`` or ``torchscript``; return its chip size."""
+def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool | None = None) -> int:
+    """Write the network of ``model_path`` to ``output`` as ``onnx`` or ``torchscript`` (``flip`` as for
+    :func:`exportable`); return its chip size."""
     wrapped, checkpoint = exportable(model_path, flip)
     size = wrapped.model.image_size
     example = torch.rand(EXAMPLE_BATCH, 3, size, size)
@@ -102,7 +104,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: boo
             verbose=False,
         )
         graph = program.model_proto
-        info = graph_info(wrapped.model, checkpoint, flip)
+        info = graph_info(wrapped.model, checkpoint, wrapped.flip)
         onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(dataclasses.asdict(info))})
         onnx.save_model(graph, str(output))
     else:

@@ -45,9 +45,9 @@ class LoadedModel:
         }
 
 
-def load_any(name: str, flip: bool = True) -> LoadedModel:
+def load_any(name: str, flip: bool | None = None) -> LoadedModel:
     """The model ``name`` names: an MLflow model URI is loaded through MLflow (its own face settings and
-    landmark file), anything else as :class:`AgeEstimator` takes it."""
+    landmark file), anything else as :class:`AgeEstimator` takes it; ``flip`` as :class:`AgeEstimator` takes it."""
     if not name.startswith(MLFLOW_SCHEMES):
         estimator = AgeEstimator(name, flip=flip)
         run_id = estimator.run_id
@@ -60,14 +60,17 @@ def load_any(name: str, flip: bool = True) -> LoadedModel:
     folder = tempfile.mkdtemp(prefix="faceage-model-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
-        # without mirror images, the checkpoint runs: the graph has them built in
-        loaded = mlflow.pyfunc.load_model(name, dst_path=folder, model_config=None if flip else {"engine": "pytorch"})
+        loaded = mlflow.pyfunc.load_model(name, dst_path=folder)
+        served = loaded.unwrap_python_model()
+        if flip is not None and getattr(served, "estimator", None) and served.estimator.flip != flip:
+            # its graph has mirror-image averaging built in, or left out: the checkpoint runs instead
+            loaded = mlflow.pyfunc.load_model(name, dst_path=folder, model_config={"engine": "pytorch"})
+            served = loaded.unwrap_python_model()
+            served.estimator.flip = flip
     except (MlflowException, OSError) as error:
         raise FaceageError(f"cannot load the MLflow model {name}: {str(error).splitlines()[0]}") from None
-    served = loaded.unwrap_python_model()
     if not hasattr(served, "estimator"):
         raise FaceageError(f"{name} is not a faceage model")
-    served.estimator.flip = flip
     run_id = loaded.metadata.run_id
     return LoadedModel(served.estimator, name, served.landmarks, run_id, run_metrics(run_id, mlflow.get_tracking_uri()))
 

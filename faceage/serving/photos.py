@@ -81,14 +81,15 @@ def years_and_months(age: float) -> str:
 
 class AgeEstimator:
     """A trained model (a checkpoint's path, an ONNX graph written by ``faceage export``, run by ONNX Runtime, or
-    ``dlib`` for dlib's untouched age model) and the face settings to use with it (by default those saved with
-    it)."""
+    ``dlib`` for dlib's untouched age model), the face settings to use with it (by default those saved with
+    it) and whether each age is averaged with its mirror image's (``flip``; by default as the model's intervals
+    were calibrated, :attr:`~faceage.model.age_model.AgeModel.calibrated_flip`)."""
 
     def __init__(
         self,
         model_path: str | Path,
         faces: FacesParams | None = None,
-        flip: bool = True,
+        flip: bool | None = None,
         device: torch.device | None = None,
     ):
         device = device or select_device()
@@ -100,7 +101,8 @@ class AgeEstimator:
         elif Path(model_path).suffix == ".onnx":
             self.engine = OnnxEngine(model_path)
             info = self.engine.info
-            check_flip(info.flip, flip)
+            if flip is not None:
+                check_flip(info.flip, flip)
             self.faces = faces or (saved_faces(info.faces, f"{model_path}: faces") if info.faces else None)
             self.dataset, self.run_id = info.dataset, info.run_id
         else:
@@ -111,7 +113,7 @@ class AgeEstimator:
             self.run_id = checkpoint.run_id  # the MLflow run that trained it
         if self.faces is None:
             raise FaceageError(f"{model_path} holds no face settings: give them (the faces section of params.yaml)")
-        self.flip = flip
+        self.flip = self.engine.flip if flip is None else flip
 
     @property
     def synthetic(self) -> bool:
