@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ASTRONAUT, ASTRONAUT_FACE, SHARED, encode, paste, settings
 from PIL import Image
 
@@ -106,6 +107,41 @@ def test_mtcnn_finds_faces_under_hogs_window_down_to_min_size(photo, hog):
     (face,) = FaceFinder(dataclasses.replace(mtcnn, min_size=32)).find(small, 64)
     assert overlap(face.box, (300, 200, 356, 256)) > 0.5
     assert FaceFinder(dataclasses.replace(mtcnn, min_size=64)).find(small, 64) == []
+
+
+def test_mtcnn_finds_what_facenet_pytorchs_own_mtcnn_finds(photo, hog):
+    """Its networks run channels-last (faster pooling): the same boxes and probabilities as the package's own
+    networks, on faces of many sizes in photos of many sizes, and on noise."""
+    from facenet_pytorch import MTCNN
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    from faceage.data.detectors import MtcnnDetector
+
+    ours, own = MtcnnDetector(settings(FacesParams)), MTCNN(device="cpu")
+    chip = hog.find(photo, 200)[0].chip
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (97, 130, 3), dtype=np.uint8)]
+    sizes = ((40, 160, 120), (70, 384, 288), (120, 300, 400), (200, 640, 480), (330, 500, 500))
+    for (side, width, height), angle in zip(sizes, (-15, 0, 8, -4, 12), strict=True):
+        face = np.asarray(Image.fromarray(chip).resize((side, side)))
+        room = width - int(side * 1.3), height - int(side * 1.3)  # a turned face's square grows up to 1.3x
+        photos.append(
+            paste(face, angle, (width, height), (int(rng.integers(0, room[0])), int(rng.integers(0, room[1]))))
+        )
+    found = 0
+    for image in photos:
+        with torch.inference_mode():
+            (boxes,), _ = detect_face(
+                image[None], 20, own.pnet, own.rnet, own.onet, ours.thresholds, ours.PYRAMID_STEP, "cpu"
+            )
+        theirs = np.asarray(boxes, dtype=float).reshape(-1, 5)
+        mine = ours(image, 20)
+        assert len(mine) == len(theirs)
+        for (box, score), expected in zip(mine, theirs, strict=True):
+            np.testing.assert_allclose(box, MtcnnDetector.reframed(expected[:4]), atol=0.01)
+            assert score == pytest.approx(expected[4], abs=1e-4)
+        found += len(mine)
+    assert found >= 4  # the faces were there to find
 
 
 @pytest.mark.parametrize(

