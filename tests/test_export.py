@@ -24,6 +24,11 @@ def reference(model_path, chips: np.ndarray, flip: bool) -> dict[str, np.ndarray
     return predict(model, chips, np.arange(len(chips)), 8, torch.device("cpu"), flip=flip)
 
 
+def export_onnx(model: Path, output: Path, *options: str) -> None:
+    """``faceage export`` of ``model`` to the ONNX graph ``output``, with ``options``."""
+    assert main(["export", "--format", "onnx", "--model", str(model), "--output", str(output), *options]) == 0
+
+
 def as_graph_input(chips: np.ndarray) -> np.ndarray:
     """Chips as the exported graph takes them: float32 RGB in [0, 1], channels first (here already at input size)."""
     return np.ascontiguousarray(chips.transpose(0, 3, 1, 2), dtype=np.float32) / 255
@@ -34,21 +39,7 @@ def test_onnx_matches_pytorch(tiny_model, chips, tmp_path, flip, capsys):
     import onnxruntime as ort
 
     output = tmp_path / "model.onnx"
-    assert (
-        main(
-            [
-                "export",
-                "--format",
-                "onnx",
-                "--model",
-                str(tiny_model),
-                "--output",
-                str(output),
-                "--flip" if flip else "--no-flip",
-            ]
-        )
-        == 0
-    )
+    export_onnx(tiny_model, output, "--flip" if flip else "--no-flip")
     assert "input (batch, 3, 32, 32)" in capsys.readouterr().out
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     names = ["age", "age_low", "age_high", "female_probability"]
@@ -78,21 +69,7 @@ def graphs(tiny_model, tmp_path_factory) -> dict[bool, Path]:
     folder = tmp_path_factory.mktemp("graphs")
     paths = {flip: folder / f"flip{flip}.onnx" for flip in (True, False)}
     for flip, path in paths.items():
-        assert (
-            main(
-                [
-                    "export",
-                    "--format",
-                    "onnx",
-                    "--model",
-                    str(tiny_model),
-                    "--output",
-                    str(path),
-                    "--flip" if flip else "--no-flip",
-                ]
-            )
-            == 0
-        )
+        export_onnx(tiny_model, path, "--flip" if flip else "--no-flip")
     return paths
 
 
@@ -128,7 +105,7 @@ def test_mirror_images_are_averaged_by_default_as_the_intervals_were_calibrated(
     checkpoint["calibration"]["flip"] = calibrated_flip
     model, graph, crop = tmp_path / "model.pt", tmp_path / "model.onnx", tmp_path / "crop.png"
     torch.save(checkpoint, model)
-    assert main(["export", "--format", "onnx", "--model", str(model), "--output", str(graph)]) == 0
+    export_onnx(model, graph)
     assert OnnxEngine(graph).flip is calibrated_flip and "wrote" in capsys.readouterr().out
     Image.open(ASTRONAUT).resize((32, 32)).save(crop)
     flag, other = ("--flip", "--no-flip") if calibrated_flip else ("--no-flip", "--flip")
