@@ -62,15 +62,15 @@ def load_any(name: str, flip: bool | None = None) -> LoadedModel:
     try:
         loaded = mlflow.pyfunc.load_model(name, dst_path=folder)
         served = loaded.unwrap_python_model()
-        if flip is not None and getattr(served, "estimator", None) and served.estimator.flip != flip:
+        if not hasattr(served, "estimator"):
+            raise FaceageError(f"{name} is not a faceage model")
+        if flip is not None and served.estimator.flip != flip:
             # its graph has mirror-image averaging built in, or left out: the checkpoint runs instead
             loaded = mlflow.pyfunc.load_model(name, dst_path=folder, model_config={"engine": "pytorch"})
             served = loaded.unwrap_python_model()
             served.estimator.flip = flip
     except (MlflowException, OSError) as error:
         raise FaceageError(f"cannot load the MLflow model {name}: {str(error).splitlines()[0]}") from None
-    if not hasattr(served, "estimator"):
-        raise FaceageError(f"{name} is not a faceage model")
     run_id = loaded.metadata.run_id
     return LoadedModel(served.estimator, name, served.landmarks, run_id, run_metrics(run_id, mlflow.get_tracking_uri()))
 
