@@ -8,12 +8,12 @@ import pandas as pd
 from faceage import plots
 from faceage.data.manifest import dataset_fingerprint
 from faceage.evaluation.compare import (
-    compare_with,
     console_summary,
     entry_from_reports,
     leaderboard,
     other_runs,
     promote_leaderboard_best,
+    verdict_against_best_other,
 )
 from faceage.evaluation.metrics import bucket_labels, cs_name
 from faceage.params import load_params
@@ -35,12 +35,7 @@ def main() -> None:
     others = other_runs(params.mlflow.experiment, fingerprint, run_id, buckets, cs_key)
     board = leaderboard([current, *others])
     predictions = pd.read_csv(paths["predictions"])
-    significance = None
-    if others:
-        rival = min(others, key=lambda entry: entry["val_mae"])
-        significance = compare_with(rival["run_id"], predictions, "test", params.compare)
-        if significance is not None:
-            significance["against_backbone"] = rival["backbone"]
+    significance = verdict_against_best_other(others, predictions, params.compare)
     promotion = None
     if params.compare.promote and run_id:
         promotion = promote_leaderboard_best(board, run_id, predictions, params.compare)

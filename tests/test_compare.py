@@ -19,6 +19,7 @@ from faceage.evaluation.compare import (
     promote_if_better,
     promote_leaderboard_best,
     promotion_decision,
+    verdict_against_best_other,
 )
 from faceage.report_sections import CompareParams
 from faceage.sections import FacesParams
@@ -181,12 +182,12 @@ def test_promotion_rule():
         assert promote is False and verdict in reason
 
 
-def logged_run(tmp_path, name, val_errors, model):
-    """An MLflow run with a logged model and validation predictions whose errors are ``val_errors``."""
+def logged_run(tmp_path, name, errors, model, split="val"):
+    """An MLflow run with a logged model and predictions on ``split`` whose errors are ``errors``."""
     tracker = RunTracker("exp", run_name=name)
     folder = tmp_path / name
     folder.mkdir()
-    predictions = pd.DataFrame({"id": range(len(val_errors)), "split": "val", "error": val_errors})
+    predictions = pd.DataFrame({"id": range(len(errors)), "split": split, "error": errors})
     predictions.to_csv(folder / "predictions.csv", index=False)
     log_age_model(
         tracker, model, settings(FacesParams), np.zeros((32, 32, 3), np.uint8), {"name": "noise", "kind": "real"}
@@ -243,6 +244,22 @@ def test_promotion_picks_the_leaderboards_best_run_not_the_current_one(tmp_path,
     assert decision["candidate_run"] == current and not decision["promoted"]
     assert decision["evidence"]["verdict"] == WORSE
     assert champion_run("faceage", CHAMPION) == ("1", strong)
+
+
+def test_the_verdict_is_against_the_other_run_best_on_validation_not_the_latest(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = settings(CompareParams, bootstrap_resamples=200)
+    errors = np.random.default_rng(0).normal(0, 6, 200)
+    best, _ = logged_run(tmp_path, "best", errors * 0.5, tiny_model, split="test")
+    latest, _ = logged_run(tmp_path, "latest", errors * 2, tiny_model, split="test")
+    current = pd.DataFrame({"id": range(len(errors)), "split": "test", "error": errors})
+    others = [entry("resnet18", 3.5, 3.6, best), entry("mobilenet_v2", 6.0, 6.1, latest)]
+    for order in (others, others[::-1]):
+        verdict = verdict_against_best_other(order, current, params)
+        assert (verdict["against_run"], verdict["against_backbone"], verdict["split"]) == (best, "resnet18", "test")
+        half = np.abs(errors).mean() / 2  # the rival's errors are half the current run's
+        assert verdict["verdict"] == WORSE and verdict["mae_difference"] == pytest.approx(half, abs=1e-4)
+    assert verdict_against_best_other([], current, params) is None
 
 
 def test_an_interval_that_holds_0_is_no_significant_difference_whatever_the_p_value():

@@ -166,6 +166,16 @@ def compare_with(rival_run_id: str, predictions: pd.DataFrame, split: str, param
     return None if result is None else {"against_run": rival_run_id, "split": split, **result}
 
 
+def verdict_against_best_other(others: list[dict], predictions: pd.DataFrame, params: CompareParams) -> dict | None:
+    """Paired test on the test split of ``predictions`` against the other run best on validation (whichever ran
+    last); ``None`` with no other run, or none whose predictions can be read."""
+    if not others:
+        return None
+    rival = min(others, key=lambda entry: entry["val_mae"])
+    significance = compare_with(rival["run_id"], predictions, "test", params)
+    return None if significance is None else {**significance, "against_backbone": rival["backbone"]}
+
+
 def promotion_decision(evidence: dict | None, has_champion: bool) -> tuple[bool, str]:
     """Whether to make the current run the champion: always when there is none, else only when it is
     significantly better than the champion on the validation split."""
