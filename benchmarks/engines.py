@@ -27,6 +27,7 @@ from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator
 
 BATCH_SIZE = 64
+DEFAULT_ENGINES = ("onnxruntime", "pytorch")  # engines as a model predicts by default, timed against the baseline
 WARM_UP = 3
 
 
@@ -57,39 +58,48 @@ def batch_speed(estimator: AgeEstimator, faces: np.ndarray) -> tuple[float, np.n
 
 
 def engine_speeds(checkpoint: Path, graph: Path, images: list[bytes], repeats: int) -> dict:
-    """Batch faces/s and one image's latency of ``checkpoint`` under PyTorch and of its exported ``graph`` under
-    ONNX Runtime, each as the model predicts by default, and of the checkpoint under PyTorch with mirror images
-    averaged (``pytorch_mirrored``: the path every speed target of the default was set against), on ``images``
-    (face crops; the first is the one image); the graph's ratios to both, and how far apart the default engines'
-    ages are (mean and largest absolute difference)."""
+    """Batch faces/s and one image's latency of ``checkpoint`` under PyTorch (as it predicts by default: under
+    bfloat16 autocast where the CPU computes it natively; and in float32) and of its exported ``graph`` under ONNX
+    Runtime, and of the checkpoint under PyTorch in float32 with mirror images averaged (``pytorch_mirrored``: the
+    path every speed target of the default was set against), on ``images`` (face crops; the first is the one
+    image); the default engines' ratios to that path, the graph's to PyTorch's default, how far apart the float32
+    engines' ages are, and what bfloat16 changes of PyTorch's (mean and largest absolute difference)."""
     estimators = {
         "pytorch": AgeEstimator(checkpoint),
+        "pytorch_float32": AgeEstimator(checkpoint, bf16=False),
         "onnxruntime": AgeEstimator(graph),
-        "pytorch_mirrored": AgeEstimator(checkpoint, flip=True),
+        "pytorch_mirrored": AgeEstimator(checkpoint, flip=True, bf16=False),
     }
     first = estimators["pytorch"]
     faces = np.stack([decode_image(data, first.chip_size, first.faces.max_pixels) for data in images])
     results, ages = {}, {}
     for name, estimator in tqdm(estimators.items(), desc="engines", unit="engine"):
         speed, ages[name] = batch_speed(estimator, faces)
-        results[name] = {"faces_per_second": speed, "single_image": single_image_latency(estimator, images[0], repeats)}
-    difference = np.abs(ages["onnxruntime"] - ages["pytorch"])
-    ours = results["onnxruntime"]
+        results[name] = {
+            "faces_per_second": speed,
+            "single_image": single_image_latency(estimator, images[0], repeats),
+            "precision": estimator.engine.precision,
+        }
 
-    def ratios(theirs: dict) -> dict:
+    def ratios(ours: dict, theirs: dict) -> dict:
         return {
             "batch_ratio": round(ours["faces_per_second"] / theirs["faces_per_second"], 2),
             "single_image_ratio": round(ours["single_image"]["median_ms"] / theirs["single_image"]["median_ms"], 2),
         }
 
+    def difference(a: str, b: str) -> dict:
+        gap = np.abs(ages[a] - ages[b])
+        return {"mean": round(float(gap.mean()), 5), "max": round(float(gap.max()), 5)}
+
     return {
         **results,
         "faces": len(faces),
         "batch_size": BATCH_SIZE,
-        "flip": estimators["pytorch"].flip,
-        **ratios(results["pytorch"]),
-        "against_mirrored": ratios(results["pytorch_mirrored"]),
-        "age_difference": {"mean": round(float(difference.mean()), 5), "max": round(float(difference.max()), 5)},
+        "flip": first.flip,
+        **ratios(results["onnxruntime"], results["pytorch"]),
+        "against_mirrored": {name: ratios(results[name], results["pytorch_mirrored"]) for name in DEFAULT_ENGINES},
+        "age_difference": difference("onnxruntime", "pytorch_float32"),
+        "bf16_age_difference": difference("pytorch", "pytorch_float32"),
     }
 
 

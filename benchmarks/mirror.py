@@ -1,6 +1,8 @@
-"""What averaging each age with its mirror image's buys: the MAE of a benchmarked repository's model with and
-without it, on the test split and on every test source, from the faces the pipeline ingested (the cost, twice the
-network's work, is in :mod:`benchmarks.engines`)."""
+"""What averaging each age with its mirror image's buys, and what bfloat16 autocast costs: the MAE of a
+benchmarked repository's model with and without mirror images (float32), and without them under bfloat16 autocast
+where the CPU computes it natively (as :class:`~faceage.serving.engines.TorchEngine` runs by default there), on the
+test split and on every test source, from the faces the pipeline ingested (the costs and gains in speed are in
+:mod:`benchmarks.engines`)."""
 
 from __future__ import annotations
 
@@ -8,18 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from faceage.data.manifest import load_images, load_manifest
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
 from faceage.params import load_params
-from faceage.runtime import select_device
+from faceage.runtime import native_cpu_bf16, select_device
 from faceage.stage import pipeline_paths
+
+FLIPS = (("with", True), ("without", False))  # MAE keys, and whether mirror images are averaged
 
 
 def mirror_image_maes(repo: Path) -> dict[str, dict]:
-    """Per evaluated set (``test``, then each test source with faces): its faces and the MAE with and without
-    mirror images, the model's calibration applied to both."""
+    """Per evaluated set (``test``, then each test source with faces): its faces, the MAE with and without
+    mirror images and, on a CPU with native bfloat16, without them under bfloat16 autocast; the model's
+    calibration applied to each."""
     params, paths = load_params(repo / "params.yaml"), pipeline_paths(repo)
     device = select_device()
     model, _ = load_model(paths["model"], device)
@@ -33,15 +39,13 @@ def mirror_image_maes(repo: Path) -> dict[str, dict]:
         if rows.empty:
             continue
         images, ids, ages = load_images(folder), rows["id"].to_numpy(), rows["age"].to_numpy(float)
-        by_flip = {
-            flip: predict(model, images, ids, params.evaluate.batch_size, device, flip=flip)["age"]
-            for flip in (True, False)
-        }
+        batch_size = params.evaluate.batch_size
+        predicted = {key: predict(model, images, ids, batch_size, device, flip=flip)["age"] for key, flip in FLIPS}
+        if device.type == "cpu" and native_cpu_bf16():
+            bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+            predicted["without_bf16"] = predict(model, images, ids, batch_size, device, bf16)["age"]
         maes[name] = {
             "faces": len(rows),
-            **{
-                key: round(float(np.abs(by_flip[flip] - ages).mean()), 3)
-                for key, flip in (("with", True), ("without", False))
-            },
+            **{key: round(float(np.abs(ages - age).mean()), 3) for key, age in predicted.items()},
         }
     return maes

@@ -134,24 +134,28 @@ def engine_photo_line(name: str, engine: dict, profiled: int) -> str:
 def engine_lines(engines: dict) -> list[str]:
     """The network under each engine: batch and one-image speed, and how far apart their ages are."""
     ours, theirs = engines["onnxruntime"], engines["pytorch"]
-    lines = [
+
+    def speeds(engine: dict) -> str:
+        return f"{engine['faces_per_second']:.0f} faces/s, one image {engine['single_image']['median_ms']:.1f} ms"
+
+    def ratios(ratio: dict) -> str:
+        return f"{ratio['batch_ratio']:.2f}x in batches, {ratio['single_image_ratio']:.2f}x one image"
+
+    def gap(difference: dict) -> str:
+        return f"{difference['mean']:.5f} years on average, {difference['max']:.5f} at most"
+
+    against = ", ".join(f"{ENGINE_NAMES[name]} {ratios(ratio)}" for name, ratio in engines["against_mirrored"].items())
+    return [
         "",
         f"The network on {engines['faces']} test faces (batches of {engines['batch_size']}; one image: decode, "
-        f"resize, forward passes; mirror images {'averaged' if engines.get('flip', True) else 'not averaged'}, as the "
-        f"model's intervals were calibrated): PyTorch {theirs['faces_per_second']:.0f} faces/s, one image "
-        f"{theirs['single_image']['median_ms']:.1f} ms; ONNX Runtime on the exported graph "
-        f"{ours['faces_per_second']:.0f} faces/s ({engines['batch_ratio']:.2f}x), one image "
-        f"{ours['single_image']['median_ms']:.1f} ms ({engines['single_image_ratio']:.2f}x). Their ages differ by "
-        f"{engines['age_difference']['mean']:.5f} years on average, {engines['age_difference']['max']:.5f} at most.",
+        f"resize, forward passes; mirror images {'averaged' if engines['flip'] else 'not averaged'}, as the "
+        f"model's intervals were calibrated): PyTorch ({theirs['precision']}) {speeds(theirs)}; ONNX Runtime on the "
+        f"exported graph {speeds(ours)} ({ratios(engines)}); PyTorch in float32 {speeds(engines['pytorch_float32'])}. "
+        f"ONNX Runtime's ages differ from PyTorch's in float32 by {gap(engines['age_difference'])}; PyTorch's "
+        f"default from its float32 by {gap(engines['bf16_age_difference'])}. PyTorch in float32 with mirror images "
+        f"averaged (the path the speed targets were set against): {speeds(engines['pytorch_mirrored'])}; against "
+        f"it, {against}.",
     ]
-    if "pytorch_mirrored" in engines:
-        mirrored, ratios = engines["pytorch_mirrored"], engines["against_mirrored"]
-        lines[-1] += (
-            f" PyTorch with mirror images averaged: {mirrored['faces_per_second']:.0f} faces/s, one image "
-            f"{mirrored['single_image']['median_ms']:.1f} ms; ONNX Runtime as the model predicts by default against "
-            f"it: {ratios['batch_ratio']:.2f}x in batches, {ratios['single_image_ratio']:.2f}x one image."
-        )
-    return lines
 
 
 def mirror_lines(maes: dict) -> list[str]:
@@ -161,9 +165,10 @@ def mirror_lines(maes: dict) -> list[str]:
     sets = "; ".join(
         f"{name} ({row['faces']} faces) {row['with']:.3f} with, {row['without']:.3f} without "
         f"({row['without'] - row['with']:+.3f})"
+        + (f", {row['without_bf16']:.3f} without under bfloat16 autocast" if "without_bf16" in row else "")
         for name, row in maes.items()
     )
-    return ["", f"Mirror-image averaging (twice the network's work), MAE: {sets}."]
+    return ["", f"Mirror-image averaging (twice the network's work), MAE in float32: {sets}."]
 
 
 def source_lines(sources: dict) -> list[str]:

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--over", type=float, metavar="AGE", help="say per face whether it is AGE or older: yes/no/uncertain"
     )
     add_flip_argument(predict, "average each age with the mirror image's")
+    add_bf16_argument(predict)
     predict.add_argument("--detector", help="face detector: hog | mtcnn")
     predict.add_argument("--max-side", type=int, help="longer side of the copy faces are searched on (hog: 1280)")
     predict.add_argument("--min-size", type=int, help="smallest face side kept, pixels of the photo")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     add_flip_argument(serve, "average each age with the mirror image's")
+    add_bf16_argument(serve)
 
     export = commands.add_parser("export", help="write the network as ONNX or TorchScript", description=EXPORT_HELP)
     export.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
@@ -112,6 +114,16 @@ def add_flip_argument(command: argparse.ArgumentParser, what: str) -> None:
         "--flip",
         action=argparse.BooleanOptionalAction,
         help=f"{what} (default: as the model's intervals were calibrated)",
+    )
+
+
+def add_bf16_argument(command: argparse.ArgumentParser) -> None:
+    """``--bf16``/``--no-bf16``: whether a checkpoint runs under bfloat16 autocast on the CPU."""
+    command.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="run a checkpoint under bfloat16 autocast on the CPU, about twice as fast, ages within about 0.1 year "
+        "(default: where the CPU computes bfloat16 natively)",
     )
 
 
@@ -159,7 +171,7 @@ def run_predict(args: argparse.Namespace) -> int:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise FaceageError(f"--annotate: cannot make the folder {args.annotate}: {error.strerror}") from None
-    estimator = load_any(str(args.model), flip=args.flip).estimator
+    estimator = load_any(str(args.model), flip=args.flip, bf16=args.bf16).estimator
     if estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     if estimator.level is None:
@@ -262,7 +274,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise FaceageError(f"--port must be 1..65535, got {args.port}")
-    model = load_any(str(args.model), flip=args.flip)
+    model = load_any(str(args.model), flip=args.flip, bf16=args.bf16)
     if model.estimator.synthetic:
         print(SYNTHETIC_WARNING.format(model=args.model), file=sys.stderr)
     serve(model, args.host, args.port, MAX_FILE_BYTES)

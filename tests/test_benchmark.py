@@ -102,11 +102,18 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     # The default predicts as its intervals were calibrated (params: no mirror images); the mirrored PyTorch path is
     # timed beside it, and what mirror images buy is scored on the test split and each test source.
     assert engines["flip"] is False and engines["pytorch_mirrored"]["faces_per_second"] > 0
-    assert engines["against_mirrored"]["batch_ratio"] == pytest.approx(
-        engines["onnxruntime"]["faces_per_second"] / engines["pytorch_mirrored"]["faces_per_second"], abs=0.01
-    )
+    for name in ("onnxruntime", "pytorch"):
+        assert engines["against_mirrored"][name]["batch_ratio"] == pytest.approx(
+            engines[name]["faces_per_second"] / engines["pytorch_mirrored"]["faces_per_second"], abs=0.01
+        )
+    # PyTorch runs under bfloat16 autocast by default where the CPU computes it natively; the baseline in float32.
+    bf16 = native_cpu_bf16()
+    assert engines["pytorch"]["precision"] == ("bfloat16 autocast" if bf16 else "float32")
+    assert engines["pytorch_float32"]["precision"] == engines["pytorch_mirrored"]["precision"] == "float32"
+    assert (engines["bf16_age_difference"]["max"] > 0) == bf16
     mirror = ours["mirror_images"]
     assert mirror["test"]["faces"] == ours["test"]["count"]
+    assert ("without_bf16" in mirror["test"]) == bf16
     assert mirror["test"]["without"] == pytest.approx(ours["test"]["mae"]["value"], abs=0.001)
     assert mirror["test"]["with"] != mirror["test"]["without"]
     assert {name for name, row in mirror.items() if name != "test"} == {

@@ -10,7 +10,7 @@ from PIL import Image
 from faceage.cli import main
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
-from faceage.serving.engines import OnnxEngine
+from faceage.serving.engines import OnnxEngine, TorchEngine
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,9 @@ def test_predict_runs_the_exported_graph_as_it_runs_the_checkpoint(tiny_model, g
         Image.open(ASTRONAUT).resize((side, side)).save(crops[-1])
     flip_option = ["--flip" if flip else "--no-flip"]
     for args in ([*map(str, crops), "--aligned"], [str(ASTRONAUT)]):
-        by_checkpoint = predicted([*args, "--model", str(tiny_model), *flip_option, "--over", "18"], capsys)
+        by_checkpoint = predicted(
+            [*args, "--model", str(tiny_model), *flip_option, "--over", "18", "--no-bf16"], capsys
+        )
         by_graph = predicted([*args, "--model", str(graphs[flip]), *flip_option, "--over", "18"], capsys)
         assert by_graph["interval_level"] == by_checkpoint["interval_level"] == 0.9
         for ours, theirs in zip(by_graph["results"], by_checkpoint["results"], strict=True):
@@ -114,10 +116,10 @@ def test_mirror_images_are_averaged_by_default_as_the_intervals_were_calibrated(
         document = predicted([str(crop), "--aligned", "--model", str(path), *options], capsys)
         return document["results"][0]["faces"][0]["age_years"]
 
-    calibrated = age(model, flag)
-    for path, options in ((model, ()), (graph, ()), (graph, (flag,))):
+    calibrated = age(model, flag, "--no-bf16")  # the graph runs in float32
+    for path, options in ((model, ("--no-bf16",)), (graph, ()), (graph, (flag,))):
         assert age(path, *options) == pytest.approx(calibrated, abs=0.011)
-    assert abs(age(model, other) - calibrated) > 0.011  # the mirror image changes this network's age
+    assert abs(age(model, other, "--no-bf16") - calibrated) > 0.011  # the mirror image changes this network's age
 
 
 def test_a_graph_exported_the_other_way_for_flip_is_one_line(graphs, capsys):
@@ -125,6 +127,32 @@ def test_a_graph_exported_the_other_way_for_flip_is_one_line(graphs, capsys):
         assert main(["predict", str(ASTRONAUT), "--model", str(graphs[flip]), "--no-flip" if flip else "--flip"]) == 1
         err = capsys.readouterr().err
         assert advice in err and len(err.strip().splitlines()) == 1
+    assert main(["predict", str(ASTRONAUT), "--model", str(graphs[False]), "--bf16"]) == 1
+    err = capsys.readouterr().err
+    assert "an ONNX graph runs as it was exported: drop --bf16" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_pytorch_runs_under_bfloat16_by_default_only_where_the_cpu_computes_it_natively(
+    tiny_model, monkeypatch, native
+):
+    monkeypatch.setattr("faceage.serving.engines.native_cpu_bf16", lambda: native)
+    model, _ = load_model(tiny_model, torch.device("cpu"))
+    assert TorchEngine(model, torch.device("cpu")).bf16 is native
+    assert TorchEngine(model, torch.device("cpu"), bf16=not native).bf16 is not native
+    assert TorchEngine(model, torch.device("cuda"), bf16=True).bf16 is False  # bfloat16 autocast is the CPU's only
+    engine = TorchEngine(model, torch.device("cpu"))
+    engine.set_precision(not native)
+    assert engine.precision == ("float32" if native else "bfloat16 autocast")
+
+
+def test_bfloat16_ages_are_near_the_float32_ones(tiny_model):
+    model, _ = load_model(tiny_model, torch.device("cpu"))
+    chips = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    float32, bf16 = (TorchEngine(model, torch.device("cpu"), bf16).outputs(chips, False, 16) for bf16 in (False, True))
+    for key in ("age", "age_low", "age_high"):
+        gap = np.abs(bf16[key] - float32[key])
+        assert 0 < gap.max() < 0.5 and gap.mean() < 0.1, key  # computed in bfloat16, within a fraction of a year
 
 
 @pytest.mark.parametrize(

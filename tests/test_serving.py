@@ -120,6 +120,7 @@ def test_the_logged_model_runs_its_onnx_graph_unless_told_to_run_the_checkpoint(
     loaded = {name: mlflow.pyfunc.load_model(uri, model_config=config) for name, config in ENGINE_CONFIGS.items()}
     engines = {name: type(model.unwrap_python_model().estimator.engine).__name__ for name, model in loaded.items()}
     assert engines == {"default": "OnnxEngine", "pytorch": "TorchEngine"}
+    loaded["pytorch"].unwrap_python_model().estimator.engine.set_precision(False)  # the graph runs in float32
     crops = [example_input(rng.integers(0, 256, (side, side, 3), np.uint8))["image"][0] for side in (20, 32, 47, 128)]
     frame = pd.DataFrame({"image": [ASTRONAUT.read_bytes(), *crops], "aligned": [False] + [True] * len(crops)})
     graph, checkpoint = (loaded[name].predict(frame, params={"over": 18}) for name in ENGINE_CONFIGS)
@@ -133,6 +134,12 @@ def test_the_logged_model_runs_its_onnx_graph_unless_told_to_run_the_checkpoint(
     for flip, engine in ((None, "OnnxEngine"), (True, "OnnxEngine"), (False, "TorchEngine")):  # the graph mirrors
         estimator = load_any(uri, flip=flip).estimator
         assert (type(estimator.engine).__name__, estimator.flip) == (engine, flip is not False)
+    for bf16, engine in ((True, "TorchEngine"), (False, "OnnxEngine")):  # the graph runs in float32
+        estimator = load_any(uri, bf16=bf16).estimator
+        assert (type(estimator.engine).__name__, estimator.engine.precision) == (
+            engine,
+            "bfloat16 autocast" if bf16 else "float32",
+        )
     expected = r"model_config engine: 'tensorrt' is not offered by this model; expected \['onnxruntime', 'pytorch'\]"
     with pytest.raises(FaceageError, match=expected):
         mlflow.pyfunc.load_model(uri, model_config={"engine": "tensorrt"})

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faceage.errors import FaceageError
+from faceage.serving.engines import TorchEngine
 from faceage.serving.photos import AgeEstimator
 from faceage.tracking.store import server_answers, tracking_uri
 
@@ -42,14 +43,16 @@ class LoadedModel:
             "synthetic": estimator.synthetic,
             "interval_level": estimator.level,
             "chip_size": estimator.chip_size,
+            "precision": estimator.engine.precision,
         }
 
 
-def load_any(name: str, flip: bool | None = None) -> LoadedModel:
+def load_any(name: str, flip: bool | None = None, bf16: bool | None = None) -> LoadedModel:
     """The model ``name`` names: an MLflow model URI is loaded through MLflow (its own face settings and
-    landmark file), anything else as :class:`AgeEstimator` takes it; ``flip`` as :class:`AgeEstimator` takes it."""
+    landmark file), anything else as :class:`AgeEstimator` takes it; ``flip`` and ``bf16`` as
+    :class:`AgeEstimator` takes them."""
     if not name.startswith(MLFLOW_SCHEMES):
-        estimator = AgeEstimator(name, flip=flip)
+        estimator = AgeEstimator(name, flip=flip, bf16=bf16)
         run_id = estimator.run_id
         return LoadedModel(estimator, name, None, run_id, run_metrics(run_id, tracking_uri()))
     import mlflow
@@ -64,11 +67,15 @@ def load_any(name: str, flip: bool | None = None) -> LoadedModel:
         served = loaded.unwrap_python_model()
         if not hasattr(served, "estimator"):
             raise FaceageError(f"{name} is not a faceage model")
-        if flip is not None and served.estimator.flip != flip:
-            # its graph has mirror-image averaging built in, or left out: the checkpoint runs instead
+        graph = not isinstance(served.estimator.engine, TorchEngine)
+        if (flip is not None and served.estimator.flip != flip) or (bf16 and graph):
+            # its graph has mirror-image averaging built in, or left out, or runs in float32: the checkpoint runs
             loaded = mlflow.pyfunc.load_model(name, dst_path=folder, model_config={"engine": "pytorch"})
             served = loaded.unwrap_python_model()
+        if flip is not None:
             served.estimator.flip = flip
+        if bf16 is not None and isinstance(served.estimator.engine, TorchEngine):
+            served.estimator.engine.set_precision(bf16)
     except (MlflowException, OSError) as error:
         raise FaceageError(f"cannot load the MLflow model {name}: {str(error).splitlines()[0]}") from None
     run_id = loaded.metadata.run_id

@@ -83,7 +83,8 @@ class AgeEstimator:
     """A trained model (a checkpoint's path, an ONNX graph written by ``faceage export``, run by ONNX Runtime, or
     ``dlib`` for dlib's untouched age model), the face settings to use with it (by default those saved with
     it) and whether each age is averaged with its mirror image's (``flip``; by default as the model's intervals
-    were calibrated, :attr:`~faceage.model.age_model.AgeModel.calibrated_flip`)."""
+    were calibrated, :attr:`~faceage.model.age_model.AgeModel.calibrated_flip`); ``bf16`` as
+    :class:`~faceage.serving.engines.TorchEngine` takes it (an ONNX graph runs as it was exported)."""
 
     def __init__(
         self,
@@ -91,11 +92,13 @@ class AgeEstimator:
         faces: FacesParams | None = None,
         flip: bool | None = None,
         device: torch.device | None = None,
+        bf16: bool | None = None,
     ):
         device = device or select_device()
         self.engine: TorchEngine | OnnxEngine
         if str(model_path) == UNTOUCHED_DLIB:
-            self.engine, self.dataset = TorchEngine(untouched_dlib().to(device), device), UNTOUCHED_DLIB_DATASET
+            self.engine = TorchEngine(untouched_dlib().to(device), device, bf16)
+            self.dataset = UNTOUCHED_DLIB_DATASET
             self.faces = faces or load_params(PROJECT_PARAMS).faces  # no checkpoint: the project's settings
             self.run_id = None
         elif Path(model_path).suffix == ".onnx":
@@ -103,11 +106,13 @@ class AgeEstimator:
             info = self.engine.info
             if flip is not None:
                 check_flip(info.flip, flip)
+            if bf16:
+                raise FaceageError(f"{model_path}: an ONNX graph runs as it was exported: drop --bf16")
             self.faces = faces or (saved_faces(info.faces, f"{model_path}: faces") if info.faces else None)
             self.dataset, self.run_id = info.dataset, info.run_id
         else:
             model, checkpoint = load_model(model_path, device)
-            self.engine = TorchEngine(model, device)
+            self.engine = TorchEngine(model, device, bf16)
             self.dataset = checkpoint.dataset  # None for a checkpoint that predates the record
             self.faces = faces or checkpoint.faces
             self.run_id = checkpoint.run_id  # the MLflow run that trained it
