@@ -58,8 +58,9 @@ def champion(tiny_model, tmp_path_factory) -> dict:
 
 
 def expected_faces(model_path: Path, data: bytes, aligned: bool) -> list[dict]:
-    """What ``faceage predict`` says of each face: the ages, intervals and decisions at 18 to match."""
-    estimator = AgeEstimator(model_path)
+    """What ``faceage predict`` says of each face in float32 (as the logged model's graph runs): the ages,
+    intervals and decisions at 18 to match."""
+    estimator = AgeEstimator(model_path, bf16=False)
     photo = find_faces("x", data, estimator.chip_size, estimator.faces, aligned)
     return estimator.results([photo], over=18)[0]["faces"]
 
@@ -107,6 +108,29 @@ def test_predict_and_the_page_load_the_registered_model_by_its_uri(champion, tin
     assert_same_answer(face, expected_faces(tiny_model, ASTRONAUT.read_bytes(), False)[0])
     assert main(["predict", str(ASTRONAUT), "--model", "models:/faceage@nobody"]) == 1
     assert "error: cannot load the MLflow model models:/faceage@nobody: " in capsys.readouterr().err
+
+
+class NotFaceage(mlflow.pyfunc.PythonModel):
+    """An MLflow model of someone else's: it gives back what it is given."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_an_mlflow_model_that_is_not_faceages_is_one_line(tmp_path, monkeypatch, capsys):
+    uri, before = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run() as run:
+            mlflow.pyfunc.log_model(name="model", python_model=NotFaceage())
+        model = f"runs:/{run.info.run_id}/model"
+        capsys.readouterr()
+        assert main(["predict", str(ASTRONAUT), "--model", model]) == 1
+    finally:
+        mlflow.set_tracking_uri(before)
+    err = capsys.readouterr().err  # after MLflow's download progress bar
+    assert err.strip().splitlines()[-1] == f"error: {model} is not a faceage model" and "Traceback" not in err
 
 
 def test_predicting_with_a_logged_model_leaves_no_download_behind(champion, tmp_path):
