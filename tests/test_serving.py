@@ -122,7 +122,8 @@ def test_an_mlflow_model_that_is_not_faceages_is_one_line(tmp_path, monkeypatch,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run() as run:
+        experiment = mlflow.create_experiment("others", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.pyfunc.log_model(name="model", python_model=NotFaceage())
         model = f"runs:/{run.info.run_id}/model"
         capsys.readouterr()
