@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from faceage.data.manifest import load_images, load_manifest
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
 from faceage.params import load_params
-from faceage.runtime import native_cpu_bf16, select_device
+from faceage.runtime import select_device
+from faceage.serving.engines import TorchEngine
 from faceage.stage import pipeline_paths
 
 FLIPS = (("with", True), ("without", False))  # MAE keys, and whether mirror images are averaged
@@ -29,6 +29,7 @@ def mirror_image_maes(repo: Path) -> dict[str, dict]:
     params, paths = load_params(repo / "params.yaml"), pipeline_paths(repo)
     device = select_device()
     model, _ = load_model(paths["model"], device)
+    engine = TorchEngine(model, device)  # as a checkpoint predicts by default: bfloat16 where the CPU has it
     split = load_manifest(paths["ingested"]).merge(pd.read_csv(paths["split"])).query("split == 'test'")
     sets = {"test": (paths["ingested"], split)}
     for name in params.test_sources:
@@ -41,9 +42,8 @@ def mirror_image_maes(repo: Path) -> dict[str, dict]:
         images, ids, ages = load_images(folder), rows["id"].to_numpy(), rows["age"].to_numpy(float)
         batch_size = params.evaluate.batch_size
         predicted = {key: predict(model, images, ids, batch_size, device, flip=flip)["age"] for key, flip in FLIPS}
-        if device.type == "cpu" and native_cpu_bf16():
-            bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-            predicted["without_bf16"] = predict(model, images, ids, batch_size, device, bf16)["age"]
+        if engine.bf16:
+            predicted["without_bf16"] = engine.outputs(images[ids], False, batch_size)["age"]
         maes[name] = {
             "faces": len(rows),
             **{key: round(float(np.abs(ages - age).mean()), 3) for key, age in predicted.items()},
