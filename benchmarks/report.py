@@ -191,6 +191,15 @@ def source_lines(sources: dict) -> list[str]:
     return lines
 
 
+def held_where(calibration: dict) -> str:
+    """Where the intervals hold their level: per true-age group (with each group's quantile) or on average."""
+    groups = calibration.get("age_group_quantiles")
+    if not groups:
+        return f"the level held on average, quantile {calibration['quantile']:.3f}"
+    quantiles = ", ".join(f"{first}+ {value:.3f}" for first, value in groups.items())
+    return f"the level held in each true-age group, quantiles {quantiles}"
+
+
 def interval_lines(ours: dict) -> list[str]:
     """The intervals' coverage and width per age bucket and test source, and the threshold table on test."""
     test, calibration = ours["test"]["intervals"], ours["intervals"]
@@ -205,8 +214,9 @@ def interval_lines(ours: dict) -> list[str]:
     widths = ", ".join(f"{name} {width:.2f}" for name, width in calibration["val_width_by_spread"].items())
     lines = [
         "",
-        f"Intervals at {level:.0%}, calibrated on {calibration['calibration_faces']} calibration faces; spread "
-        f"{calibration['spread']} (mean validation widths: {widths} years); {corrected}. Test: coverage "
+        f"Intervals at {level:.0%}, calibrated on {calibration['calibration_faces']} faces "
+        f"({' and '.join(calibration.get('calibrated_on', ['calibration']))} splits; {held_where(calibration)}); "
+        f"spread {calibration['spread']} (mean validation widths: {widths} years); {corrected}. Test: coverage "
         f"{test['coverage']:.1%}, mean width {test['width']:.2f} years, against one width for all calibrated on the "
         f"same faces: coverage {fixed['coverage']:.1%}, width {fixed['width']:.2f} years "
         f"({1 - test['width'] / fixed['width']:.0%} narrower).",

@@ -3,6 +3,7 @@ evaluation, and its comparison with other runs. Their values are written in ``pa
 
 from __future__ import annotations
 
+import itertools
 import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -57,6 +58,7 @@ class IntervalParams(Checked):
             f"different names of {', '.join(typing.get_args(Spread))}",
         ),
         "age_bins": between(1, 1000),
+        "age_groups": (lambda v: all(a < b for a, b in itertools.pairwise(v)), "increasing ages, or none"),
         "correction_folds": between(2, 100),
         "seed": SEED,
     }
@@ -64,6 +66,8 @@ class IntervalParams(Checked):
     level: float  # share of faces like the calibration faces whose interval holds their age
     spreads: tuple[str, ...]  # tried on validation: the narrowest kept
     age_bins: int  # spread "age": predicted-age bins over which validation errors are averaged
+    age_groups: tuple[int, ...]  # first ages of the true-age groups after the first, each holding the level
+    calibrate_with_val: bool  # the validation faces calibrate too (they also choose the spread and correction)
     correction: bool  # try the monotone correction of the age
     correction_folds: int  # cross-fitting folds that judge the correction on validation
     seed: int

@@ -17,9 +17,11 @@ from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from faceage.model.inference import predict
 from faceage.model.intervals import (
+    AgeGroups,
     Calibration,
     IntervalHead,
     PiecewiseLinear,
+    age_group_quantiles,
     conformal_quantile,
     interval_text,
     over_decisions,
@@ -84,6 +86,68 @@ def test_intervals_cover_the_level_on_held_out_faces_and_adapt_to_the_face(sprea
     assert (young < old / 3) if spread != "fixed" else young == pytest.approx(old, rel=0.05)
 
 
+def test_age_group_quantiles_are_each_groups_own_and_too_small_groups_join_the_next_older():
+    scores = np.arange(1, 41, dtype=float)  # face i's score is i + 1
+    ages = np.array([2] * 12 + [8] * 5 + [15] * 6 + [40] * 14 + [70] * 3)
+    starts, quantiles = age_group_quantiles(scores, ages, (6, 13, 19, 31, 200), 0.8, (1, 100))
+    # 0.8 needs 4 faces: 1-5 (12 faces) alone; 6-12 (5) alone; 13-18 (6) alone; 19-30 has none and joins 31-...;
+    # the oldest faces (70, 3 of them) sit in that group too; 200 is beyond the age range and starts no group
+    assert starts == (1.0, 6.0, 13.0, 19.0)
+    assert quantiles == (
+        11.0,
+        17.0,
+        23.0,
+        38.0,
+    )  # ceil((n + 1) 0.8)-th of each: 11th of 12, 5th of 5, 6th of 6, 15th of 17 (24..40)
+    assert age_group_quantiles(scores, ages, (), 0.8, (1, 100)) == ((1.0,), (conformal_quantile(scores, 0.8),))
+    with pytest.raises(FaceageError, match="3 calibration faces cannot calibrate a 80% interval"):
+        age_group_quantiles(scores[:3], ages[:3], (6,), 0.8, (1, 100))
+
+
+def test_age_group_bounds_are_the_hull_of_the_ages_each_group_lets_in():
+    """On 500 random faces, ages and spreads: the bounds are those of a fine grid of candidate ages, each let in
+    when within its group's quantile x spread of the face's age."""
+    rng = np.random.default_rng(3)
+    knots = ((1.0, 13.0, 19.0, 61.0), (0.8, 2.5, 1.2, 1.9))
+    age, spread = rng.uniform(1, 100, 500), rng.uniform(0.05, 12, 500)
+    low, high = (v.numpy() for v in AgeGroups(knots, (1, 100))(torch.tensor(age), torch.tensor(spread)))
+    grid = np.linspace(1, 100, 99 * 100 + 1)  # 0.01-year steps
+    quantile = np.array(knots[1])[np.searchsorted(knots[0], grid, side="right") - 1]
+    inside = np.abs(grid - age[:, None]) <= quantile * spread[:, None]
+    assert inside.any(1).all()  # every face's own age is let in
+    np.testing.assert_allclose(low, np.where(inside, grid, np.inf).min(1), atol=0.011)
+    np.testing.assert_allclose(high, np.where(inside, grid, -np.inf).max(1), atol=0.011)
+
+
+def test_intervals_per_age_group_hold_the_level_in_every_group_where_one_quantile_does_not():
+    """Teenagers estimated older than they are, as real ones are: one quantile leaves them under-covered, one
+    quantile per true-age group covers each group at the level."""
+    rng = np.random.default_rng(0)
+
+    def faces(count):
+        true = rng.uniform(1, 90, count)
+        teen = (true >= 13) & (true < 19)
+        return {"age": true + rng.normal(0, 3, count) + 6 * teen, "distribution_spread": np.full(count, 3.0)}, true
+
+    firsts, level, edges = (13, 19), 0.9, (1, 13, 19, 91)
+    calibration_faces, calibration_true = faces(3000)
+    test_faces, test_true = faces(20000)
+    base = Calibration(level, "distribution", 1.0, 1.0, 3000, True)
+    scores = IntervalHead(base, (1, 90)).scores(calibration_faces, calibration_true)
+    marginal = dataclasses.replace(base, quantile=conformal_quantile(scores, level))
+    grouped = dataclasses.replace(
+        marginal, age_group_quantiles=age_group_quantiles(scores, calibration_true, firsts, level, (1, 90))
+    )
+    counts = np.histogram(calibration_true, edges)[0]
+    for calibration, holds in ((marginal, False), (grouped, True)):
+        bounds = IntervalHead(calibration, (1, 90)).on_arrays(test_faces)
+        report = coverage_report(test_true, bounds["age_low"], bounds["age_high"], edges[:-1], level)
+        for (label, row), count in zip(report["buckets"].items(), counts, strict=True):
+            within = abs(row["coverage"] - level) <= coverage_bound(level, count, row["count"])
+            assert within == holds or label != "13-18", (label, row)
+            assert within or not holds, (label, row)
+
+
 def test_threshold_rates_and_decisions_as_counted_by_hand():
     true = np.array([10, 15, 17, 17, 18, 20, 25, 40])
     predicted = np.array([12, 19, 16, 18.5, 17, 21, 24, 39])
@@ -145,6 +209,9 @@ def test_the_monotone_correction_is_kept_only_where_it_lowers_the_cross_fitted_e
     assert fit_correction(honest, true, settings(IntervalParams))[0] is None
 
 
+ONE_QUANTILE = {"age_groups": (), "calibrate_with_val": False}  # one quantile, of the calibration faces only
+
+
 @pytest.fixture(scope="module")
 def calibrated_on_synthetic_faces(tmp_path_factory):
     """A network trained briefly on faces whose brightness follows their age, calibrated on 300 faces, and 1200
@@ -163,9 +230,42 @@ def calibrated_on_synthetic_faces(tmp_path_factory):
     )
     model = AgeModel.of(train_network(setup, CPU).network, 32)
     report = calibrate(
-        model, images, ages, np.arange(400, 600), np.arange(600, 900), settings(IntervalParams), 64, CPU, True
+        model,
+        images,
+        ages,
+        np.arange(400, 600),
+        np.arange(600, 900),
+        settings(IntervalParams, **ONE_QUANTILE),
+        64,
+        CPU,
+        True,
     )
     return model, images, ages, report
+
+
+def test_calibrated_per_age_group_on_validation_and_calibration_faces(calibrated_on_synthetic_faces):
+    """The default settings: the validation faces calibrate too, a quantile per true-age group, each that of its
+    group's faces."""
+    model, images, ages, _ = calibrated_on_synthetic_faces
+    single = model.calibration
+    params = settings(IntervalParams)
+    try:
+        report = calibrate(model, images, ages, np.arange(400, 600), np.arange(600, 900), params, 64, CPU, True)
+        calibration = model.calibration
+    finally:
+        model.calibrate(single)
+    assert calibration.faces == report["calibration_faces"] == 500 and calibration.shared
+    assert report["calibrated_on"] == ["val", "calibration"]
+    model.calibrate(None)
+    outputs = predict(model, images, np.arange(400, 900), 64, CPU, flip=True)
+    model.calibrate(single)
+    raw = dataclasses.replace(calibration, quantile=1.0, age_group_quantiles=None)
+    scores = IntervalHead(raw, model.age_range).scores(outputs, ages[400:900])
+    starts, quantiles = calibration.age_group_quantiles
+    assert starts[0] == model.age_range[0] and set(starts[1:]) <= set(params.age_groups)
+    for first, end, quantile in zip(starts, (*starts[1:], 1000), quantiles, strict=True):
+        group = np.sort(scores[(ages[400:900] >= first) & (ages[400:900] < end)])
+        assert quantile == pytest.approx(group[math.ceil((len(group) + 1) * 0.9) - 1], rel=1e-6)
 
 
 def test_calibration_uses_only_its_faces_and_its_quantile_is_theirs(calibrated_on_synthetic_faces):
@@ -188,7 +288,10 @@ def test_intervals_hold_the_level_on_held_out_synthetic_faces(calibrated_on_synt
     assert (test["age_high"] - test["age_low"]).mean() < 80  # informative: narrower than the age range
 
 
-def test_the_calibration_survives_the_checkpoint_and_the_exported_graph_gives_the_same_intervals(tiny_model, tmp_path):
+@pytest.mark.parametrize("grouped", [None, ((1.0, 40.0, 50.0), (0.5, 1.5, 0.9))], ids=["one quantile", "age groups"])
+def test_the_calibration_survives_the_checkpoint_and_the_exported_graph_gives_the_same_intervals(
+    tiny_model, tmp_path, grouped
+):
     """A correction and an age-dependent spread (both piecewise-linear) written by hand into a model: the
     checkpoint reads them back, and ONNX gives the intervals PyTorch gives."""
     from conftest import assert_onnx_export_predicts_as_the_model
@@ -202,6 +305,7 @@ def test_the_calibration_survives_the_checkpoint_and_the_exported_graph_gives_th
         True,
         correction=((30.0, 45.0, 47.5, 60.0), (20.0, 44.0, 52.0, 70.0)),
         age_spread=((20.0, 50.0, 70.0), (2.0, 6.0, 9.0)),
+        age_group_quantiles=grouped,
     )
     path = tmp_path / "model.pt"
     save_checkpoint(dataclasses.replace(read_checkpoint(tiny_model), calibration=calibration), path)
@@ -214,7 +318,11 @@ def test_the_calibration_survives_the_checkpoint_and_the_exported_graph_gives_th
     corrected = np.interp(raw, *calibration.correction)
     np.testing.assert_allclose(outputs["age"], corrected, atol=1e-4)
     half = 1.7 * np.interp(corrected, *calibration.age_spread)
-    np.testing.assert_allclose(outputs["age_high"] - outputs["age"], half, atol=1e-4)
+    if grouped is None:
+        np.testing.assert_allclose(outputs["age_high"] - outputs["age"], half, atol=1e-4)
+    else:
+        bounds = AgeGroups(grouped, model.age_range)(torch.tensor(corrected), torch.tensor(half / 1.7))
+        np.testing.assert_allclose([outputs["age_low"], outputs["age_high"]], [b.numpy() for b in bounds], atol=1e-4)
     assert_onnx_export_predicts_as_the_model(path, chips, tmp_path)
 
 

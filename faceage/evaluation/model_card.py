@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from faceage.data.detectors import DETECTORS
 from faceage.model.checkpoint import Checkpoint
+from faceage.model.intervals import Calibration
 from faceage.model.networks import BACKBONES, DLIB_AGE_LICENCE
 from faceage.sections import ModelParams
 
@@ -161,6 +162,21 @@ THRESHOLD_HEADER = [
 ]
 
 
+def calibrated_on(calibration: Calibration) -> str:
+    """Which faces calibrated the intervals, and what else they did."""
+    if calibration.shared:
+        return "the validation faces, which also chose the spread, and the calibration faces"
+    return "the calibration faces, which chose nothing else"
+
+
+def held_by(calibration: Calibration) -> str:
+    """Over which faces the interval holds its level."""
+    if calibration.age_group_quantiles:
+        firsts = calibration.age_group_quantiles[0]
+        return f"so that it holds its level in each true-age group starting at {', '.join(f'{a:g}' for a in firsts)}"
+    return "so that it holds its level on average over such faces"
+
+
 def model_lines(checkpoint: Checkpoint, report: dict, sources: list[str], dataset: dict) -> list[str]:
     """What the model is, what it is for and not for, what it learnt from and the licences."""
     calibration = checkpoint.calibration
@@ -173,7 +189,8 @@ def model_lines(checkpoint: Checkpoint, report: dict, sources: list[str], datase
         "",
         describe_model(checkpoint),
         f"Each age comes with a {calibration.level:.0%} interval (spread: {calibration.spread}), calibrated by split "
-        f"conformal prediction on {calibration.faces} held-out faces that chose nothing else.",
+        f"conformal prediction on {calibration.faces} held-out faces ({calibrated_on(calibration)}), "
+        f"{held_by(calibration)}.",
         "",
         f"**For:** {INTENDED}",
         "",

@@ -1,6 +1,8 @@
 """The calibration of a trained model's intervals. Validation faces choose (the monotone correction, the
-spread); the calibration faces, used for nothing else, give the conformal quantile, so that the interval's
-coverage is guaranteed on faces like them."""
+spread); the calibration faces give the conformal quantiles, so that the interval's coverage is guaranteed on
+faces like them: on average, or in each true-age group (``intervals.age_groups``). With
+``intervals.calibrate_with_val`` the validation faces calibrate too: more faces per age group, at the cost of
+faces that also chose the spread."""
 
 from __future__ import annotations
 
@@ -15,7 +17,14 @@ from sklearn.model_selection import KFold
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.inference import predict
-from faceage.model.intervals import Calibration, IntervalHead, Knots, conformal_quantile, spread_names
+from faceage.model.intervals import (
+    Calibration,
+    IntervalHead,
+    Knots,
+    age_group_quantiles,
+    conformal_quantile,
+    spread_names,
+)
 from faceage.report_sections import IntervalParams
 
 log = logging.getLogger(__name__)
@@ -82,42 +91,51 @@ def calibrate(
     val = predict(model, images, val_ids, batch_size, device, flip=flip)
     held = predict(model, images, calibration_ids, batch_size, device, flip=flip)
     val_true, held_true = ages[val_ids].astype(float), ages[calibration_ids].astype(float)
+    if params.calibrate_with_val:
+        held = {key: np.concatenate([val[key], values]) for key, values in held.items()}
+        held_true = np.concatenate([val_true, held_true])
     correction, correction_report = fit_correction(val["age"], val_true, params)
-    base = Calibration(params.level, "fixed", 1.0, 1.0, len(calibration_ids), flip, correction)
+    base = Calibration(
+        params.level, "fixed", 1.0, 1.0, len(held_true), flip, correction, shared=params.calibrate_with_val
+    )
     corrected = IntervalHead(base, model.age_range).on_arrays(val)["age"]
     base = replace(base, age_spread=age_spread_knots(corrected, val_true, params.age_bins))
+
+    def calibrated(spread: str, outputs: dict[str, np.ndarray], true: np.ndarray) -> Calibration:
+        """``base`` with ``spread``, its quantiles those of the faces of ``outputs``."""
+        candidate = replace(base, spread=spread)
+        scores = IntervalHead(candidate, model.age_range).scores(outputs, true)
+        groups = age_group_quantiles(scores, true, params.age_groups, params.level, model.age_range)
+        return replace(
+            candidate,
+            quantile=conformal_quantile(scores, params.level),
+            age_group_quantiles=groups if params.age_groups else None,
+            age_spread=base.age_spread if spread == "age" else None,
+        )
 
     offered = spread_names(val)
     tried = [name for name in params.spreads if name in offered]
     if not tried:
         raise FaceageError(f"intervals.spreads: this model offers none of {list(params.spreads)}; it offers {offered}")
-    widths = {}
-    for name in tried:
-        candidate = replace(base, spread=name)
-        quantile = conformal_quantile(IntervalHead(candidate, model.age_range).scores(val, val_true), params.level)
-        widths[name] = width(IntervalHead(replace(candidate, quantile=quantile), model.age_range), val)
+    widths = {name: width(IntervalHead(calibrated(name, val, val_true), model.age_range), val) for name in tried}
     spread = min(tried, key=widths.get)
-
-    def quantile_on_calibration_faces(name: str) -> float:
-        head = IntervalHead(replace(base, spread=name), model.age_range)
-        return conformal_quantile(head.scores(held, held_true), params.level)
-
     calibration = replace(
-        base,
-        spread=spread,
-        quantile=quantile_on_calibration_faces(spread),
-        fixed_quantile=quantile_on_calibration_faces("fixed"),
-        age_spread=base.age_spread if spread == "age" else None,
+        calibrated(spread, held, held_true), fixed_quantile=calibrated("fixed", held, held_true).quantile
     )
     model.calibrate(calibration)
     log.info("interval spreads, mean validation width at %s: %s", params.level, widths)
+    groups = calibration.age_group_quantiles
     return {
         "level": params.level,
-        "calibration_faces": len(calibration_ids),
+        "calibration_faces": len(held_true),
+        "calibrated_on": ["val", "calibration"] if params.calibrate_with_val else ["calibration"],
         "correction": correction_report,
         "val_width_by_spread": {name: round(value, 4) for name, value in widths.items()},
         "not_offered": [name for name in params.spreads if name not in offered],
         "spread": spread,
         "quantile": round(calibration.quantile, 6),
+        "age_group_quantiles": {f"{first:g}": round(q, 6) for first, q in zip(*groups, strict=True)}
+        if groups
+        else None,
         "fixed_quantile": round(calibration.fixed_quantile, 6),
     }
