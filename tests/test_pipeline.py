@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from benchmarks.workspace import copy_worktree, set_params, tool_env
 from faceage.evaluation.compare import NO_DIFFERENCE
+from faceage.params import load_params
 from faceage.tracking.runs import flatten
 
 pytestmark = pytest.mark.slow
@@ -168,10 +169,15 @@ def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     assert compare["leaderboard"][0]["sources"]["restyled"]["mae"] == source["mae"]
     assert pd.read_csv(repo / "plots" / "compare" / "leaderboard.csv")["restyled_mae"].tolist() == [source["mae"]]
     assert read_json(repo / "data" / "mlflow_runs.json")["finished_runs"] == [mlflow_run.info.run_id]
-    # Intervals: calibrated on the calibration split alone, reported per split and source, and the model card.
+    # Intervals: calibrated on the validation and calibration splits per age group (the settings' groups, merged
+    # where they have too few faces), reported per split and source, and the model card.
     calibration = summary["intervals"]
     split = pd.read_csv(repo / "data" / "split.csv")
-    assert calibration["calibration_faces"] == (split["split"] == "calibration").sum() >= 9
+    assert calibration["calibrated_on"] == ["val", "calibration"]
+    assert calibration["calibration_faces"] == split["split"].isin(["val", "calibration"]).sum() >= 9
+    firsts = [int(first) for first in calibration["age_group_quantiles"]]
+    params = load_params(repo / "params.yaml")
+    assert firsts[0] == params.data.min_age and set(firsts[1:]) <= set(params.intervals.age_groups)
     assert calibration["spread"] in calibration["val_width_by_spread"]
     test = predictions[predictions["split"] == "test"]
     inside = (test["age_low"] <= test["true_age"]) & (test["true_age"] <= test["age_high"])

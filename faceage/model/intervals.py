@@ -1,5 +1,6 @@
-"""Calibrated age intervals: a monotone correction of the age, and a per-face spread scaled by a split-conformal
-quantile so that the interval holds the true age of a set share of faces like the calibration faces."""
+"""Calibrated age intervals: a monotone correction of the age, and a per-face spread scaled by split-conformal
+quantiles (one, or one per true-age group) so that the interval holds the true age of a set share of faces like
+the calibration faces."""
 
 from __future__ import annotations
 
