@@ -21,7 +21,7 @@ from tqdm import tqdm
 from benchmarks import results_page
 from faceage.model.networks import build_network
 from faceage.params import MAIN_MEMBER, Params, load_params
-from faceage.runtime import cpu_features, make_deterministic, use_cpu_bf16
+from faceage.runtime import cpu_autocast, cpu_features, make_deterministic, use_cpu_bf16
 from faceage.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def step_speed(params: Params, name: str, bf16: bool, steps: int) -> float:
     optimizer = build_optimizer([{"params": list(model.parameters()), "lr": network.train.lr}], network.train)
     images = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     ages = torch.randint(0, model.age.out_features, (batch,))
-    precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+    precision = cpu_autocast(bf16)
     started = 0.0
     for step in range(steps + 1):  # the first step warms up and is not timed
         if step == 1:

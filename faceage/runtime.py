@@ -65,6 +65,12 @@ def use_cpu_bf16(setting: str | bool) -> bool:
     return native_cpu_bf16() if setting == "auto" else setting
 
 
+def cpu_autocast(bf16: bool = True) -> torch.autocast:
+    """bfloat16 autocast on the CPU, as training and prediction both use it; with ``bf16`` false, a context in
+    which autocast is off."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
 def cpu_precision_reason(setting: str | bool) -> str:
     """The CPU precision chosen for ``setting``, and why, in a few words for logs and reports."""
     precision = "bfloat16" if use_cpu_bf16(setting) else "float32"

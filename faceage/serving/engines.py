@@ -15,7 +15,7 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import describe
 from faceage.model.inference import predict
-from faceage.runtime import native_cpu_bf16
+from faceage.runtime import cpu_autocast, native_cpu_bf16
 from faceage.serving.export import GRAPH_INFO, GraphInfo
 
 if TYPE_CHECKING:  # imported when a graph is run
@@ -55,7 +55,7 @@ class TorchEngine:
 
     def outputs(self, chips: np.ndarray, flip: bool, batch_size: int) -> dict[str, np.ndarray]:
         """The model's outputs for ``(N, chip_size, chip_size, 3)`` uint8 chips; ``flip``: mirror-image averaging."""
-        amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else None
+        amp = cpu_autocast() if self.bf16 else None
         return predict(self.model, chips, np.arange(len(chips)), batch_size, self.device, amp, flip)
 
 

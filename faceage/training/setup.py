@@ -13,7 +13,7 @@ import torch
 
 from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
-from faceage.runtime import cpu_precision_reason, use_cpu_bf16
+from faceage.runtime import cpu_autocast, cpu_precision_reason, use_cpu_bf16
 from faceage.sections import AugmentParams, ModelParams, TrainParams
 from faceage.training.augment import is_active
 
@@ -107,7 +107,7 @@ def autocast(device: torch.device, params: TrainParams) -> contextlib.AbstractCo
     if device.type == "cuda" and params.amp:
         return torch.autocast("cuda", dtype=torch.float16)
     if device.type == "cpu" and use_cpu_bf16(params.cpu_bf16):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return cpu_autocast()
     return contextlib.nullcontext()
 
 
