@@ -191,6 +191,12 @@ def source_lines(sources: dict) -> list[str]:
     return lines
 
 
+def relative_width(width: float, baseline: float) -> str:
+    """``width`` against ``baseline`` in words: ``11% narrower`` or ``1% wider``."""
+    change = 1 - width / baseline
+    return f"{abs(change):.0%} {'narrower' if change >= 0 else 'wider'}"
+
+
 def held_where(calibration: dict) -> str:
     """Where the intervals hold their level: per true-age group (with each group's quantile) or on average."""
     groups = calibration.get("age_group_quantiles")
@@ -219,7 +225,7 @@ def interval_lines(ours: dict) -> list[str]:
         f"spread {calibration['spread']} (mean validation widths: {widths} years); {corrected}. Test: coverage "
         f"{test['coverage']:.1%}, mean width {test['width']:.2f} years, against one width for all calibrated on the "
         f"same faces: coverage {fixed['coverage']:.1%}, width {fixed['width']:.2f} years "
-        f"({1 - test['width'] / fixed['width']:.0%} narrower).",
+        f"({relative_width(test['width'], fixed['width'])}).",
         "",
         "| age bucket | test faces | coverage | mean width | one width: coverage | bias |",
         "|---|---|---|---|---|---|",

@@ -192,3 +192,11 @@ def test_the_detection_levers_hog_loses_the_face_on_a_small_copy_where_mtcnn_kee
     # her 87 px face is 11 px at side 64: under HOG's 80-px window; MTCNN still finds it there (box 76 px)
     assert [row["detection_rate"] for row in rows] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert all(row["ms_per_photo"] > 0 for row in rows)
+
+
+def test_an_interval_width_against_one_width_reads_narrower_or_wider():
+    from benchmarks.report import relative_width
+
+    assert relative_width(17.44, 19.51) == "11% narrower"
+    assert relative_width(20.54, 20.38) == "1% wider"
+    assert relative_width(5.0, 5.0) == "0% narrower"
