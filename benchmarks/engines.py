@@ -1,7 +1,8 @@
 """The network under each engine, in one run: PyTorch on the checkpoint and ONNX Runtime on its exported graph,
 each timed on a batch of faces (faces/s) and on one image (decode, resize, forward passes; ms), and the age
-differences between them on the same faces. ``--graph`` times a graph of the model written before (an int8 one
-from ``faceage export --int8``) instead of exporting it.
+differences between them on the same faces; then the same in a process held to AVX2 (as on a CPU without
+AVX-512). ``--graph`` also times a graph of the model written before (an int8 one from
+``faceage export --int8``).
 
     python -m benchmarks.engines --model models/model.pt [--graph models/model.int8.onnx]
                                  [--source ../shared/datasets/UTKFace.tar.gz] [--faces 512]
@@ -10,7 +11,10 @@ from ``faceage export --int8``) instead of exporting it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -18,16 +22,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from benchmarks.dataset import add_source_argument, first_images
+from faceage.cli import INT8_CALIBRATION_FACES, INT8_TOLERANCE
 from faceage.data.images import decode_image
+from faceage.runtime import cpu_features
 from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator
+from faceage.serving.quantize import graph_ages, pipeline_chips, quantise_on_validation, summary_line
+from faceage.stage import pipeline_paths
+from faceage.training.setup import split_ids
 
 BATCH_SIZE = 64
-DEFAULT_ENGINES = ("onnxruntime", "pytorch")  # engines as a model predicts by default, timed against the baseline
+BASELINES = ("pytorch_float32", "pytorch_mirrored")  # PyTorch paths the others are compared with
+# torch's kernels and oneDNN's as on a CPU without AVX-512 (and so without native bfloat16)
+HELD_TO_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 WARM_UP = 3
 
 
@@ -57,17 +69,18 @@ def batch_speed(estimator: AgeEstimator, faces: np.ndarray) -> tuple[float, np.n
     return round(len(faces) / (time.perf_counter() - started), 1), ages
 
 
-def engine_speeds(checkpoint: Path, graph: Path, images: list[bytes], repeats: int) -> dict:
+def engine_speeds(checkpoint: Path, graphs: dict[str, Path], images: list[bytes], repeats: int) -> dict:
     """Batch faces/s and one image's latency of ``checkpoint`` under PyTorch (as it predicts by default: under
-    bfloat16 autocast where the CPU computes it natively; and in float32) and of its exported ``graph`` under ONNX
-    Runtime, and of the checkpoint under PyTorch in float32 with mirror images averaged (``pytorch_mirrored``: the
-    path every speed target of the default was set against), on ``images`` (face crops; the first is the one
-    image); the default engines' ratios to that path, the graph's to PyTorch's default, how far apart the float32
-    engines' ages are, and what bfloat16 changes of PyTorch's (mean and largest absolute difference)."""
+    bfloat16 autocast where the CPU computes it natively; and in float32), of its exported ``graphs`` (name ->
+    ONNX graph: ``onnxruntime``, the float32 one, and others such as an int8 one) under ONNX Runtime, and of the
+    checkpoint under PyTorch in float32 with mirror images averaged (``pytorch_mirrored``: the path every speed
+    target of the default was set against), on ``images`` (face crops; the first is the one image); the others'
+    ratios to that path, the float32 graph's to PyTorch's default, how far each engine's ages are from the float32
+    ones (mean and largest absolute difference), and the CPU features they ran with."""
     estimators = {
         "pytorch": AgeEstimator(checkpoint),
         "pytorch_float32": AgeEstimator(checkpoint, bf16=False),
-        "onnxruntime": AgeEstimator(graph),
+        **{name: AgeEstimator(graph) for name, graph in graphs.items()},
         "pytorch_mirrored": AgeEstimator(checkpoint, flip=True, bf16=False),
     }
     first = estimators["pytorch"]
@@ -96,11 +109,50 @@ def engine_speeds(checkpoint: Path, graph: Path, images: list[bytes], repeats: i
         "faces": len(faces),
         "batch_size": BATCH_SIZE,
         "flip": first.flip,
+        "cpu": cpu_features(),
         **ratios(results["onnxruntime"], results["pytorch"]),
-        "against_mirrored": {name: ratios(results[name], results["pytorch_mirrored"]) for name in DEFAULT_ENGINES},
+        "against_mirrored": {
+            name: ratios(results[name], results["pytorch_mirrored"]) for name in estimators if name not in BASELINES
+        },
         "age_difference": difference("onnxruntime", "pytorch_float32"),
         "bf16_age_difference": difference("pytorch", "pytorch_float32"),
+        "graph_age_differences": {name: difference(name, "onnxruntime") for name in graphs if name != "onnxruntime"},
     }
+
+
+def int8_graph(graph: Path, output: Path, chip_size: int, repo: Path) -> dict:
+    """``graph`` quantised as ``faceage export --int8`` does it in the pipeline at ``repo`` (calibrated on its
+    first validation faces, at most half of them, checked on the others), written at ``output`` if kept: the check
+    and, if kept, both graphs' MAE on the test split."""
+    paths = pipeline_paths(repo)
+    validation = len(split_ids(pd.read_csv(paths["split"]), "val"))
+    calibration = min(INT8_CALIBRATION_FACES, validation // 2)
+    check = quantise_on_validation(graph, output, chip_size, calibration, INT8_TOLERANCE, paths)
+    result = {**dataclasses.asdict(check), "kept": check.kept, "summary": summary_line(check)}
+    if check.kept:
+        chips, ages = pipeline_chips(chip_size, paths, "test")
+        result["test_mae"] = {
+            name: round(float(np.abs(graph_ages(path, chips) - ages).mean()), 4)
+            for name, path in (("float32", graph), ("int8", output))
+        }
+    return result
+
+
+def held_to_avx2(checkpoint: Path, graphs: dict[str, Path], images: list[bytes], repeats: int) -> dict:
+    """:func:`engine_speeds` in a fresh process whose torch and oneDNN kernels are held to AVX2
+    (:data:`HELD_TO_AVX2`): PyTorch as on a CPU without AVX-512, so in float32 by default. ONNX Runtime picks its
+    kernels from the CPU itself and is not held."""
+    saved = {name: os.environ.get(name) for name in HELD_TO_AVX2}
+    os.environ.update(HELD_TO_AVX2)
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:  # torch reads the settings when imported
+            return pool.apply(engine_speeds, (checkpoint, graphs, images, repeats))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,14 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_source_argument(parser)
     parser.add_argument("--faces", type=int, default=512, help="faces of the source timed in batches")
     parser.add_argument("--repeats", type=int, default=50, help="timed single-image predictions")
-    parser.add_argument("--graph", type=Path, help="ONNX graph of the model to time (default: exported from it)")
+    parser.add_argument("--graph", type=Path, help="another ONNX graph of the model to time, e.g. an int8 one")
     args = parser.parse_args(argv)
     images = first_images(args.source, args.faces)
     with tempfile.TemporaryDirectory(prefix="faceage-engines-") as folder:
-        graph = args.graph or Path(folder) / "model.onnx"
-        if args.graph is None:
-            export_model(args.model, graph, "onnx")
-        print(json.dumps(engine_speeds(args.model, graph, images, args.repeats), indent=2))
+        graphs = {"onnxruntime": Path(folder) / "model.onnx", **({args.graph.name: args.graph} if args.graph else {})}
+        export_model(args.model, graphs["onnxruntime"], "onnx")
+        speeds = {
+            "native": engine_speeds(args.model, graphs, images, args.repeats),
+            "held_to_avx2": held_to_avx2(args.model, graphs, images, args.repeats),
+        }
+        print(json.dumps(speeds, indent=2))
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from faceage.evaluation.intervals import level_held
+
 # Published figures, not measured here (the issue that asked for this benchmark cites them).
 PUBLISHED = [
     ("published project, ResNet-34 (its own data)", 5.84),
@@ -10,7 +12,11 @@ PUBLISHED = [
 ]
 
 
-ENGINE_NAMES = {"pytorch": "PyTorch (the checkpoint)", "onnxruntime": "ONNX Runtime (the exported graph)"}
+ENGINE_NAMES = {
+    "pytorch": "PyTorch (the checkpoint)",
+    "onnxruntime": "ONNX Runtime (the exported graph)",
+    "onnxruntime_int8": "ONNX Runtime (the int8 graph)",
+}
 
 
 def interval(metric: dict, scale: float = 1.0, digits: int = 2) -> str:
@@ -74,6 +80,8 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {bucket} | {row['count']} | {mae} | {'' if theirs is None else f'{theirs:.2f}'} |")
     hw = report["hardware"]
     lines += engine_lines(report["engines"])
+    lines += int8_lines(report["int8"], report["engines"])
+    lines += held_lines(report["engines_held_to_avx2"])
     lines += mirror_lines(ours.get("mirror_images", {}))
     lines += photo_lines(report["photos"])
     lines += source_lines(ours.get("sources", {}))
@@ -131,20 +139,29 @@ def engine_photo_line(name: str, engine: dict, profiled: int) -> str:
     )
 
 
+def speeds(engine: dict) -> str:
+    """An engine's batch and one-image speed."""
+    return f"{engine['faces_per_second']:.0f} faces/s, one image {engine['single_image']['median_ms']:.1f} ms"
+
+
+def ratios(ratio: dict) -> str:
+    """Speed ratios, batch and one image."""
+    return f"{ratio['batch_ratio']:.2f}x in batches, {ratio['single_image_ratio']:.2f}x one image"
+
+
+def gap(difference: dict) -> str:
+    """How far apart two engines' ages are."""
+    return f"{difference['mean']:.5f} years on average, {difference['max']:.5f} at most"
+
+
+def against_mirrored(engines: dict) -> str:
+    """Each engine's speed ratios to PyTorch in float32 with mirror images averaged."""
+    return ", ".join(f"{ENGINE_NAMES[name]} {ratios(ratio)}" for name, ratio in engines["against_mirrored"].items())
+
+
 def engine_lines(engines: dict) -> list[str]:
     """The network under each engine: batch and one-image speed, and how far apart their ages are."""
     ours, theirs = engines["onnxruntime"], engines["pytorch"]
-
-    def speeds(engine: dict) -> str:
-        return f"{engine['faces_per_second']:.0f} faces/s, one image {engine['single_image']['median_ms']:.1f} ms"
-
-    def ratios(ratio: dict) -> str:
-        return f"{ratio['batch_ratio']:.2f}x in batches, {ratio['single_image_ratio']:.2f}x one image"
-
-    def gap(difference: dict) -> str:
-        return f"{difference['mean']:.5f} years on average, {difference['max']:.5f} at most"
-
-    against = ", ".join(f"{ENGINE_NAMES[name]} {ratios(ratio)}" for name, ratio in engines["against_mirrored"].items())
     return [
         "",
         f"The network on {engines['faces']} test faces (batches of {engines['batch_size']}; one image: decode, "
@@ -154,7 +171,33 @@ def engine_lines(engines: dict) -> list[str]:
         f"ONNX Runtime's ages differ from PyTorch's in float32 by {gap(engines['age_difference'])}; PyTorch's "
         f"default from its float32 by {gap(engines['bf16_age_difference'])}. PyTorch in float32 with mirror images "
         f"averaged (the path the speed targets were set against): {speeds(engines['pytorch_mirrored'])}; against "
-        f"it, {against}.",
+        f"it, {against_mirrored(engines)}.",
+    ]
+
+
+def int8_lines(int8: dict, engines: dict) -> list[str]:
+    """The int8 graph: its check on validation, and where kept its test MAE, speed and age change."""
+    if not int8["kept"]:
+        return ["", f"int8 (`faceage export --int8`): {int8['summary']}: over the limit, not kept."]
+    mae = int8["test_mae"]
+    return [
+        "",
+        f"int8 (`faceage export --int8`): {int8['summary']}: kept. Test MAE {mae['float32']:.3f} in float32, "
+        f"{mae['int8']:.3f} in int8 ({mae['int8'] - mae['float32']:+.3f}); {speeds(engines['onnxruntime_int8'])}; "
+        f"its ages differ from the float32 graph's by {gap(engines['graph_age_differences']['onnxruntime_int8'])}.",
+    ]
+
+
+def held_lines(held: dict) -> list[str]:
+    """The engines again in a process whose torch and oneDNN kernels are held to AVX2."""
+    pytorch = held["pytorch"]
+    return [
+        "",
+        f"Held to AVX2 (torch's and oneDNN's kernels as on a CPU without AVX-512, in a process of their own: "
+        f"capability {held['cpu']['capability']}, {'native' if held['cpu']['native_bf16'] else 'no native'} "
+        f"bfloat16; ONNX Runtime picks its kernels from this CPU and is not held): PyTorch ({pytorch['precision']}) "
+        f"{speeds(pytorch)}; PyTorch in float32 with mirror images averaged {speeds(held['pytorch_mirrored'])}; "
+        f"against it, {against_mirrored(held)}.",
     ]
 
 
@@ -197,15 +240,6 @@ def relative_width(width: float, baseline: float) -> str:
     return f"{abs(change):.0%} {'narrower' if change >= 0 else 'wider'}"
 
 
-def held_where(calibration: dict) -> str:
-    """Where the intervals hold their level: per true-age group (with each group's quantile) or on average."""
-    groups = calibration.get("age_group_quantiles")
-    if not groups:
-        return f"the level held on average, quantile {calibration['quantile']:.3f}"
-    quantiles = ", ".join(f"{first}+ {value:.3f}" for first, value in groups.items())
-    return f"the level held in each true-age group, quantiles {quantiles}"
-
-
 def interval_lines(ours: dict) -> list[str]:
     """The intervals' coverage and width per age bucket and test source, and the threshold table on test."""
     test, calibration = ours["test"]["intervals"], ours["intervals"]
@@ -218,10 +252,11 @@ def interval_lines(ours: dict) -> list[str]:
         else "no monotone correction (it did not lower the cross-fitted validation MAE)"
     )
     widths = ", ".join(f"{name} {width:.2f}" for name, width in calibration["val_width_by_spread"].items())
+    held = level_held(calibration.get("age_group_quantiles"), calibration["quantile"])
     lines = [
         "",
         f"Intervals at {level:.0%}, calibrated on {calibration['calibration_faces']} faces "
-        f"({' and '.join(calibration.get('calibrated_on', ['calibration']))} splits; {held_where(calibration)}); "
+        f"({' and '.join(calibration.get('calibrated_on', ['calibration']))} splits; {held}); "
         f"spread {calibration['spread']} (mean validation widths: {widths} years); {corrected}. Test: coverage "
         f"{test['coverage']:.1%}, mean width {test['width']:.2f} years, against one width for all calibrated on the "
         f"same faces: coverage {fixed['coverage']:.1%}, width {fixed['width']:.2f} years "

@@ -29,7 +29,7 @@ import yaml
 from benchmarks import results_page
 from benchmarks.baseline import training_throughput
 from benchmarks.dataset import add_source_argument
-from benchmarks.engines import engine_speeds
+from benchmarks.engines import engine_speeds, held_to_avx2, int8_graph
 from benchmarks.mirror import mirror_image_maes
 from benchmarks.peer import peer_predictions
 from benchmarks.photos import add_photo_sources, photo_benchmark
@@ -188,10 +188,14 @@ def benchmark(
 
         ours["test"] = headline(ours["test"], params)
         ours["mirror_images"] = mirror_image_maes(repo)
-        model, graph = pipeline_paths(repo)["model"], Path(work) / "model.onnx"
-        export_model(model, graph, "onnx")
+        model, graphs = pipeline_paths(repo)["model"], {"onnxruntime": Path(work) / "model.onnx"}
+        chip_size = export_model(model, graphs["onnxruntime"], "onnx")
+        int8 = int8_graph(graphs["onnxruntime"], Path(work) / "model.int8.onnx", chip_size, repo)
+        if int8["kept"]:
+            graphs["onnxruntime_int8"] = Path(work) / "model.int8.onnx"
         test_images = [files[name] for name in test["source_path"].iloc[:ENGINE_FACES]]
-        engines = engine_speeds(model, graph, test_images, latency_repeats)
+        engines = engine_speeds(model, graphs, test_images, latency_repeats)
+        engines_avx2 = held_to_avx2(model, graphs, test_images, latency_repeats)
         ours["single_image_latency"] = engines["pytorch"]["single_image"]
         baseline, same_precision = baseline_loops(
             Path(work) / "baseline_images", train, files, params, baseline_batches
@@ -203,7 +207,7 @@ def benchmark(
 
         crops = pd.read_csv(pipeline_paths(repo)["predictions"]).query("split == 'test'")
         crops = crops.merge(test[["id", "source_path"]], on="id")
-        models = {"pytorch": model, "onnxruntime": graph}
+        models = {"pytorch": model, **graphs}
         photos = photo_benchmark(models, crops, [files[name] for name in crops["source_path"]], photo_limit)
 
     report = {
@@ -220,6 +224,8 @@ def benchmark(
         **throughput_ratios(ours, baseline, same_precision),
         "peer": peer,
         "engines": engines,
+        "engines_held_to_avx2": engines_avx2,
+        "int8": int8,
         "photos": photos,
         "astronaut": astronaut,
     }

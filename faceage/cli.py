@@ -41,6 +41,8 @@ its interval and, for a threshold typed on the page, whether it is that old or o
 JSON. Faces are found and predicted as faceage predict does. The page needs nothing from the internet."""
 
 
+INT8_CALIBRATION_FACES = 256  # validation faces that calibrate an int8 graph (faceage export --int8); the rest check it
+INT8_TOLERANCE = 0.02  # years of validation MAE int8 may change and the graph still be written
 SYNTHETIC_WARNING = (
     "warning: {model} learnt ages from the synthetic demo's drawn faces: its ages of real photos mean nothing. "
     "Use --model dlib (dlib's age model, trained on real faces), or train on real faces (README: Running on UTKFace)."
@@ -103,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, help="output file (default: next to the model, .onnx or .ts)")
     add_flip_argument(export, "build mirror-image averaging into the graph")
     export.add_argument("--int8", action="store_true", help="also write an int8 graph (ONNX), if it keeps the MAE")
-    export.add_argument("--calibration-faces", type=int, default=256, help="validation faces that calibrate int8")
-    export.add_argument("--int8-tolerance", type=float, default=0.02, help="largest validation MAE change (years)")
+    export.add_argument(
+        "--calibration-faces", type=int, default=INT8_CALIBRATION_FACES, help="validation faces calibrating int8"
+    )
+    export.add_argument(
+        "--int8-tolerance", type=float, default=INT8_TOLERANCE, help="largest validation MAE change (years)"
+    )
     return parser
 
 
@@ -294,17 +300,13 @@ def run_export(args: argparse.Namespace) -> int:
     chip_size = export_model(args.model, output, args.format, flip=args.flip)
     print(f"wrote {output}: input (batch, 3, {chip_size}, {chip_size}) float32 RGB in [0, 1]")
     if args.int8:
-        from faceage.serving.quantize import quantise, refused, summary_line, validation_chips
+        from faceage.serving.quantize import quantise_on_validation, refused, summary_line
         from faceage.stage import pipeline_paths
 
-        chips, ages = validation_chips(chip_size, pipeline_paths())
-        count = args.calibration_faces
-        if len(chips) <= count:
-            raise FaceageError(
-                f"--int8 needs more than --calibration-faces ({count}) validation faces, has {len(chips)}"
-            )
         quantised = output.with_suffix(".int8.onnx")
-        check = quantise(output, quantised, chips[:count], chips[count:], ages[count:], args.int8_tolerance)
+        check = quantise_on_validation(
+            output, quantised, chip_size, args.calibration_faces, args.int8_tolerance, pipeline_paths()
+        )
         if not check.kept:
             raise refused(check, quantised)
         print(f"wrote {quantised}: {summary_line(check)}")

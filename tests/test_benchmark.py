@@ -92,7 +92,13 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
         steps = engine["profile"]["ms_per_photo"]
         assert engine["profile"]["total_ms_per_photo"] == pytest.approx(sum(steps.values()), abs=0.02)
         assert steps["detect"] > 0 and all(ms >= 0 for ms in steps.values())
-    assert set(photos["engines"]) == {"pytorch", "onnxruntime"} and photos["decode_only_photos_per_second"] > 0
+    int8 = saved["int8"]
+    graphs = {"onnxruntime", "onnxruntime_int8"} if int8["kept"] else {"onnxruntime"}
+    assert set(photos["engines"]) == {"pytorch", *graphs} and photos["decode_only_photos_per_second"] > 0
+    # int8 as `faceage export --int8` makes it (of the two networks and dlib's blended one), calibrated on half the
+    # demo's few validation faces, checked on the others
+    assert int8["calibration_faces"] == (int8["calibration_faces"] + int8["checked_faces"]) // 2 > 0
+    assert int8["networks"] and int8["of_networks"] == 3 and ("test_mae" in int8) == int8["kept"]
     engines = saved["engines"]
     assert ours["single_image_latency"] == engines["pytorch"]["single_image"]
     assert engines["batch_ratio"] == pytest.approx(
@@ -102,10 +108,15 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     # The default predicts as its intervals were calibrated (params: no mirror images); the mirrored PyTorch path is
     # timed beside it, and what mirror images buy is scored on the test split and each test source.
     assert engines["flip"] is False and engines["pytorch_mirrored"]["faces_per_second"] > 0
-    for name in ("onnxruntime", "pytorch"):
+    for name in ("pytorch", *graphs):
         assert engines["against_mirrored"][name]["batch_ratio"] == pytest.approx(
             engines[name]["faces_per_second"] / engines["pytorch_mirrored"]["faces_per_second"], abs=0.01
         )
+    # The same engines in a process held to AVX2: PyTorch there runs in float32, as on a CPU without AVX-512.
+    held = saved["engines_held_to_avx2"]
+    assert held["cpu"] == {"capability": "AVX2", "native_bf16": False, "threads": torch.get_num_threads()}
+    assert held["pytorch"]["precision"] == "float32" and set(held["against_mirrored"]) == {"pytorch", *graphs}
+    assert held["age_difference"]["max"] < 0.01
     # PyTorch runs under bfloat16 autocast by default where the CPU computes it natively; the baseline in float32.
     bf16 = native_cpu_bf16()
     assert engines["pytorch"]["precision"] == ("bfloat16 autocast" if bf16 else "float32")
@@ -133,6 +144,7 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert "dlib_age_resnet10, 32 px + mobilenet_v2, 24 px (ensemble), classification head" in table
     assert "test faces pasted into 1024x768 photos" in table
     assert "ONNX Runtime on the exported graph" in table and "Reading and decoding alone" in table
+    assert "int8 (`faceage export --int8`): int8 (" in table and "Held to AVX2 (" in table
     assert f"CPU class: {hardware['cpu_capability']} kernels" in table
     assert (
         ("under bfloat16 autocast" in table) == native_cpu_bf16()

@@ -14,9 +14,10 @@ from faceage.cli import main
 from faceage.data.manifest import IMAGES_FILE, MANIFEST_FILE
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
+from faceage.serving import quantize
 from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator
-from faceage.serving.quantize import graph_ages, quantise
+from faceage.serving.quantize import QuantisationCheck, chosen_networks, conv_networks, graph_ages, quantise
 
 CHIP = 32  # the tiny model's chip size
 
@@ -68,6 +69,88 @@ def test_an_int8_graph_that_moves_the_mae_past_the_tolerance_is_not_written(grap
     assert not check.kept and not output.exists() and check.mae_change != 0
 
 
+def fake_check(moves: dict[str, float], tried: list) -> callable:
+    """A check whose MAE change is the sum of each quantised network's ``moves``, recording what was tried."""
+
+    def check(networks: tuple[str, ...]) -> QuantisationCheck:
+        tried.append(networks)
+        change = sum(moves[network] for network in networks)
+        return QuantisationCheck(8, 8, 5.0, 5.0 + change, change, change, 0.02, networks, len(moves))
+
+    return check
+
+
+@pytest.mark.parametrize(
+    ("moves", "chosen", "tries"),
+    [
+        ({"a": 0.01, "b": 0.005}, ("a", "b"), 1),  # all within the tolerance: one check
+        ({"a": 0.01, "b": 0.3}, ("a",), 3),  # b alone moves too much: a is kept alone
+        ({"a": 0.01, "b": 0.015, "c": 0.5}, ("a", "b"), 5),  # the two that keep it, checked together
+        ({"a": 0.015, "b": 0.015}, ("a", "b"), 3),  # each keeps it alone, not together: refused
+        ({"a": 0.3, "b": 0.3}, ("a", "b"), 3),  # none keeps it: the check of all, refused
+        ({"": 0.3}, ("",), 1),  # one network: nothing else to try
+    ],
+)
+def test_the_networks_quantised_are_those_that_keep_the_mae_alone_and_together(moves, chosen, tries):
+    tried = []
+    check = chosen_networks(list(moves), fake_check(moves, tried))
+    assert check.networks == chosen and len(set(tried)) == tries  # quantise() checks each choice once
+    assert check.kept == (abs(sum(moves[n] for n in chosen)) < 0.02)
+
+
+@pytest.fixture(scope="module")
+def two_networks(tmp_path_factory) -> tuple[Path, list[int]]:
+    """A checkpoint of two untrained networks of different kinds, and each one's number of convolutions."""
+    from conftest import settings
+
+    from faceage.model.age_model import AgeModel
+    from faceage.model.checkpoint import checkpoint_of, save_checkpoint
+    from faceage.model.networks import build_network
+    from faceage.sections import FacesParams, ModelParams
+
+    networks = [
+        settings(ModelParams, backbone=name, pretrained=False, input_size=CHIP, reference_blend=(0.0,))
+        for name in ("resnet18", "mobilenet_v3_small")
+    ]
+    torch.manual_seed(0)
+    model = AgeModel([build_network(p, (1, 100)) for p in networks], [CHIP, CHIP], 0.0, (1, 100), CHIP).eval()
+    path = tmp_path_factory.mktemp("two") / "model.pt"
+    save_checkpoint(checkpoint_of(model, networks, faces=settings(FacesParams)), path)
+    counts = [sum(isinstance(m, torch.nn.Conv2d) for m in network.modules()) for network in model.networks]
+    return path, counts
+
+
+def test_only_the_chosen_networks_convolutions_are_quantised(two_networks, tmp_path, monkeypatch):
+    import onnx
+
+    path, counts = two_networks
+    graph = tmp_path / "model.onnx"
+    export_model(path, graph, "onnx")
+    networks = conv_networks(onnx.load_model(str(graph)))
+    assert {name: len(nodes) for name, nodes in networks.items()} == {
+        "model.networks.0": counts[0],
+        "model.networks.1": counts[1],
+    }
+
+    faces = graph_input(uint8_faces(40, 7))
+    monkeypatch.setattr(quantize, "chosen_networks", lambda names, check: check((names[1],)))
+    output = tmp_path / "model.int8.onnx"
+    check = quantise(graph, output, faces[:16], faces[16:], np.full(24, 30.0), tolerance=150)
+    assert check.kept and check.networks == ("model.networks.1",) and check.of_networks == 2
+    written = onnx.load_model(str(output))
+    made_by = {out: node.op_type for node in written.graph.node for out in node.output}
+    int8 = {
+        node.name: made_by.get(node.input[1]) == "DequantizeLinear"
+        for node in written.graph.node
+        if node.op_type == "Conv"
+    }
+    assert [int8[name] for name in networks["model.networks.0"]] == [False] * counts[0]
+    assert [int8[name] for name in networks["model.networks.1"]] == [True] * counts[1]
+    assert check.mean_age_change == pytest.approx(
+        np.abs(graph_ages(output, faces[16:]) - graph_ages(graph, faces[16:])).mean(), abs=1e-6
+    )
+
+
 def pipeline_folder(root: Path, faces: np.ndarray, ages: np.ndarray) -> Path:
     """A folder as the pipeline leaves it, as far as --int8 reads it: dvc.yaml, the ingested faces, the split."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
@@ -88,7 +171,9 @@ def test_export_int8_calibrates_on_the_first_validation_faces_and_says_what_it_c
     command = ["export", "--format", "onnx", "--model", str(tiny_model), "--output", "out/model.onnx", "--int8"]
     assert main([*command, "--calibration-faces", "16", "--int8-tolerance", "150"]) == 0
     out = capsys.readouterr().out
-    assert "wrote out/model.int8.onnx: int8 on 24 validation faces (calibrated on 16 others): MAE " in out
+    assert (
+        "wrote out/model.int8.onnx: int8 (convolutions) on 24 validation faces (calibrated on 16 others): MAE " in out
+    )
     checking = graph_input(faces[1::2][16:])
     mae = np.abs(graph_ages(tmp_path / "out" / "model.int8.onnx", checking) - ages[1::2][16:]).mean()
     assert f"-> {mae:.3f} years" in out

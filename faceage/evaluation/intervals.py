@@ -14,6 +14,15 @@ from faceage.model.intervals import Calibration, IntervalHead, one_width, over_d
 CHALLENGE_STEP = 0.1  # years: challenge ages are given to this step, rounded up
 
 
+def level_held(quantiles: dict[str, float] | None, quantile: float) -> str:
+    """Where intervals hold their level, and by which conformal quantiles: in each true-age group, ``quantiles`` by
+    :func:`~faceage.model.intervals.group_quantiles`, or ``quantile`` on average."""
+    if not quantiles:
+        return f"the level held on average, quantile {quantile:.3f}"
+    groups = ", ".join(f"{first}+ {value:.3f}" for first, value in quantiles.items())
+    return f"the level held in each true-age group, quantiles {groups}"
+
+
 def share(condition: np.ndarray) -> float | None:
     """The share of true values, ``None`` for no values."""
     return round(float(np.mean(condition)), 4) if len(condition) else None

@@ -4,8 +4,9 @@ made of, and how well it does, written from its checkpoint and evaluation report
 from __future__ import annotations
 
 from faceage.data.detectors import DETECTORS
+from faceage.evaluation.intervals import level_held
 from faceage.model.checkpoint import Checkpoint
-from faceage.model.intervals import Calibration
+from faceage.model.intervals import Calibration, group_quantiles
 from faceage.model.networks import BACKBONES, DLIB_AGE_LICENCE
 from faceage.sections import ModelParams
 
@@ -169,14 +170,6 @@ def calibrated_on(calibration: Calibration) -> str:
     return "the calibration faces, which chose nothing else"
 
 
-def held_by(calibration: Calibration) -> str:
-    """Over which faces the interval holds its level."""
-    if calibration.age_group_quantiles:
-        firsts = calibration.age_group_quantiles[0]
-        return f"so that it holds its level in each true-age group starting at {', '.join(f'{a:g}' for a in firsts)}"
-    return "so that it holds its level on average over such faces"
-
-
 def model_lines(checkpoint: Checkpoint, report: dict, sources: list[str], dataset: dict) -> list[str]:
     """What the model is, what it is for and not for, what it learnt from and the licences."""
     calibration = checkpoint.calibration
@@ -190,7 +183,7 @@ def model_lines(checkpoint: Checkpoint, report: dict, sources: list[str], datase
         describe_model(checkpoint),
         f"Each age comes with a {calibration.level:.0%} interval (spread: {calibration.spread}), calibrated by split "
         f"conformal prediction on {calibration.faces} held-out faces ({calibrated_on(calibration)}), "
-        f"{held_by(calibration)}.",
+        f"{level_held(group_quantiles(calibration), calibration.quantile)}.",
         "",
         f"**For:** {INTENDED}",
         "",

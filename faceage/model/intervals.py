@@ -226,3 +226,10 @@ def one_width(calibration: Calibration) -> Calibration:
 def interval_text(low: float, high: float) -> str:
     """An interval in whole years, rounded outward: ``26-37`` for 26.4 to 36.2."""
     return f"{math.floor(low)}-{math.ceil(high)}"
+
+
+def group_quantiles(calibration: Calibration) -> dict[str, float] | None:
+    """Each true-age group's conformal quantile by the group's first age, as the reports write them; ``None`` where
+    one quantile serves all faces."""
+    groups = calibration.age_group_quantiles
+    return {f"{first:g}": round(q, 6) for first, q in zip(*groups, strict=True)} if groups else None

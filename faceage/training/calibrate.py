@@ -23,6 +23,7 @@ from faceage.model.intervals import (
     Knots,
     age_group_quantiles,
     conformal_quantile,
+    group_quantiles,
     spread_names,
 )
 from faceage.report_sections import IntervalParams
@@ -105,11 +106,15 @@ def calibrate(
         """``base`` with ``spread``, its quantiles those of the faces of ``outputs``."""
         candidate = replace(base, spread=spread)
         scores = IntervalHead(candidate, model.age_range).scores(outputs, true)
-        groups = age_group_quantiles(scores, true, params.age_groups, params.level, model.age_range)
+        groups = (
+            age_group_quantiles(scores, true, params.age_groups, params.level, model.age_range)
+            if params.age_groups
+            else None
+        )
         return replace(
             candidate,
             quantile=conformal_quantile(scores, params.level),
-            age_group_quantiles=groups if params.age_groups else None,
+            age_group_quantiles=groups,
             age_spread=base.age_spread if spread == "age" else None,
         )
 
@@ -124,7 +129,6 @@ def calibrate(
     )
     model.calibrate(calibration)
     log.info("interval spreads, mean validation width at %s: %s", params.level, widths)
-    groups = calibration.age_group_quantiles
     return {
         "level": params.level,
         "calibration_faces": len(held_true),
@@ -134,8 +138,6 @@ def calibrate(
         "not_offered": [name for name in params.spreads if name not in offered],
         "spread": spread,
         "quantile": round(calibration.quantile, 6),
-        "age_group_quantiles": {f"{first:g}": round(q, 6) for first, q in zip(*groups, strict=True)}
-        if groups
-        else None,
+        "age_group_quantiles": group_quantiles(calibration),
         "fixed_quantile": round(calibration.fixed_quantile, 6),
     }
