@@ -140,12 +140,13 @@ def int8_graph(graph: Path, output: Path, chip_size: int, repo: Path) -> dict:
 
 def held_to_avx2(checkpoint: Path, graphs: dict[str, Path], images: list[bytes], repeats: int) -> dict:
     """:func:`engine_speeds` in a fresh process whose torch and oneDNN kernels are held to AVX2
-    (:data:`HELD_TO_AVX2`): PyTorch as on a CPU without AVX-512, so in float32 by default. ONNX Runtime picks its
-    kernels from the CPU itself and is not held."""
+    (:data:`HELD_TO_AVX2`) and whose torch threads are this process's: PyTorch as on a CPU without AVX-512, so in
+    float32 by default. ONNX Runtime picks its kernels from the CPU itself and is not held."""
     saved = {name: os.environ.get(name) for name in HELD_TO_AVX2}
     os.environ.update(HELD_TO_AVX2)
     try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:  # torch reads the settings when imported
+        context = multiprocessing.get_context("spawn")  # torch reads the settings when imported
+        with context.Pool(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
             return pool.apply(engine_speeds, (checkpoint, graphs, images, repeats))
     finally:
         for name, value in saved.items():
