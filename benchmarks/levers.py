@@ -54,8 +54,10 @@ def prepare(workspace: Path, source: Path) -> None:
     """A copy of the repository with ``source`` ingested and split and ``photos_val`` made and ingested, unless
     ``workspace`` already has them."""
     env = tool_env(PYTHONPATH=str(workspace))
-    if not pipeline_paths(workspace)["split"].is_file():
+    if not workspace.is_dir():
         copy_worktree(REPO, workspace, {"data": {"source": str(source)}})
+    (workspace / "levers").mkdir(exist_ok=True)
+    if not pipeline_paths(workspace)["split"].is_file():
         subprocess.run(["dvc", "repro", "split"], cwd=workspace, env=env, check=True)
     if (pipeline_paths(workspace)["test_sources"] / PHOTOS).is_dir():
         return
@@ -132,7 +134,6 @@ def run_lever(workspace: Path, name: str, settings: str) -> dict:
     subprocess.run([sys.executable, "stages/train.py"], cwd=workspace, env=env, check=True)
     seconds = time.perf_counter() - started
     kept = workspace / "levers" / f"{name}.pt"
-    kept.parent.mkdir(exist_ok=True)
     shutil.copy2(pipeline_paths(workspace)["model"], kept)
     kept.with_suffix(".predictions.npz").unlink(missing_ok=True)
     report = json.loads(pipeline_paths(workspace)["train_report"].read_text())

@@ -54,7 +54,8 @@ def markdown_report(report: dict) -> str:
         f"| faceage: {model_description(report['params'])}"
         f" | {interval(ours['test']['mae'])} | {interval(ours['test'][cs], 100, 1)}"
         f" | {ours['train_images_per_second']:.0f}"
-        f" | {report['engines']['pytorch']['faces_per_second']:.0f} | {ours['single_image_latency']['median_ms']:.1f} ms"
+        f" | {report['engines']['pytorch']['faces_per_second']:.0f}"
+        f" | {ours['single_image_latency']['median_ms']:.1f} ms"
         f" | {ours['dvc_repro_seconds'] / 60:.1f} min |",
         f"| plain baseline loop (same model and settings, float32) | | | {baseline['images_per_second']:.0f} | | | |",
         *bf16_rows,

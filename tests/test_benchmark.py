@@ -213,3 +213,20 @@ def test_an_interval_width_against_one_width_reads_narrower_or_wider():
     assert relative_width(17.44, 19.51) == "11% narrower"
     assert relative_width(20.54, 20.38) == "1% wider"
     assert relative_width(5.0, 5.0) == "0% narrower"
+
+
+@pytest.mark.slow
+def test_the_levers_harness_prepares_a_fresh_workspace_and_scores_dlibs_untouched_model(tmp_path):
+    from benchmarks import levers
+
+    source = tmp_path / "faces.tar.gz"
+    write_demo_archive(source, settings(DemoParams, num_images=120, image_size=64))
+    out, workspace = tmp_path / "reports", tmp_path / "workspace"
+    out.mkdir()
+
+    assert levers.main(["--source", str(source), "--workspace", str(workspace), "--out", str(out)]) == 0
+
+    row = json.loads((out / "levers.json").read_text())[levers.REFERENCE]
+    assert row["photos_val_faces"] > 0 and row["val_mae"] > 0 and row["photos_val_mae"] > 0
+    assert (workspace / "levers" / f"{levers.REFERENCE}.predictions.npz").is_file()
+    assert levers.REFERENCE in (out / "levers.md").read_text()
