@@ -45,7 +45,9 @@ python -m benchmarks.levers --lever "NAME:section.key=value,..." --ensemble "A+B
 One workspace (UTKFace ingested and split, and `photos_val`); each lever is trained by the train stage with
 the committed code and `params.yaml` plus its settings, and scored without flip TTA on the validation split
 and on `photos_val`, beside dlib's untouched age model; an ensemble averages its members' ages. Chosen on
-validation only: the test split is not read.""",
+validation only: the test split is not read. Rows named `r3_` are the three networks one train stage trained
+as the main network and two members (their own training times), on the split that has calibration faces; the
+others are on the split before it, so compare within each group.""",
     ),
     (
         "precision.md",

@@ -16,7 +16,7 @@ from faceage.sections import DemoParams
 TINY = {
     "data": {"image_size": 32},
     "split": {"train": 0.6, "val": 0.1, "calibration": 0.15},  # 18 calibration faces: enough for 90 % intervals
-    "model": {"input_size": 32},  # the default backbone, pretrained
+    "model": {"backbone": "dlib_age_resnet10", "input_size": 32},  # dlib's age network, pretrained
     "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16, "warmup_epochs": 0.5},
     "evaluate": {"bootstrap_resamples": 100},
     "members": {"small": {"model": {"backbone": "mobilenet_v2", "pretrained": False, "input_size": 24}}},
@@ -162,7 +162,10 @@ def test_the_precision_benchmark_times_both_precisions_of_every_network_and_name
     from benchmarks.precision import class_label, markdown, measure
 
     monkeypatch.setattr("faceage.runtime.native_cpu_bf16", lambda: native)
-    tiny = "model: {input_size: 32}\ntrain: {batch_size: 4}\nmembers: {small: {model: {hidden: 8}}}\n"
+    tiny = (
+        "model: {backbone: dlib_age_resnet10, input_size: 32}\ntrain: {batch_size: 4}\n"
+        "members: {small: {model: {hidden: 8}}}\n"
+    )
     row = measure(load_params(overlay(tmp_path / "params.yaml", tiny)), steps=1)
     assert set(row["networks"]) == {"main", "small"} and row["auto_chooses"] == ("bfloat16" if native else "float32")
     for network in row["networks"].values():

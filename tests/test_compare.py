@@ -110,8 +110,10 @@ def test_an_ensemble_is_ranked_under_its_networks_backbones():
 
     members = {"wide": MemberParams(model={"backbone": "mobilenet_v2"}), "seed2": MemberParams(train={"seed": 7})}
     metrics = [{"val.mae": 5.0, "test.mae": 6.0}]
-    entry = entry_from_reports("r1", metrics, settings(Params, members=members), [], "cs5")
-    assert entry["backbone"] == "dlib_age_resnet10+dlib_age_resnet10+mobilenet_v2"  # members by name
+    params = settings(Params, members=members)
+    entry = entry_from_reports("r1", metrics, params, [], "cs5")
+    main = params.model.backbone
+    assert entry["backbone"] == f"{main}+{main}+mobilenet_v2"  # members by name; seed2 inherits the main backbone
     # a logged run is ranked under the label its run was tagged with
     logged = {"val.mae": 5.0, "test.mae": 6.0}
     assert leaderboard_entry("r2", logged, LOGGED_PARAMS, {"backbone": "a+b"}, [], "cs5")["backbone"] == "a+b"

@@ -102,12 +102,16 @@ def test_dlib_head_init_predicts_as_dlibs_age_model():
     dlib_input = ((pixels.astype(np.float32) - np.array(DLIB_MEANS, np.float32)) / 256).transpose(0, 3, 1, 2)
     expected = session.run(None, {"images": np.ascontiguousarray(dlib_input)})[0] @ np.array(AGE_CLASSES)
 
-    model = build_network(settings(ModelParams, input_size=64, hidden=0, head_init="dlib"), (1, 116)).eval()
+    model = build_network(
+        settings(ModelParams, backbone="dlib_age_resnet10", input_size=64, hidden=0, head_init="dlib"), (1, 116)
+    ).eval()
     with torch.no_grad():
         got = model.years(model(to_input(pixels, 64, torch.device("cpu")))["age_output"]).numpy()
     np.testing.assert_allclose(got, expected, atol=0.05)  # dlib's 0.25-year class has no bin: a tiny gap
     assert got.min() > 20  # an adult
-    untouched = build_network(settings(ModelParams, input_size=64, hidden=0), (1, 116)).eval()
+    untouched = build_network(
+        settings(ModelParams, backbone="dlib_age_resnet10", input_size=64, hidden=0), (1, 116)
+    ).eval()
     with torch.no_grad():
         random_head = untouched.years(untouched(to_input(pixels, 64, torch.device("cpu")))["age_output"]).numpy()
     assert np.abs(random_head - expected).max() > 1  # the comparison can tell a random head apart
@@ -118,4 +122,7 @@ def test_dlib_head_init_predicts_as_dlibs_age_model():
 )
 def test_dlib_head_init_refuses_what_it_cannot_start_from(change):
     with pytest.raises(FaceageError, match="head_init: dlib needs"):
-        build_network(settings(ModelParams, **{"hidden": 0, "head_init": "dlib", **change}), (1, 116))
+        build_network(
+            settings(ModelParams, **{"backbone": "dlib_age_resnet10", "hidden": 0, "head_init": "dlib", **change}),
+            (1, 116),
+        )

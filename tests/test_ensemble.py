@@ -23,7 +23,13 @@ MEMBERS = {
     "small": {"model": {"input_size": 32}, "augment": {"hflip": 0.0}},
 }
 BASE = {
-    "model": {"input_size": 48, "hidden": 0, "dropout": 0.0, "reference_blend": [0.0, 0.5, 1.0]},
+    "model": {
+        "backbone": "dlib_age_resnet10",
+        "input_size": 48,
+        "hidden": 0,
+        "dropout": 0.0,
+        "reference_blend": [0.0, 0.5, 1.0],
+    },
     "train": {"head_epochs": 1, "epochs": 1, "batch_size": 16, "seed": 3, "threads": 1, "cpu_bf16": False},
 }
 

@@ -206,7 +206,7 @@ UTKFACE = SHARED / "datasets" / "UTKFace.tar.gz"
 @pytest.fixture(scope="module")
 def dlib_age_model(tmp_path_factory) -> Path:
     """dlib's own age model as a checkpoint (head started from its classifier, no training)."""
-    params = settings(ModelParams, input_size=64, hidden=0, dropout=0.0, head_init="dlib")
+    params = settings(ModelParams, backbone="dlib_age_resnet10", input_size=64, hidden=0, dropout=0.0, head_init="dlib")
     path = tmp_path_factory.mktemp("dlib") / "model.pt"
     model = AgeModel([build_network(params, (1, 116))], [64], 0.0, (1, 116), 128)
     save_checkpoint(checkpoint_of(model, [params], faces=settings(FacesParams)), path)

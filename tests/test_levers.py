@@ -25,7 +25,7 @@ from faceage.training.setup import TrainingSetup, autocast
 
 AGES = (1, 100)
 CPU = torch.device("cpu")
-DLIB = settings(ModelParams, input_size=32, hidden=0, dropout=0.0, reference_blend=(0.0,))
+DLIB = settings(ModelParams, backbone="dlib_age_resnet10", input_size=32, hidden=0, dropout=0.0, reference_blend=(0.0,))
 TRAIN = settings(TrainParams, head_epochs=1, epochs=2, batch_size=16, seed=3, threads=1, lr=1e-3)
 
 
@@ -54,7 +54,7 @@ def test_each_block_learns_at_the_decayed_rate_and_every_parameter_once(backbone
 
 
 def test_frozen_blocks_are_left_out_of_the_groups():
-    model = build_network(settings(ModelParams, pretrained=False), AGES)
+    model = build_network(settings(ModelParams, backbone="dlib_age_resnet10", pretrained=False), AGES)
     freeze_trunk(model, "layer3")
     groups = parameter_groups(model, 0.01, settings(TrainParams, layer_decay=0.5))
     trainable = sorted(id(p) for p in model.parameters() if p.requires_grad)

@@ -159,10 +159,16 @@ def test_values_that_only_conflict_together_are_refused(tmp_path):
         ("model:\n  reference_blend: [0.5, 0.25]\n", "increasing weights in 0..1"),
         ("train:\n  layer_decay: 0\n", "train.layer_decay: 0"),
         ("train:\n  start_size: 8\n", "train.start_size: 8 is not allowed; expected 0 or 16..1024"),
-        ("train:\n  start_size: 128\nmodel:\n  input_size: 96\n", "train.start_size: 128 is above model.input_size"),
+        ("train:\n  start_size: 128\nmodel:\n  input_size: 112\n", "train.start_size: 128 is above model.input_size"),
         ("train:\n  resize_epochs: 0\n", "train.resize_epochs: 0"),
-        ("train:\n  start_size: 24\n", "train.start_size: dlib_age_resnet10 needs at least 31 px"),
-        ("model:\n  input_size: 24\n", "model.input_size: dlib_age_resnet10 needs at least 31 px"),
+        (
+            "model:\n  backbone: dlib_age_resnet10\ntrain:\n  start_size: 24\n",
+            "train.start_size: dlib_age_resnet10 needs at least 31 px",
+        ),
+        (
+            "model:\n  backbone: dlib_age_resnet10\n  input_size: 24\n",
+            "model.input_size: dlib_age_resnet10 needs at least 31 px",
+        ),
     ],
 )
 def test_test_sources_and_levers_are_checked(tmp_path, text, message):
@@ -220,7 +226,7 @@ def test_dvc_can_drop_any_key_of_params_yaml_and_the_file_stays_yaml(tmp_path):
     [
         ("~members.mobilenet112", {}),
         ("+members.mobilenet112.train.head_epochs=1", {"mobilenet112": {"epochs": 8, "head_epochs": 1}}),
-        ("+members.dlib64.model.input_size=64", {"mobilenet112": {"epochs": 8}, "dlib64": {}}),
+        ("+members.wide.model.input_size=160", {"mobilenet112": {"epochs": 8}, "wide": {}}),
     ],
 )
 def test_members_are_dropped_and_changed_from_the_command_line(tmp_path, override, members):

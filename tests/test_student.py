@@ -26,7 +26,7 @@ AGES = (1, 100)
 CPU = torch.device("cpu")
 NULL = torch.autocast("cpu", enabled=False)
 BASE = {
-    "model": {"input_size": 32, "hidden": 0, "dropout": 0.0, "reference_blend": [0.5]},
+    "model": {"backbone": "dlib_age_resnet10", "input_size": 32, "hidden": 0, "dropout": 0.0, "reference_blend": [0.5]},
     "train": {"head_epochs": 1, "epochs": 2, "batch_size": 16, "seed": 3, "threads": 1, "cpu_bf16": False},
 }
 TINY_TRAINING = (settings(TrainParams, head_epochs=1, epochs=0, batch_size=16, threads=1), settings(AugmentParams))
@@ -74,7 +74,12 @@ def test_the_age_distribution_is_the_networks_mean_blended_with_dlibs(networks, 
 
 
 def test_a_model_with_a_regression_network_has_no_distribution_to_teach(data):
-    network = TrainingSetup(*data, settings(ModelParams, head="regression", input_size=32), *TINY_TRAINING, AGES)
+    network = TrainingSetup(
+        *data,
+        settings(ModelParams, backbone="dlib_age_resnet10", head="regression", input_size=32),
+        *TINY_TRAINING,
+        AGES,
+    )
     model = AgeModel.of(train_network(network, CPU).network, 32)
     with pytest.raises(ValueError, match="no age distribution"):
         model.age_distribution(to_input(data[0][:2], 32, CPU))
@@ -163,7 +168,7 @@ def test_a_students_checkpoint_and_card_name_its_teacher_and_the_licences_of_wha
     student = read_checkpoint(tmp_path / "student.pt")
     assert student.teacher == saved.teacher and student.networks == (main,)
     text = describe_model(student)
-    assert text.startswith("A student: 1 network(s) whose ages are averaged: dlib_age_resnet10 (classification head")
+    assert text.startswith(f"A student: 1 network(s) whose ages are averaged: {main.backbone} (classification head")
     assert "teacher model, 2 network(s)" in text and "mobilenet_v2 (classification head, 112 px)" in text
     assert "at weight 0.25" in text
     found = licences(student)
