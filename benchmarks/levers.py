@@ -79,10 +79,11 @@ class Scorer:
         split = pd.read_csv(paths["split"])
         manifest = load_manifest(paths["ingested"]).merge(split[split["split"] == "val"])
         photos = load_manifest(paths["test_sources"] / PHOTOS)
-        self.sets = {
+        sets = {
             "val": (load_images(paths["ingested"]), manifest.sort_values("id")),
             PHOTOS: (load_images(paths["test_sources"] / PHOTOS), photos.sort_values("id")),
         }
+        self.sets = {key: (images, rows) for key, (images, rows) in sets.items() if len(rows)}  # photos may have none
         self.params = load_params(workspace / "params.yaml")
         self.device = select_device()
 
@@ -102,12 +103,15 @@ class Scorer:
         return dict(np.load(path))
 
     def score(self, members: list[str]) -> dict:
-        """Validation MAE, and MAE and age-group accuracy on the photos, of the mean of ``members``."""
+        """Validation MAE, and MAE and age-group accuracy on the photos where faces were found in them, of the
+        mean of ``members``."""
         found = [self.predictions(name) for name in members]
         figures = {}
         for key, (_, rows) in self.sets.items():
             predicted, true = np.mean([f[key] for f in found], axis=0), rows["age"].to_numpy(float)
             figures[f"{key}_mae"] = round(float(np.abs(predicted - true).mean()), 4)
+        if PHOTOS not in self.sets:
+            return {**figures, f"{PHOTOS}_faces": 0}
         photos = np.mean([f[PHOTOS] for f in found], axis=0)
         accuracy = group_confusion(self.sets[PHOTOS][1]["age"].to_numpy(float), photos, self.params.evaluate.age_groups)
         return {**figures, f"{PHOTOS}_age_group_accuracy": accuracy["accuracy"], f"{PHOTOS}_faces": len(photos)}
@@ -154,10 +158,12 @@ def markdown(results: dict[str, dict]) -> str:
     for name, row in results.items():
         minutes = f"{row['train_stage_seconds'] / 60:.1f} min" if "train_stage_seconds" in row else ""
         epoch = f"{row['best_epoch']} of {row['epochs_run']}" if "best_epoch" in row else ""
-        lines.append(
-            f"| {name} | `{row['settings']}` | {row['val_mae']:.3f} | {row[f'{PHOTOS}_mae']:.3f}"
-            f" | {row[f'{PHOTOS}_age_group_accuracy']:.1%} | {epoch} | {minutes} |"
+        photos = (
+            f"{row[f'{PHOTOS}_mae']:.3f} | {row[f'{PHOTOS}_age_group_accuracy']:.1%}"
+            if row[f"{PHOTOS}_faces"]
+            else "no faces found | "
         )
+        lines.append(f"| {name} | `{row['settings']}` | {row['val_mae']:.3f} | {photos} | {epoch} | {minutes} |")
     return "\n".join(lines) + "\n"
 
 

@@ -230,6 +230,8 @@ def test_the_levers_harness_prepares_a_fresh_workspace_and_scores_dlibs_untouche
     assert levers.main(["--source", str(source), "--workspace", str(workspace), "--out", str(out)]) == 0
 
     row = json.loads((out / "levers.json").read_text())[levers.REFERENCE]
-    assert row["photos_val_faces"] > 0 and row["val_mae"] > 0 and row["photos_val_mae"] > 0
+    assert row["val_mae"] > 0
+    # photos of drawn faces may hold no face a detector finds: then the row says so rather than scoring nothing
+    assert ("photos_val_mae" in row) == ("photos_val_age_group_accuracy" in row) == (row["photos_val_faces"] > 0)
     assert (workspace / "levers" / f"{levers.REFERENCE}.predictions.npz").is_file()
     assert levers.REFERENCE in (out / "levers.md").read_text()
