@@ -11,7 +11,6 @@ AVX-512). ``--graph`` also times a graph of the model written before (an int8 on
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -22,19 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from benchmarks.dataset import add_source_argument, first_images
-from faceage.cli import INT8_CALIBRATION_FACES, INT8_TOLERANCE
 from faceage.data.images import decode_image
 from faceage.runtime import cpu_features
 from faceage.serving.export import export_model
 from faceage.serving.photos import AgeEstimator
-from faceage.serving.quantize import graph_ages, pipeline_chips, quantise_on_validation, summary_line
-from faceage.stage import pipeline_paths
-from faceage.training.setup import split_ids
+from faceage.serving.quantize import graph_ages, pipeline_chips
 
 BATCH_SIZE = 64
 BASELINES = ("pytorch_float32", "pytorch_mirrored")  # PyTorch paths the others are compared with
@@ -120,22 +115,18 @@ def engine_speeds(checkpoint: Path, graphs: dict[str, Path], images: list[bytes]
     }
 
 
-def int8_graph(graph: Path, output: Path, chip_size: int, repo: Path) -> dict:
-    """``graph`` quantised as ``faceage export --int8`` does it in the pipeline at ``repo`` (calibrated on its
-    first validation faces, at most half of them, checked on the others), written at ``output`` if kept: the check
-    and, if kept, both graphs' MAE on the test split."""
-    paths = pipeline_paths(repo)
-    validation = len(split_ids(pd.read_csv(paths["split"]), "val"))
-    calibration = min(INT8_CALIBRATION_FACES, validation // 2)
-    check = quantise_on_validation(graph, output, chip_size, calibration, INT8_TOLERANCE, paths)
-    result = {**dataclasses.asdict(check), "kept": check.kept, "summary": summary_line(check)}
-    if check.kept:
-        chips, ages = pipeline_chips(chip_size, paths, "test")
-        result["test_mae"] = {
+def default_graph_check(paths: dict[str, Path], graph: Path) -> dict | None:
+    """The export stage's int8 check of the pipeline's default graph (``paths`` as
+    :func:`~faceage.stage.pipeline_paths` names them; ``None`` where int8 is off) and, where int8 was kept, the
+    test split's MAE under it and under ``graph``, the checkpoint's float32 graph."""
+    check = json.loads(paths["export_report"].read_text())["int8"]
+    if check and check["kept"]:
+        chips, ages = pipeline_chips(AgeEstimator(graph).chip_size, paths, "test")
+        check["test_mae"] = {
             name: round(float(np.abs(graph_ages(path, chips) - ages).mean()), 4)
-            for name, path in (("float32", graph), ("int8", output))
+            for name, path in (("float32", graph), ("int8", paths["graph"]))
         }
-    return result
+    return check
 
 
 def held_to_avx2(checkpoint: Path, graphs: dict[str, Path], images: list[bytes], repeats: int) -> dict:

@@ -19,6 +19,12 @@ ENGINE_NAMES = {
 }
 
 
+def default_engine(int8: dict | None) -> str:
+    """The engine predict runs when no model is named: the export stage's graph, int8 where its check (``int8``,
+    ``None`` where int8 is off) kept it."""
+    return "onnxruntime_int8" if int8 and int8["kept"] else "onnxruntime"
+
+
 def interval(metric: dict, scale: float = 1.0, digits: int = 2) -> str:
     """``4.21 [4.05, 4.38]``."""
     value, low, high = (metric[key] * scale for key in ("value", "ci_low", "ci_high"))
@@ -35,6 +41,7 @@ def model_description(params: dict) -> str:
 def markdown_report(report: dict) -> str:
     """Summary table, per-bucket table and the hardware, as markdown."""
     ours, peer, baseline = report["pipeline"], report["peer"], report["baseline"]
+    default = report["engines"][default_engine(report["int8"])]
     cs = next(key for key in ours["test"] if key.startswith("cs"))
     bf16 = report["baseline_bf16"]
     bf16_rows = (
@@ -54,8 +61,8 @@ def markdown_report(report: dict) -> str:
         f"| faceage: {model_description(report['params'])}"
         f" | {interval(ours['test']['mae'])} | {interval(ours['test'][cs], 100, 1)}"
         f" | {ours['train_images_per_second']:.0f}"
-        f" | {report['engines']['pytorch']['faces_per_second']:.0f}"
-        f" | {ours['single_image_latency']['median_ms']:.1f} ms"
+        f" | {default['faces_per_second']:.0f}"
+        f" | {default['single_image']['median_ms']:.1f} ms"
         f" | {ours['dvc_repro_seconds'] / 60:.1f} min |",
         f"| plain baseline loop (same model and settings, float32) | | | {baseline['images_per_second']:.0f} | | | |",
         *bf16_rows,
@@ -70,7 +77,8 @@ def markdown_report(report: dict) -> str:
         f"{baseline['projected_train_seconds'] / 60:.1f} min); per fine-tuning step "
         f"{report['step_throughput_ratio']:.2f}x ({ours['finetune_images_per_second']:.0f} against "
         f"{baseline['images_per_second']:.0f} img/s). {vs_bf16}"
-        "Batch inference and one image: the default model as predict runs it (below); the evaluate stage, in float32 "
+        "Batch inference and one image: the default model as predict runs it, "
+        f"{ENGINE_NAMES[default_engine(report['int8'])]} (below); the evaluate stage, in float32 "
         f"on every CPU and decoding included, predicted {ours['batch_inference_images_per_second']:.0f} img/s. "
         f"Peer faces detected: {peer['faces_detected']} of {peer['test']['count']} (whole image used otherwise).",
         "",
@@ -107,21 +115,24 @@ def markdown_report(report: dict) -> str:
 def photo_lines(photos: dict) -> list[str]:
     """The paragraph on the test faces made into photos."""
     width, height = photos["photo_size"]
+    scored = next(iter(photos["engines"]))  # the engine whose ages and speed are the paragraph's
     made = (
         f"{photos['photos']} test faces pasted into {width}x{height} photos (turned up to {photos['max_angle']:g} "
         f"degrees, scaled {photos['scales'][0]:g}-{photos['scales'][1]:g}x)"
     )
     accuracy = (
-        f"MAE on the photos {interval(photos['mae_photos'])} against {interval(photos['mae_crops_same_faces'])} on "
-        f"the same faces' crops (paired difference {interval(photos['mae_difference'])}); "
+        f"MAE on the photos ({ENGINE_NAMES[scored]}) {interval(photos['mae_photos'])} against "
+        f"{interval(photos['mae_crops_same_faces'])} on the same faces' crops (paired difference "
+        f"{interval(photos['mae_difference'])}); "
         if "mae_photos" in photos
         else ""
     )
     return [
         "",
         f"Photos: {made}; faces found in {photos['detected']} ({photos['detection_rate']:.1%}). {accuracy}"
-        f"all crops: {interval(photos['mae_crops_all'])}. End to end (read, decode, detect, align, predict; "
-        f"{photos['workers']} processes): {photos['photos_per_second']:.1f} photos/s against the peer's "
+        f"all crops: {interval(photos['mae_crops_all'])}. End to end under {ENGINE_NAMES[scored]} (read, decode, "
+        f"detect, align, predict; {photos['workers']} processes): {photos['photos_per_second']:.1f} photos/s against "
+        "the peer's "
         f"{photos['peer_photos_per_second']:.1f} (its own detection, 1 process) on the same photos: "
         f"{photos['speed_ratio']:.2f}x. Peer MAE on the photos {photos['peer_mae_photos']:.2f} "
         f"(its faces found in {photos['peer_faces_detected']}).",
@@ -178,14 +189,17 @@ def engine_lines(engines: dict) -> list[str]:
     ]
 
 
-def int8_lines(int8: dict, engines: dict) -> list[str]:
-    """The int8 graph: its check on validation, and where kept its test MAE, speed and age change."""
+def int8_lines(int8: dict | None, engines: dict) -> list[str]:
+    """The export stage's int8 graph: its check on validation, and where kept its test MAE, speed and age change."""
+    where = "int8 (the export stage, as `faceage export --int8`)"
+    if int8 is None:
+        return ["", f"{where}: off (`export.int8: false`); predict's default graph is in float32."]
     if not int8["kept"]:
-        return ["", f"int8 (`faceage export --int8`): {int8['summary']}: over the limit, not kept."]
+        return ["", f"{where}: {int8['summary']}: over the limit; predict's default graph is in float32."]
     mae = int8["test_mae"]
     return [
         "",
-        f"int8 (`faceage export --int8`): {int8['summary']}: kept. Test MAE {mae['float32']:.3f} in float32, "
+        f"{where}: {int8['summary']}: kept as predict's default. Test MAE {mae['float32']:.3f} in float32, "
         f"{mae['int8']:.3f} in int8 ({mae['int8'] - mae['float32']:+.3f}); {speeds(engines['onnxruntime_int8'])}; "
         f"its ages differ from the float32 graph's by {gap(engines['graph_age_differences']['onnxruntime_int8'])}.",
     ]

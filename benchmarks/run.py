@@ -29,12 +29,12 @@ import yaml
 from benchmarks import results_page
 from benchmarks.baseline import training_throughput
 from benchmarks.dataset import add_source_argument
-from benchmarks.engines import engine_speeds, held_to_avx2, int8_graph
+from benchmarks.engines import default_graph_check, engine_speeds, held_to_avx2
 from benchmarks.mirror import mirror_image_maes
 from benchmarks.peer import peer_predictions
 from benchmarks.photos import add_photo_sources, photo_benchmark
 from benchmarks.pipeline import repro
-from benchmarks.report import markdown_report
+from benchmarks.report import default_engine, markdown_report
 from benchmarks.workspace import copy_worktree
 from faceage.data.manifest import load_manifest
 from faceage.data.sources import open_source
@@ -188,26 +188,26 @@ def benchmark(
 
         ours["test"] = headline(ours["test"], params)
         ours["mirror_images"] = mirror_image_maes(repo)
-        model, graphs = pipeline_paths(repo)["model"], {"onnxruntime": Path(work) / "model.onnx"}
-        chip_size = export_model(model, graphs["onnxruntime"], "onnx")
-        int8 = int8_graph(graphs["onnxruntime"], Path(work) / "model.int8.onnx", chip_size, repo)
-        if int8["kept"]:
-            graphs["onnxruntime_int8"] = Path(work) / "model.int8.onnx"
+        paths = pipeline_paths(repo)
+        model, graphs = paths["model"], {"onnxruntime": Path(work) / "model.onnx"}
+        export_model(model, graphs["onnxruntime"], "onnx")
+        int8 = default_graph_check(paths, graphs["onnxruntime"])
+        default = default_engine(int8)
+        graphs[default] = paths["graph"]
         test_images = [files[name] for name in test["source_path"].iloc[:ENGINE_FACES]]
         engines = engine_speeds(model, graphs, test_images, latency_repeats)
         engines_avx2 = held_to_avx2(model, graphs, test_images, latency_repeats)
-        ours["single_image_latency"] = engines["pytorch"]["single_image"]
         baseline, same_precision = baseline_loops(
             Path(work) / "baseline_images", train, files, params, baseline_batches
         )
         baseline["projected_train_seconds"] = round(epoch_images / baseline["images_per_second"], 1)
 
         peer = peer_on_test(test, files, params)
-        astronaut = astronaut_answer(model)
+        astronaut = astronaut_answer(paths["graph"])
 
-        crops = pd.read_csv(pipeline_paths(repo)["predictions"]).query("split == 'test'")
+        crops = pd.read_csv(paths["predictions"]).query("split == 'test'")
         crops = crops.merge(test[["id", "source_path"]], on="id")
-        models = {"pytorch": model, **graphs}
+        models = {default: graphs[default], "pytorch": model, **graphs}  # the default's ages are scored
         photos = photo_benchmark(models, crops, [files[name] for name in crops["source_path"]], photo_limit)
 
     report = {

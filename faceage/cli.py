@@ -31,8 +31,9 @@ the model was trained on (data.image_size, printed on export), and returns per f
 interval (age_low, age_high) and, with a gender head, the probability of female. The batch size is dynamic.
 An ONNX graph also carries the model's face settings, so faceage predict --model model.onnx runs it on photos
 through ONNX Runtime. --int8 also writes a graph whose convolutions are quantised to int8 (NAME.int8.onnx),
-calibrated on the pipeline's first validation faces and written only if the MAE of the other validation faces
-moves by less than --int8-tolerance years.
+calibrated on the pipeline's first validation faces (at most half of them) and written only if the MAE of the
+other validation faces moves by less than --int8-tolerance years (defaults: params.yaml's export section, which
+the export stage uses to write the graph faceage predict and serve run when no model is named).
 PyTorch deprecates TorchScript in favour of torch.export: prefer ONNX for new deployments."""
 
 SERVE_HELP = """\
@@ -41,8 +42,6 @@ its interval and, for a threshold typed on the page, whether it is that old or o
 JSON. Faces are found and predicted as faceage predict does. The page needs nothing from the internet."""
 
 
-INT8_CALIBRATION_FACES = 256  # validation faces that calibrate an int8 graph (faceage export --int8); the rest check it
-INT8_TOLERANCE = 0.02  # years of validation MAE int8 may change and the graph still be written
 SYNTHETIC_WARNING = (
     "warning: {model} learnt ages from the synthetic demo's drawn faces: its ages of real photos mean nothing. "
     "Use --model dlib (dlib's age model, trained on real faces), or train on real faces (README: Running on UTKFace)."
@@ -61,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="image files or folders")
     predict.add_argument(
         "--model",
-        help="trained checkpoint (default: the pipeline's), an ONNX graph from faceage export (run by ONNX Runtime), "
-        "dlib (dlib's age model as its authors trained it on real faces), or an MLflow model URI (models:/NAME@ALIAS, "
-        "runs:/RUN/model)",
+        help="trained checkpoint, an ONNX graph from faceage export (run by ONNX Runtime; default: the pipeline's, "
+        "from its export stage, else its checkpoint), dlib (dlib's age model as its authors trained it on real "
+        "faces), or an MLflow model URI (models:/NAME@ALIAS, runs:/RUN/model)",
     )
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and ages")
@@ -91,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="a web page to try the model on photos", description=SERVE_HELP)
     serve.add_argument(
         "--model",
-        help="trained checkpoint (default: the pipeline's), an ONNX graph from faceage export, dlib, or an MLflow "
-        "model URI (models:/NAME@ALIAS)",
+        help="trained checkpoint, an ONNX graph from faceage export (default: the pipeline's, as for predict), dlib, "
+        "or an MLflow model URI (models:/NAME@ALIAS)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -106,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flip_argument(export, "build mirror-image averaging into the graph")
     export.add_argument("--int8", action="store_true", help="also write an int8 graph (ONNX), if it keeps the MAE")
     export.add_argument(
-        "--calibration-faces", type=int, default=INT8_CALIBRATION_FACES, help="validation faces calibrating int8"
+        "--calibration-faces", type=int, help="validation faces calibrating int8 (default: params.yaml's)"
     )
     export.add_argument(
-        "--int8-tolerance", type=float, default=INT8_TOLERANCE, help="largest validation MAE change (years)"
+        "--int8-tolerance", type=float, help="largest validation MAE change, years (default: params.yaml's)"
     )
     return parser
 
@@ -144,14 +143,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from faceage.errors import FaceageError
 
     try:
-        if args.model is None:  # the model the pipeline in this folder trains
-            from faceage.stage import pipeline_paths
-
-            args.model = pipeline_paths()["model"]
+        if args.model is None:  # the model of the pipeline in this folder
+            args.model = pipeline_model(args)
         return {"predict": run_predict, "serve": run_serve, "export": run_export}[args.command](args)
     except FaceageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def pipeline_model(args: argparse.Namespace) -> Path:
+    """The model of the pipeline in this folder that ``args.command`` uses: export exports the checkpoint, predict
+    and serve run the export stage's graph where it fits what was asked (a note says when it cannot)."""
+    from faceage.stage import pipeline_paths
+
+    paths = pipeline_paths()
+    if args.command == "export":
+        return paths["model"]
+    from faceage.serving.default_graph import default_model
+
+    model, note = default_model(paths, args.flip, args.bf16)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return model
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -294,6 +307,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.int8 and args.format != "onnx":
         raise FaceageError("--int8 quantises ONNX graphs: use --format onnx")
+    if args.int8 and None in (args.calibration_faces, args.int8_tolerance):
+        from faceage.params import load_params
+
+        defaults = load_params().export
+        if args.calibration_faces is None:
+            args.calibration_faces = defaults.calibration_faces
+        if args.int8_tolerance is None:
+            args.int8_tolerance = defaults.int8_tolerance
     if args.int8 and (args.calibration_faces < 1 or not 0 < args.int8_tolerance <= MAX_AGE):
         raise FaceageError("--calibration-faces must be at least 1 and --int8-tolerance a number of years above 0")
     output = args.output or args.model.with_suffix(".onnx" if args.format == "onnx" else ".ts")

@@ -19,7 +19,7 @@ from faceage.checked import (
     from_dict,
 )
 from faceage.errors import FaceageError
-from faceage.report_sections import CompareParams, EvaluateParams, IntervalParams
+from faceage.report_sections import CompareParams, EvaluateParams, ExportParams, IntervalParams
 from faceage.sections import (
     BACKBONE_BLOCKS,
     MIN_INPUT,
@@ -79,6 +79,7 @@ class Params:
     student: StudentParams
     intervals: IntervalParams
     mlflow: MlflowParams
+    export: ExportParams
     evaluate: EvaluateParams
     compare: CompareParams
     test_sources: dict[str, TestSource]  # the demo's other style

@@ -1,5 +1,6 @@
-"""The sections of ``params.yaml`` about what a trained model answers and reports: its intervals, its
-evaluation, and its comparison with other runs. Their values are written in ``params.yaml`` only."""
+"""The sections of ``params.yaml`` about what a trained model answers and reports: its intervals, the graph it
+is served as, its evaluation, and its comparison with other runs. Their values are written in ``params.yaml``
+only."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from faceage.checked import COUNT, INCREASING, MAX_BATCH, OPEN_UNIT, POSITIVE, SEED, Checked, Range, between
+from faceage.sections import MAX_AGE
 
 Spread = Literal["distribution", "members", "age", "fixed"]  # intervals.spreads: what scales a face's interval
 
@@ -71,6 +73,22 @@ class IntervalParams(Checked):
     correction: bool  # try the monotone correction of the age
     correction_folds: int  # cross-fitting folds that judge the correction on validation
     seed: int
+
+
+@dataclass(frozen=True)
+class ExportParams(Checked):
+    """The graph ``faceage predict`` and ``faceage serve`` run when no model is named (the export stage): the
+    model in ONNX, its convolutions in int8 where that keeps the validation MAE."""
+
+    SECTION: ClassVar[str] = "export"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "calibration_faces": between(1, COUNT),
+        "int8_tolerance": (lambda v: 0 < v <= MAX_AGE, f"0 < value <= {MAX_AGE}"),
+    }
+
+    int8: bool  # convolutions in int8 where the validation MAE moves by less than int8_tolerance
+    calibration_faces: int  # validation faces calibrating int8 (at most half of them: the others check it)
+    int8_tolerance: float  # years
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -330,3 +331,20 @@ def prepared(tmp_path_factory) -> Path:
     run(["dvc", "repro", "split"], repo)
     commit(repo, "data")
     return repo
+
+
+def pipeline_folder(root: Path, faces: np.ndarray, ages: np.ndarray) -> Path:
+    """A folder as the pipeline leaves it, as far as int8 export reads it: dvc.yaml, params.yaml, the ingested
+    faces, the split (every other face a validation face)."""
+    import pandas as pd
+
+    from faceage.data.manifest import IMAGES_FILE, MANIFEST_FILE
+
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "data" / "ingested").mkdir(parents=True)
+    np.save(root / "data" / "ingested" / IMAGES_FILE, faces)
+    pd.DataFrame({"age": ages}).to_csv(root / "data" / "ingested" / MANIFEST_FILE, index=False)
+    splits = ["train", "val"] * (len(faces) // 2)
+    pd.DataFrame({"id": range(len(faces)), "split": splits}).to_csv(root / "data" / "split.csv", index=False)
+    return root

@@ -5,13 +5,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, pipeline_folder
 
 from faceage.cli import main
-from faceage.data.manifest import IMAGES_FILE, MANIFEST_FILE
 from faceage.model.checkpoint import load_model
 from faceage.model.inference import predict
 from faceage.serving import quantize
@@ -151,17 +149,6 @@ def test_only_the_chosen_networks_convolutions_are_quantised(two_networks, tmp_p
     )
 
 
-def pipeline_folder(root: Path, faces: np.ndarray, ages: np.ndarray) -> Path:
-    """A folder as the pipeline leaves it, as far as --int8 reads it: dvc.yaml, the ingested faces, the split."""
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "data" / "ingested").mkdir(parents=True)
-    np.save(root / "data" / "ingested" / IMAGES_FILE, faces)
-    pd.DataFrame({"age": ages}).to_csv(root / "data" / "ingested" / MANIFEST_FILE, index=False)
-    splits = ["train", "val"] * (len(faces) // 2)
-    pd.DataFrame({"id": range(len(faces)), "split": splits}).to_csv(root / "data" / "split.csv", index=False)
-    return root
-
-
 def test_export_int8_calibrates_on_the_first_validation_faces_and_says_what_it_changed(
     tiny_model, tmp_path, monkeypatch, capsys
 ):
@@ -182,8 +169,15 @@ def test_export_int8_calibrates_on_the_first_validation_faces_and_says_what_it_c
     err = capsys.readouterr().err
     assert "over the limit, out/model.int8.onnx not written; keep the float32 graph" in err
     assert len(err.strip().splitlines()) == 1
-    assert main([*command, "--calibration-faces", "40"]) == 1
-    assert "needs more than --calibration-faces (40) validation faces, has 40" in capsys.readouterr().err
+    assert main(command) == 0  # params.yaml's 256 calibration faces: half of the 40, the others check
+    assert "on 20 validation faces (calibrated on 20 others)" in capsys.readouterr().out
+
+
+def test_export_int8_without_two_validation_faces_is_one_line(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(pipeline_folder(tmp_path, uint8_faces(2, 5), np.array([20, 30])))
+    assert main(["export", "--format", "onnx", "--model", str(tiny_model), "--int8"]) == 1
+    err = capsys.readouterr().err
+    assert "calibrated and checked on validation faces: the split has 1" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -197,6 +191,7 @@ def test_export_int8_calibrates_on_the_first_validation_faces_and_says_what_it_c
 )
 def test_export_int8_without_what_it_needs_is_one_line(tiny_model, tmp_path, monkeypatch, capsys, options, message):
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--model", str(tiny_model), "--output", "model.onnx", *options]) == 1
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -67,13 +68,22 @@ class GraphInfo:
     dataset: dict | None
     run_id: str | None
     int8: bool = False  # its convolutions quantised (faceage export --int8)
+    checkpoint_sha256: str | None = None  # of the checkpoint file it was exported from (graphs written before: none)
 
 
-def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool) -> GraphInfo:
-    """The :class:`GraphInfo` of the checkpoint's model exported with or without ``flip``."""
+def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool, model_path: Path) -> GraphInfo:
+    """The :class:`GraphInfo` of the checkpoint's model, read from ``model_path``, exported with or without
+    ``flip``."""
     level = model.calibration.level if model.calibration else None
     faces = dataclasses.asdict(checkpoint.faces) if checkpoint.faces else None
-    return GraphInfo(model.image_size, flip, level, faces, checkpoint.dataset, checkpoint.run_id)
+    digest = file_sha256(model_path)
+    return GraphInfo(model.image_size, flip, level, faces, checkpoint.dataset, checkpoint.run_id, False, digest)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, in hex."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: bool | None = None) -> int:
@@ -104,7 +114,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: boo
             verbose=False,
         )
         graph = program.model_proto
-        info = graph_info(wrapped.model, checkpoint, wrapped.flip)
+        info = graph_info(wrapped.model, checkpoint, wrapped.flip, Path(model_path))
         onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(dataclasses.asdict(info))})
         onnx.save_model(graph, str(output))
     else:

@@ -175,14 +175,12 @@ def quantise(
 def quantise_on_validation(
     graph: Path, output: Path, chip_size: int, calibration_faces: int, tolerance: float, paths: dict[str, Path]
 ) -> QuantisationCheck:
-    """:func:`quantise` ``graph`` calibrated on the pipeline's first ``calibration_faces`` validation faces and
-    checked on the others (``paths`` as :func:`~faceage.stage.pipeline_paths` names them)."""
+    """:func:`quantise` ``graph`` calibrated on the pipeline's first ``calibration_faces`` validation faces (at most
+    half of them) and checked on the others (``paths`` as :func:`~faceage.stage.pipeline_paths` names them)."""
     chips, ages = pipeline_chips(chip_size, paths)
-    if len(chips) <= calibration_faces:
-        raise FaceageError(
-            f"--int8 needs more than --calibration-faces ({calibration_faces}) validation faces, has {len(chips)}"
-        )
-    count = calibration_faces
+    count = min(calibration_faces, len(chips) // 2)
+    if count < 1:
+        raise FaceageError(f"int8 is calibrated and checked on validation faces: the split has {len(chips)}")
     return quantise(graph, output, chips[:count], chips[count:], ages[count:], tolerance)
 
 
