@@ -151,7 +151,7 @@ def test_one_run_measures_the_pipeline_the_baseline_loop_and_the_peer(tmp_path):
     assert "dlib_age_resnet10, 32 px + mobilenet_v2, 24 px (ensemble), classification head" in table
     assert "test faces pasted into 1024x768 photos" in table
     assert "ONNX Runtime on the exported graph" in table and "Reading and decoding alone" in table
-    assert "int8 (`faceage export --int8`): int8 (" in table and "Held to AVX2 (" in table
+    assert "int8 (the export stage, as `faceage export --int8`): int8 (" in table and "Held to AVX2 (" in table
     assert f"CPU class: {hardware['cpu_capability']} kernels" in table
     assert (
         ("under bfloat16 autocast" in table) == native_cpu_bf16()
