@@ -1,6 +1,6 @@
 """The graph ``faceage predict`` and ``faceage serve`` run when no model is named: the pipeline's checkpoint in
 ONNX, written by the export stage with its convolutions in int8 where that keeps the validation MAE. ONNX Runtime
-runs it several times faster than PyTorch runs the checkpoint, on one image most of all (docs/predicting.md)."""
+runs it faster than PyTorch runs the checkpoint, several times so on one image (docs/predicting.md)."""
 
 from __future__ import annotations
 
