@@ -115,13 +115,13 @@ def engine_speeds(checkpoint: Path, graphs: dict[str, Path], images: list[bytes]
     }
 
 
-def default_graph_check(paths: dict[str, Path], graph: Path) -> dict | None:
+def default_graph_check(paths: dict[str, Path], graph: Path, chip_size: int) -> dict | None:
     """The export stage's int8 check of the pipeline's default graph (``paths`` as
     :func:`~faceage.stage.pipeline_paths` names them; ``None`` where int8 is off) and, where int8 was kept, the
-    test split's MAE under it and under ``graph``, the checkpoint's float32 graph."""
+    test split's MAE under it and under ``graph``, the checkpoint's float32 graph, which takes ``chip_size``."""
     check = json.loads(paths["export_report"].read_text())["int8"]
     if check and check["kept"]:
-        chips, ages = pipeline_chips(AgeEstimator(graph).chip_size, paths, "test")
+        chips, ages = pipeline_chips(chip_size, paths, "test")
         check["test_mae"] = {
             name: round(float(np.abs(graph_ages(path, chips) - ages).mean()), 4)
             for name, path in (("float32", graph), ("int8", paths["graph"]))

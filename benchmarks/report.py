@@ -41,7 +41,8 @@ def model_description(params: dict) -> str:
 def markdown_report(report: dict) -> str:
     """Summary table, per-bucket table and the hardware, as markdown."""
     ours, peer, baseline = report["pipeline"], report["peer"], report["baseline"]
-    default = report["engines"][default_engine(report["int8"])]
+    default_name = default_engine(report["int8"])
+    default = report["engines"][default_name]
     cs = next(key for key in ours["test"] if key.startswith("cs"))
     bf16 = report["baseline_bf16"]
     bf16_rows = (
@@ -78,7 +79,7 @@ def markdown_report(report: dict) -> str:
         f"{report['step_throughput_ratio']:.2f}x ({ours['finetune_images_per_second']:.0f} against "
         f"{baseline['images_per_second']:.0f} img/s). {vs_bf16}"
         "Batch inference and one image: the default model as predict runs it, "
-        f"{ENGINE_NAMES[default_engine(report['int8'])]} (below); the evaluate stage, in float32 "
+        f"{ENGINE_NAMES[default_name]} (below); the evaluate stage, in float32 "
         f"on every CPU and decoding included, predicted {ours['batch_inference_images_per_second']:.0f} img/s. "
         f"Peer faces detected: {peer['faces_detected']} of {peer['test']['count']} (whole image used otherwise).",
         "",

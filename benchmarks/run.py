@@ -190,8 +190,8 @@ def benchmark(
         ours["mirror_images"] = mirror_image_maes(repo)
         paths = pipeline_paths(repo)
         model, graphs = paths["model"], {"onnxruntime": Path(work) / "model.onnx"}
-        export_model(model, graphs["onnxruntime"], "onnx")
-        int8 = default_graph_check(paths, graphs["onnxruntime"])
+        chip_size = export_model(model, graphs["onnxruntime"], "onnx")
+        int8 = default_graph_check(paths, graphs["onnxruntime"], chip_size)
         default = default_engine(int8)
         graphs[default] = paths["graph"]
         test_images = [files[name] for name in test["source_path"].iloc[:ENGINE_FACES]]
