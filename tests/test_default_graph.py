@@ -12,8 +12,8 @@ from PIL import Image
 from faceage.cli import main
 from faceage.errors import FaceageError
 from faceage.report_sections import ExportParams
-from faceage.serving.default_graph import default_model, read_graph_info, write_default_graph
-from faceage.serving.export import file_sha256
+from faceage.serving.default_graph import default_model, write_default_graph
+from faceage.serving.export import file_sha256, read_graph_info
 from faceage.stage import pipeline_paths
 
 CHIP = 32  # the tiny model's chip size

@@ -9,10 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from faceage.errors import FaceageError
 from faceage.report_sections import ExportParams
-from faceage.serving.engines import graph_description
-from faceage.serving.export import GRAPH_INFO, GraphInfo, export_model, file_sha256
+from faceage.serving.export import export_model, file_sha256, read_graph_info
 from faceage.serving.quantize import quantise_on_validation, summary_line
 
 
@@ -37,17 +35,6 @@ def write_default_graph(checkpoint: Path, output: Path, params: ExportParams, pa
         "precision": "int8" if kept else "float32",
         "int8": None if check is None else {**dataclasses.asdict(check), "kept": kept, "summary": summary_line(check)},
     }
-
-
-def read_graph_info(path: Path) -> GraphInfo:
-    """The description ``faceage export`` wrote into the graph at ``path``."""
-    import onnx
-
-    try:
-        graph = onnx.load_model(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises its own types for damaged files
-        raise FaceageError(f"{path} is not an ONNX graph ({type(error).__name__}): run dvc repro") from None
-    return graph_description({p.key: p.value for p in graph.metadata_props}.get(GRAPH_INFO), path)
 
 
 def default_model(paths: dict[str, Path], flip: bool | None, bf16: bool | None) -> tuple[Path, str | None]:

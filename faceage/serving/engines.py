@@ -3,7 +3,6 @@ written by ``faceage export --format onnx`` (the same outputs, often faster on a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from faceage.model.age_model import AgeModel
 from faceage.model.checkpoint import describe
 from faceage.model.inference import predict
 from faceage.runtime import cpu_autocast, native_cpu_bf16
-from faceage.serving.export import GRAPH_INFO, GraphInfo
+from faceage.serving.export import GRAPH_INFO, graph_description
 
 if TYPE_CHECKING:  # imported when a graph is run
     import onnxruntime
@@ -129,18 +128,3 @@ def check_flip(in_graph: bool, flip: bool) -> None:
         raise FaceageError(
             "the ONNX graph was exported without mirror-image averaging: drop --flip, or export with --flip"
         )
-
-
-def graph_description(text: str | None, path: str | Path) -> GraphInfo:
-    """The graph's :class:`GraphInfo`, read from its metadata text; one line when it is missing or not what
-    ``faceage export`` writes."""
-    if text is None:
-        raise FaceageError(f"{path} has no faceage description: write it with faceage export --format onnx")
-    try:
-        info = GraphInfo(**json.loads(text))
-        valid = isinstance(info.chip_size, int) and isinstance(info.flip, bool) and isinstance(info.int8, bool)
-    except (json.JSONDecodeError, TypeError):  # not JSON, not an object, or keys missing or unknown
-        valid = False
-    if not valid:
-        raise FaceageError(f"{path}: its faceage description is damaged: export it again with faceage export")
-    return info

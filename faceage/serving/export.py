@@ -9,6 +9,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from faceage.errors import FaceageError
 from faceage.model.age_model import AgeModel
 from faceage.model.batches import IMAGENET_MEAN, IMAGENET_STD
 from faceage.model.checkpoint import Checkpoint, load_model
+
+if TYPE_CHECKING:  # imported when a graph is written or read
+    import onnx
 
 EXAMPLE_BATCH = 2
 OPSET = 18
@@ -81,6 +85,39 @@ def graph_info(model: AgeModel, checkpoint: Checkpoint, flip: bool, model_path: 
     return GraphInfo(model.image_size, flip, level, faces, checkpoint.dataset, checkpoint.run_id, False, digest)
 
 
+def write_graph_info(graph: onnx.ModelProto, info: GraphInfo) -> None:
+    """Set ``info`` as the description of ``graph`` (what :func:`read_graph_info` reads)."""
+    import onnx
+
+    onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(dataclasses.asdict(info))})
+
+
+def read_graph_info(path: Path) -> GraphInfo:
+    """The description ``faceage export`` wrote into the graph at ``path``."""
+    import onnx
+
+    try:
+        graph = onnx.load_model(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises its own types for damaged files
+        raise FaceageError(f"{path} is not an ONNX graph ({type(error).__name__}): run dvc repro") from None
+    return graph_description({p.key: p.value for p in graph.metadata_props}.get(GRAPH_INFO), path)
+
+
+def graph_description(text: str | None, path: str | Path) -> GraphInfo:
+    """The graph's :class:`GraphInfo`, read from its metadata text; one line when it is missing or not what
+    ``faceage export`` writes."""
+    if text is None:
+        raise FaceageError(f"{path} has no faceage description: write it with faceage export --format onnx")
+    try:
+        info = GraphInfo(**json.loads(text))
+        valid = isinstance(info.chip_size, int) and isinstance(info.flip, bool) and isinstance(info.int8, bool)
+    except (json.JSONDecodeError, TypeError):  # not JSON, not an object, or keys missing or unknown
+        valid = False
+    if not valid:
+        raise FaceageError(f"{path}: its faceage description is damaged: export it again with faceage export")
+    return info
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of the file at ``path``, in hex."""
     with path.open("rb") as file:
@@ -117,7 +154,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: str, flip: boo
         )
         graph = program.model_proto
         info = graph_info(wrapped.model, checkpoint, wrapped.flip, Path(model_path))
-        onnx.helper.set_model_props(graph, {GRAPH_INFO: json.dumps(dataclasses.asdict(info))})
+        write_graph_info(graph, info)
         onnx.save_model(graph, str(output))
     else:
         raise FaceageError(f"unknown export format {fmt!r}; choose onnx or torchscript")

@@ -10,7 +10,7 @@ within it are quantised together: one network that int8 does not suit leaves the
 from __future__ import annotations
 
 import ast
-import json
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from faceage.data.manifest import load_images, load_manifest
 from faceage.errors import FaceageError
 from faceage.model.batches import resized
 from faceage.serving.engines import graph_outputs, onnx_session
-from faceage.serving.export import GRAPH_INFO
+from faceage.serving.export import read_graph_info, write_graph_info
 from faceage.training.setup import split_ids
 
 if TYPE_CHECKING:  # imported when a graph is quantised
@@ -164,9 +164,8 @@ def quantise(
         result = chosen_networks(list(networks), check)
         if result.kept:
             described = onnx.load_model(str(written[result.networks][1]))
-            info = json.loads(dict((p.key, p.value) for p in onnx.load_model(str(graph)).metadata_props)[GRAPH_INFO])
             del described.metadata_props[:]
-            onnx.helper.set_model_props(described, {GRAPH_INFO: json.dumps({**info, "int8": True})})  # a GraphInfo
+            write_graph_info(described, dataclasses.replace(read_graph_info(graph), int8=True))
             output.parent.mkdir(parents=True, exist_ok=True)
             onnx.save_model(described, str(output))
     return result
